@@ -1,0 +1,50 @@
+"""Module types of a transformer block and precision configurations (ANDA_SPEC.md section 5).
+
+A precision configuration gives the mantissa length M of the activation feeding each
+FP-INT product type, shape [4] (shared by all layers) or [n_layers, 4]. M = 0 keeps that
+activation in floating point.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+MODULE_TYPES = ("qkv", "o", "up", "down")
+TYPE_INDEX = {name: i for i, name in enumerate(MODULE_TYPES)}
+MAX_MANTISSA_BITS = 24
+
+
+def layer_precision(precision, n_layers: int) -> jax.Array:
+  """Returns `precision` as int32 [n_layers, 4], broadcasting a per-type [4] config.
+
+  Concrete values are validated (0..24); traced ones are taken as they are."""
+  shape = tuple(np.shape(precision))
+  if shape not in ((len(MODULE_TYPES),), (n_layers, len(MODULE_TYPES))):
+    raise ValueError(
+        f"precision has shape {list(shape)}: must be [{len(MODULE_TYPES)}] (one M per type "
+        f"{MODULE_TYPES}) or [{n_layers}, {len(MODULE_TYPES)}] (per layer and type)")
+  if not isinstance(precision, jax.core.Tracer):
+    values = np.asarray(precision)
+    if not np.issubdtype(values.dtype, np.integer):
+      raise ValueError(f"precision must hold integers, got dtype {values.dtype}")
+    if values.min() < 0 or values.max() > MAX_MANTISSA_BITS:
+      raise ValueError(
+          f"precision holds {values.min()}..{values.max()}: mantissa lengths must be in "
+          f"[0, {MAX_MANTISSA_BITS}] (0 = keep floating point)")
+  return jnp.broadcast_to(jnp.asarray(precision, jnp.int32), (n_layers, len(MODULE_TYPES)))
+
+
+def uniform(mantissa_bits: int) -> np.ndarray:
+  """The configuration with the same M for every type."""
+  return np.full(len(MODULE_TYPES), mantissa_bits, np.int32)
+
+
+def single_type(type_name: str, mantissa_bits: int) -> np.ndarray:
+  """M for one type, the others in floating point."""
+  if type_name not in TYPE_INDEX:
+    raise ValueError(f"type={type_name!r} is invalid: must be one of {MODULE_TYPES}")
+  config = np.zeros(len(MODULE_TYPES), np.int32)
+  config[TYPE_INDEX[type_name]] = mantissa_bits
+  return config
