@@ -36,6 +36,8 @@ def anda_matmul(x, w, fmt: anda_format.AndaFormat, mantissa_bits, impl: str = "f
     # Imported here because kernels/ imports anda_jax (DESIGN.md: data flows format -> kernels).
     from kernels import bitserial as bitserial_kernel
     return bitserial_kernel.anda_matmul_bitserial(x, w, fmt, m_bits, key)
-  quantized = anda_format.quantize(x, fmt, jnp.maximum(m_bits, 1), key)
-  activation = jnp.where(m_bits > 0, quantized, x)
+  # A cond, not a select: with a scalar M the float path skips quantization entirely (under
+  # vmap over configurations JAX turns it into a select, which is still exact).
+  activation = jax.lax.cond(
+      m_bits > 0, lambda x: anda_format.quantize(x, fmt, jnp.maximum(m_bits, 1), key), lambda x: x, x)
   return activation @ _float_weights(w)

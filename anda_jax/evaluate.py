@@ -1,0 +1,216 @@
+"""Perplexity over token windows for a batch of precision configurations at once.
+
+    ppl = evaluate.perplexity(model, windows, precisions, fmt)   # precisions [C, 4] or [C, L, 4]
+
+Inside one `jax.jit` the model runs under `jax.vmap` over the configurations (the mantissa
+lengths are traced, so one compiled program serves every configuration); windows go
+through in batches of `batch_size` to bound memory (the logits alone take
+C x batch_size x seq_len x vocab floats). Shapes are kept fixed (the last window and
+configuration batches are padded) so that a run compiles once per (format, window shape):
+`compile_counts()` reports it.
+
+With several devices the configuration batch is sharded across them (jax.sharding, one
+mesh axis "config"); windows and weights are replicated. For several hosts call
+`jax.distributed.initialize()` first (the experiments do with `--config.distributed=True`),
+then every process runs the same code and `jax.devices()` spans all hosts.
+
+Perplexity is token-weighted: exp(sum of the negative log-likelihoods of the scored targets
+/ their number). The target at position t+1 is predicted from positions <= t; with
+`score_from=s` only targets with at least s tokens of context count (for overlapping
+windows, s = seq_len - stride).
+"""
+
+from __future__ import annotations
+
+import collections
+import functools
+import zlib
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from anda_jax import format as anda_format
+from anda_jax import precision as anda_precision
+
+# (fmt, windows shape, configs per batch) -> number of traces. A trace of a jitted function
+# is a compilation, so this is what the "one compile per (group size, window shape)" claim
+# is checked against.
+_TRACES: collections.Counter = collections.Counter()
+# Bound on the float32 logits alive at once (configs x windows x seq_len x vocab).
+LOGITS_BUDGET_BYTES = 512 << 20
+
+
+def compile_counts() -> dict:
+  return dict(_TRACES)
+
+
+def total_compiles() -> int:
+  return sum(_TRACES.values())
+
+
+def check_precisions(precisions, n_layers: int) -> np.ndarray:
+  """[C, 4] or [C, n_layers, 4] integers in 0..24 -> int32 [C, n_layers, 4]; ValueError otherwise."""
+  p = np.asarray(precisions)
+  n_types = len(anda_precision.MODULE_TYPES)
+  if p.ndim not in (2, 3) or p.shape[-1] != n_types or (p.ndim == 3 and p.shape[1] != n_layers) or not len(p):
+    raise ValueError(f"precisions has shape {list(p.shape)}: must be [C, {n_types}] or "
+                     f"[C, {n_layers}, {n_types}] with C >= 1 configurations")
+  if not np.issubdtype(p.dtype, np.integer):
+    raise ValueError(f"precisions must hold integers, got dtype {p.dtype}")
+  if p.min() < 0 or p.max() > anda_precision.MAX_MANTISSA_BITS:
+    raise ValueError(f"precisions hold {p.min()}..{p.max()}: mantissa lengths must be in "
+                     f"[0, {anda_precision.MAX_MANTISSA_BITS}] (0 = floating point)")
+  if p.ndim == 2:
+    p = np.broadcast_to(p[:, None, :], (len(p), n_layers, n_types))
+  return np.ascontiguousarray(p, np.int32)
+
+
+def check_windows(windows, vocab: int) -> np.ndarray:
+  w = np.asarray(windows)
+  if w.ndim != 2 or w.shape[1] < 2 or not len(w) or not np.issubdtype(w.dtype, np.integer):
+    raise ValueError(f"windows has shape {list(w.shape)} and dtype {w.dtype}: must be integer token "
+                     "ids [n_windows >= 1, seq_len >= 2]")
+  if w.min() < 0 or w.max() >= vocab:
+    raise ValueError(f"windows hold token ids {w.min()}..{w.max()}: must be in [0, vocab={vocab})")
+  return w.astype(np.int32)
+
+
+def target_weights(n_windows: int, seq_len: int, score_from: int = 0) -> np.ndarray:
+  """float32 [n, seq_len - 1]: 1 for the targets that are scored."""
+  if not 0 <= score_from < seq_len - 1:
+    raise ValueError(f"score_from={score_from} is invalid: must be in [0, seq_len - 1 = {seq_len - 1})")
+  w = np.ones((n_windows, seq_len - 1), np.float32)
+  w[:, :score_from] = 0.0
+  return w
+
+
+def config_mesh(devices=None) -> Mesh | None:
+  """A 1-D mesh ("config") over all devices, or None when there is only one."""
+  devices = jax.devices() if devices is None else list(devices)
+  return Mesh(np.asarray(devices), ("config",)) if len(devices) > 1 else None
+
+
+def _global(x, mesh: Mesh | None, spec: P):
+  """x (host data, identical on every process) as an array laid out over the mesh.
+
+  make_array_from_callback also works when the mesh spans several processes."""
+  if mesh is None:
+    return jnp.asarray(x)
+  x = np.asarray(x)
+  return jax.make_array_from_callback(x.shape, NamedSharding(mesh, spec), lambda idx: x[idx])
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "fmt", "impl", "mesh"))
+def _nll_sums(graphdef, state, inputs, targets, weights, precisions, start, key_data, batch, *,
+              fmt, impl, mesh):
+  """Sum over tokens of weight x NLL, per configuration: float32 [C].
+
+  inputs: token ids [B, T] (run from the embedding), or hidden states [B, T, D] entering layer
+  `start` (the sensitivity study's float prefix). key_data: uint32 PRNG key data per
+  configuration (stochastic rounding) or None; `batch` (the window batch's index) is folded in."""
+  _TRACES[(fmt, inputs.shape, precisions.shape[0])] += 1
+  model = nnx.merge(graphdef, state)
+  h = model.embed(inputs) if jnp.issubdtype(inputs.dtype, jnp.integer) else inputs
+
+  def one_config(precision, key_data):
+    key = None if key_data is None else jax.random.fold_in(jax.random.wrap_key_data(key_data), batch)
+    out = model.run_layers(h, precision, fmt, start=start, impl=impl, key=key)
+    logits = model.head(out)[:, :-1].astype(jnp.float32)
+    logz = jax.nn.logsumexp(logits, axis=-1)
+    picked = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+    return jnp.sum((logz - picked) * weights)
+
+  sums = jax.vmap(one_config)(precisions, key_data)
+  if mesh is not None:  # every process gets the whole result
+    sums = jax.lax.with_sharding_constraint(sums, NamedSharding(mesh, P()))
+  return sums
+
+
+def _config_key_data(key, precisions: np.ndarray) -> np.ndarray:
+  """uint32 key data [C, ...], one key per configuration derived from its contents, so that
+  stochastic results do not depend on how configurations are batched, sharded or resumed."""
+  if not jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
+    key = jax.random.wrap_key_data(key)  # a raw jax.random.PRNGKey
+  return np.stack([np.asarray(jax.random.key_data(jax.random.fold_in(key, zlib.crc32(p.tobytes()) & 0x7FFFFFFF)))
+                   for p in precisions])
+
+
+def auto_batch_size(n_configs: int, seq_len: int, vocab: int) -> int:
+  """Windows per forward pass that keep the logits within LOGITS_BUDGET_BYTES."""
+  return max(1, LOGITS_BUDGET_BYTES // (4 * n_configs * seq_len * vocab))
+
+
+def nll_sums(model, inputs, precisions, fmt: anda_format.AndaFormat | None = None, *,
+             targets=None, weights=None, start: int = 0, batch_size: int | None = None,
+             config_batch: int | None = None, impl: str = "fake", key=None, mesh="auto",
+             on_batch: Callable[[np.ndarray, np.ndarray], None] | None = None):
+  """Token-weighted NLL sums: (float64 [C], number of scored tokens).
+
+  inputs: token windows int [N, T] (targets are inputs[:, 1:]), or hidden states [N, T, D]
+  entering layer `start` together with `targets` int [N, T - 1]. Configurations go through
+  `config_batch` at a time (default: all, rounded up to a multiple of the device count);
+  after each, on_batch(config_indices, their NLL sums) is called."""
+  fmt = anda_format.AndaFormat() if fmt is None else fmt
+  n_layers, vocab = model.config.n_layers, model.config.vocab
+  precisions = check_precisions(precisions, n_layers)
+  if targets is None:
+    inputs = check_windows(inputs, vocab)
+    targets = inputs[:, 1:]
+  else:
+    targets = np.asarray(targets, np.int32)
+    if targets.size and (targets.min() < 0 or targets.max() >= vocab):
+      raise ValueError(f"targets hold token ids {targets.min()}..{targets.max()}: must be in [0, vocab={vocab})")
+  n, t = inputs.shape[:2]
+  if targets.shape != (n, t - 1):
+    raise ValueError(f"targets has shape {list(targets.shape)}: must be [{n}, {t - 1}]")
+  weights = np.ones((n, t - 1), np.float32) if weights is None else np.asarray(weights, np.float32)
+  if fmt.rounding == "stochastic" and key is None:
+    raise ValueError("fmt.rounding='stochastic' needs a PRNG key: pass key=jax.random.key(seed)")
+  mesh = config_mesh() if mesh == "auto" else mesh
+  n_dev = 1 if mesh is None else mesh.size
+  n_configs = len(precisions)
+  config_batch = -(-(config_batch or n_configs) // n_dev) * n_dev
+  batch_size = batch_size or auto_batch_size(config_batch, t, vocab)
+  batch_size = min(batch_size, n)
+
+  graphdef, state = nnx.split(model)
+  state = jax.tree.map(lambda a: _global(a, mesh, P()), state)
+  # Pad the windows to whole batches (padding carries weight 0), so every call has one shape.
+  n_pad = -(-n // batch_size) * batch_size
+  pad = lambda a: np.concatenate([a, np.zeros((n_pad - n,) + a.shape[1:], a.dtype)])
+  inputs, targets, weights = pad(np.asarray(inputs)), pad(targets), pad(weights)
+  batches = [tuple(_global(a[i:i + batch_size], mesh, P()) for a in (inputs, targets, weights))
+             for i in range(0, n_pad, batch_size)]
+
+  key_data = None if key is None else _config_key_data(key, precisions)
+  totals = np.zeros(n_configs, np.float64)
+  for c0 in range(0, n_configs, config_batch):
+    idx = np.arange(c0, min(c0 + config_batch, n_configs))
+    # Pad with copies of the last configuration (dropped below).
+    padded = np.concatenate([idx, np.full(config_batch - len(idx), idx[-1])])
+    chunk = _global(precisions[padded], mesh, P("config"))
+    keys = None if key_data is None else _global(key_data[padded], mesh, P("config"))
+    sums = np.zeros(config_batch, np.float64)
+    for b, (x, y, w) in enumerate(batches):
+      sums += np.asarray(_nll_sums(graphdef, state, x, y, w, chunk, start, keys, b,
+                                   fmt=fmt, impl=impl, mesh=mesh), np.float64)
+    totals[idx] = sums[:len(idx)]
+    if on_batch is not None:
+      on_batch(idx, totals[idx])
+  return totals, float(weights.sum())
+
+
+def perplexity(model, windows, precisions, fmt: anda_format.AndaFormat | None = None, *,
+               score_from: int = 0, batch_size: int | None = None, config_batch: int | None = None,
+               impl: str = "fake", key=None, mesh="auto") -> np.ndarray:
+  """Token-weighted perplexity of `model` on `windows` int [N, T] for every configuration of
+  `precisions` ([C, 4] or [C, n_layers, 4]): float64 [C]."""
+  windows = np.asarray(windows)
+  weights = target_weights(len(windows), windows.shape[-1], score_from) if windows.ndim == 2 else None
+  sums, n_tokens = nll_sums(model, windows, precisions, fmt, weights=weights, batch_size=batch_size,
+                            config_batch=config_batch, impl=impl, key=key, mesh=mesh)
+  return np.exp(sums / n_tokens)

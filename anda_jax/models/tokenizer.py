@@ -1,0 +1,118 @@
+"""Tokenizers: byte-level BPE rebuilt from a GGUF file's metadata, or a directory's
+tokenizer.json, both with the `tokenizers` library behind a small `Tokenizer` wrapper."""
+
+from __future__ import annotations
+
+import pathlib
+
+import tokenizers
+from tokenizers import decoders, models, pre_tokenizers
+
+# llama.cpp's pre-tokenizer split expressions (llama-vocab.cpp), by `tokenizer.ggml.pre`.
+_GPT2_SPLIT = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
+_LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
+                 r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+# Pre-tokenizers whose vocabulary was trained with every digit on its own (as SmolLM2's own
+# tokenizer.json: Digits(individual_digits=True) before the GPT-2 split).
+_DIGITS_FIRST = ("smollm", "starcoder", "refact", "command-r", "codeshell", "exaone", "minerva")
+_LLAMA3_LIKE = ("llama3", "llama-v3", "llama-bpe", "falcon3", "smaug-bpe", "dbrx")
+_GPT2_LIKE = ("default", "gpt2", "gpt-2")
+
+_CONTROL, _USER_DEFINED = 3, 4  # llama.cpp token types
+
+
+class Tokenizer:
+  """encode(text) -> list[int] and decode(ids) -> str over a `tokenizers.Tokenizer`."""
+
+  def __init__(self, backend: tokenizers.Tokenizer, bos_id=None, eos_id=None, add_bos=False):
+    self.backend, self.bos_id, self.eos_id, self.add_bos = backend, bos_id, eos_id, add_bos
+
+  def encode(self, text: str) -> list[int]:
+    ids = self.backend.encode(text, add_special_tokens=False).ids
+    return [self.bos_id] + ids if self.add_bos and self.bos_id is not None else ids
+
+  def decode(self, ids, skip_special_tokens=False) -> str:
+    return self.backend.decode(list(map(int, ids)), skip_special_tokens=skip_special_tokens)
+
+  @property
+  def vocab_size(self) -> int:
+    return self.backend.get_vocab_size()
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+  """GPT-2's reversible byte -> printable character map used by byte-level BPE."""
+  bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+  cs = bs[:]
+  n = 0
+  for b in range(256):
+    if b not in bs:
+      bs.append(b)
+      cs.append(256 + n)
+      n += 1
+  return dict(zip(bs, map(chr, cs)))
+
+
+def _pre_tokenizer(pre: str, path):
+  if pre in _DIGITS_FIRST:
+    return pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
+                                    pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)])
+  if pre in _LLAMA3_LIKE:
+    return pre_tokenizers.Sequence([
+        pre_tokenizers.Split(tokenizers.Regex(_LLAMA3_SPLIT), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+  if pre in _GPT2_LIKE:
+    return pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+  raise ValueError(f"{path}: unsupported GGUF pre-tokenizer tokenizer.ggml.pre={pre!r}: supported are "
+                   f"{sorted(_DIGITS_FIRST + _LLAMA3_LIKE + _GPT2_LIKE)}")
+
+
+def from_gguf(gguf_file) -> Tokenizer:
+  """Byte-level BPE ("gpt2" tokenizer model) from a GGUFFile's metadata."""
+  path = gguf_file.path
+  model = gguf_file.meta("tokenizer.ggml.model")
+  if model != "gpt2":
+    raise ValueError(f"{path}: unsupported tokenizer model tokenizer.ggml.model={model!r}: supported is 'gpt2' (byte-level BPE)")
+  tokens = list(gguf_file.meta("tokenizer.ggml.tokens"))
+  merges = list(gguf_file.meta("tokenizer.ggml.merges"))
+  types = list(gguf_file.meta("tokenizer.ggml.token_type", [1] * len(tokens)))
+  spelling = _bytes_to_unicode()
+  alphabet = set(spelling.values())
+  # Vocabulary entries outside the byte alphabet (e.g. added specials with raw spaces) are
+  # re-spelled the way the BPE model looks them up.
+  vocab = {(t if set(t) <= alphabet else "".join(spelling[b] for b in t.encode("utf-8"))): i
+           for i, t in enumerate(tokens)}
+  bpe = models.BPE(vocab=vocab, merges=[tuple(m.split(" ", 1)) for m in merges],
+                   fuse_unk=False, byte_fallback=False)
+  backend = tokenizers.Tokenizer(bpe)
+  backend.pre_tokenizer = _pre_tokenizer(gguf_file.meta("tokenizer.ggml.pre", "default"), path)
+  backend.decoder = decoders.ByteLevel()
+  control = [tokenizers.AddedToken(t, special=True, normalized=False)
+             for t, k in zip(tokens, types) if k == _CONTROL and set(t) <= alphabet]
+  user = [tokenizers.AddedToken(t, special=False, normalized=False)
+          for t, k in zip(tokens, types) if k == _USER_DEFINED]
+  backend.add_special_tokens(control)
+  backend.add_tokens(user)
+  return Tokenizer(backend, bos_id=gguf_file.meta("tokenizer.ggml.bos_token_id", None),
+                   eos_id=gguf_file.meta("tokenizer.ggml.eos_token_id", None),
+                   add_bos=bool(gguf_file.meta("tokenizer.ggml.add_bos_token", False)))
+
+
+def from_directory(directory) -> Tokenizer | None:
+  """tokenizer.json of a Hugging Face directory (None when there is none)."""
+  path = pathlib.Path(directory) / "tokenizer.json"
+  if not path.is_file():
+    return None
+  try:
+    backend = tokenizers.Tokenizer.from_file(str(path))
+  except Exception as e:
+    raise ValueError(f"{path}: not a readable tokenizer.json: {e}") from e
+  # Special tokens the post-processor adds (e.g. LLaMA's BOS) come from encode's default.
+  return _DirTokenizer(backend)
+
+
+class _DirTokenizer(Tokenizer):
+  def __init__(self, backend):
+    super().__init__(backend)
+
+  def encode(self, text: str) -> list[int]:
+    return self.backend.encode(text).ids

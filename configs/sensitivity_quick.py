@@ -1,0 +1,18 @@
+"""A few-minute sensitivity study on SmolLM2-135M: every layer x type at M = 4 on 2 calibration
+windows of 64 tokens (noisy; shows the pipeline and the shape of the heatmap).
+
+    python -m experiments.sensitivity --config=configs/sensitivity_quick.py
+
+Measured on the shared 2-core machine (model and corpus already cached): 133 s wall.
+"""
+
+from configs import sensitivity_smollm2
+
+
+def get_config():
+  c = sensitivity_smollm2.get_config()
+  c.run_name = "sensitivity_quick"
+  c.mantissa_bits = (4,)
+  c.data.seq_len = 64
+  c.data.windows = 2
+  return c

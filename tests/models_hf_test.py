@@ -1,0 +1,182 @@
+"""LLaMA and OPT models against Hugging Face transformers (torch CPU, float32) on tiny random
+checkpoints this test builds with `save_pretrained`, and the precision semantics of the models."""
+
+import tempfile
+
+from absl.testing import absltest
+from absl.testing import parameterized
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from anda_jax import int4
+from anda_jax import models
+from anda_jax.format import AndaFormat
+
+VOCAB = 96
+
+
+def _hf_model(kind: str, **overrides):
+  import torch  # pylint: disable=g-import-not-at-top
+  import transformers  # pylint: disable=g-import-not-at-top
+
+  torch.manual_seed(0)
+  if kind == "llama":
+    cfg = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=3,
+               num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True, rope_theta=500.0)
+    cfg.update(overrides)
+    model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**cfg))
+  else:
+    cfg = dict(vocab_size=VOCAB, hidden_size=64, ffn_dim=96, num_hidden_layers=3, num_attention_heads=4,
+               max_position_embeddings=64, do_layer_norm_before=True)
+    cfg.update(overrides)
+    model = transformers.OPTForCausalLM(transformers.OPTConfig(**cfg))
+  # The default init (std 0.02) leaves logits near zero; wider weights make the parity check bite.
+  with torch.no_grad():
+    for name, p in model.named_parameters():
+      if "norm" in name and name.endswith("weight"):
+        p.copy_(1.0 + 0.2 * torch.randn_like(p))
+      else:
+        p.copy_(0.15 * torch.randn_like(p))
+  return model.eval()
+
+
+def _hf_logits(model, tokens):
+  import torch  # pylint: disable=g-import-not-at-top
+
+  with torch.no_grad():
+    return model(torch.tensor(np.asarray(tokens), dtype=torch.long)).logits.numpy()
+
+
+def _save(model):
+  directory = tempfile.mkdtemp()
+  model.save_pretrained(directory)
+  return directory
+
+
+TOKENS = np.random.RandomState(0).randint(0, VOCAB, (2, 40)).astype(np.int32)
+
+CASES = (
+    ("llama_gqa_tied", "llama", {}),
+    ("llama_mha_untied", "llama", dict(num_key_value_heads=4, tie_word_embeddings=False)),
+    ("opt_pre_ln", "opt", {}),
+    ("opt_post_ln_project", "opt", dict(do_layer_norm_before=False, word_embed_proj_dim=32)),
+    ("opt_pre_ln_project_untied", "opt", dict(word_embed_proj_dim=32, tie_word_embeddings=False)),
+)
+
+_FORWARD = jax.jit(lambda m, t, p: m(t, p, AndaFormat(group_size=32)))
+
+
+class HFParityTest(parameterized.TestCase):
+
+  @parameterized.named_parameters(*CASES)
+  def test_logits_match_transformers(self, kind, overrides):
+    hf = _hf_model(kind, **overrides)
+    model, tokenizer = models.load(_save(hf))
+    self.assertIsNone(tokenizer)  # no tokenizer.json in these directories
+    self.assertIsInstance(model, models.Llama if kind == "llama" else models.OPT)
+    ref = _hf_logits(hf, TOKENS)
+    self.assertGreater(np.abs(ref).max(), 1.0)
+    np.testing.assert_allclose(np.asarray(_FORWARD(model, TOKENS, None)), ref, atol=1e-4, rtol=0)
+
+  @parameterized.named_parameters(("llama", "llama"), ("opt", "opt"))
+  def test_int4_rtn_equals_float_model_on_dequantized_weights(self, kind):
+    """RTN INT4 loading: the model computes with exactly the dequantized weights."""
+    import torch  # pylint: disable=g-import-not-at-top
+
+    hf = _hf_model(kind)
+    directory = _save(hf)
+    model, _ = models.load(directory, int4_group_size=32)
+    self.assertIsInstance(model.layers.get_value()["up"], int4.Int4Weights)
+    # Reference: HF with every FP-INT weight replaced by its RTN-dequantized value.
+    with torch.no_grad():
+      for name, p in hf.named_parameters():
+        if p.ndim == 2 and ("proj" in name or "fc" in name) and "project_" not in name:
+          w = p.numpy().T  # [K, N], grouped along K like ours
+          p.copy_(torch.from_numpy(np.asarray(int4.dequantize(int4.quantize_rtn(w, 32, symmetric=False))).T))
+    np.testing.assert_allclose(np.asarray(_FORWARD(model, TOKENS, None)), _hf_logits(hf, TOKENS),
+                               atol=1e-4, rtol=0)
+
+  def test_bad_int4_group_size(self):
+    directory = _save(_hf_model("llama"))
+    with self.assertRaisesRegex(ValueError, "int4_group_size=48"):
+      models.load(directory, int4_group_size=48)
+    with self.assertRaisesRegex(ValueError, "int4_group_size"):
+      models.load(directory, int4_group_size=0)
+
+
+class PrecisionTest(parameterized.TestCase):
+
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    cls.models = {kind: models.load(_save(_hf_model(kind)), int4_group_size=32)[0]
+                  for kind in ("llama", "opt")}
+
+  @parameterized.parameters("llama", "opt")
+  def test_precision_semantics(self, kind):
+    model = self.models[kind]
+    float_logits = _FORWARD(model, TOKENS, None)
+    zero = _FORWARD(model, TOKENS, np.zeros(4, np.int32))
+    chex.assert_trees_all_equal(zero, float_logits)  # M = 0 is the float model, exactly
+    err = lambda m: float(jnp.abs(_FORWARD(model, TOKENS, m) - float_logits).max())
+    self.assertLess(err(np.full(4, 24, np.int32)), 1e-3)
+    self.assertLess(err(np.full((3, 4), 24, np.int32)), 1e-3)
+    e8, e3 = err(np.full(4, 8, np.int32)), err(np.full(4, 3, np.int32))
+    self.assertGreater(e3, 0.1)
+    self.assertGreater(e3, 4 * e8)
+    # One type at a time changes the result: each site is wired to its own M.
+    for site in range(4):
+      m = np.zeros(4, np.int32)
+      m[site] = 2
+      self.assertGreater(err(m), 1e-3, msg=f"site {site}")
+
+  @parameterized.parameters("llama", "opt")
+  def test_run_layers_with_traced_start_reuses_float_prefix(self, kind):
+    model = self.models[kind]
+    prec = np.full((3, 4), 6, np.int32)
+    prec[0] = 0  # layer 0 in float: its output is the float prefix
+    h0 = model.embed(jnp.asarray(TOKENS))
+    traces = []
+
+    @jax.jit
+    def from_start(model, h, start, prec):
+      traces.append(1)
+      return model.run_layers(h, prec, AndaFormat(group_size=32), start=start)
+
+    prefix = model.run_layers(h0, None, None, start=0, stop=1)
+    full = model.head(from_start(model, h0, jnp.int32(0), prec))
+    resumed = model.head(from_start(model, prefix, jnp.int32(1), prec))
+    np.testing.assert_allclose(resumed, full, atol=1e-5, rtol=0)
+    np.testing.assert_allclose(full, _FORWARD(model, TOKENS, prec), atol=1e-5, rtol=0)
+    self.assertLen(traces, 1)  # one compilation serves every start
+    untouched = from_start(model, h0, jnp.int32(3), prec)
+    chex.assert_trees_all_equal(untouched, h0)
+
+  def test_vmap_over_precisions(self):
+    model = self.models["llama"]
+    precisions = jnp.asarray([[0, 0, 0, 0], [4, 5, 6, 7], [3, 3, 3, 3]], jnp.int32)
+    batched = jax.jit(jax.vmap(lambda p: model(jnp.asarray(TOKENS), p, AndaFormat(group_size=32))))(precisions)
+    for i in range(3):
+      np.testing.assert_allclose(batched[i], _FORWARD(model, TOKENS, precisions[i]), atol=1e-5, rtol=0)
+
+  def test_macs_per_token(self):
+    d, f, h, kv, dh = 64, 96, 4, 2, 16
+    self.assertEqual(self.models["llama"].macs_per_token(),
+                     dict(qkv=3 * d * (h + 2 * kv) * dh, o=3 * h * dh * d, up=3 * d * 2 * f, down=3 * f * d))
+    self.assertEqual(self.models["opt"].macs_per_token(),
+                     dict(qkv=3 * d * 3 * d, o=3 * d * d, up=3 * d * f, down=3 * f * d))
+
+  def test_invalid_precision(self):
+    model = self.models["llama"]
+    with self.assertRaisesRegex(ValueError, "precision"):
+      model(jnp.asarray(TOKENS), np.zeros(3, np.int32))
+    with self.assertRaisesRegex(ValueError, "precision"):
+      model(jnp.asarray(TOKENS), np.full(4, 25, np.int32))
+    with self.assertRaisesRegex(ValueError, "start=4"):
+      model.run_layers(model.embed(jnp.asarray(TOKENS)), None, None, start=4)
+
+
+if __name__ == "__main__":
+  absltest.main()

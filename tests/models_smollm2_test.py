@@ -1,0 +1,101 @@
+"""The real SmolLM2-135M-Instruct GGUF (Q4_1 layers, Q8_0 tied embedding) against transformers'
+GGUF loader: token ids on paragraphs of English, logits on a 128-token window, and the
+precision semantics on the real model."""
+
+from absl.testing import absltest
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from anda_jax import assets
+from anda_jax import int4
+from anda_jax import models
+
+PARAGRAPHS = (
+    "The lighthouse stood at the end of a narrow spit of land, where the sea had worn the rocks "
+    "into long grey ribs. Every evening the keeper climbed the spiral stair, trimmed the wick and "
+    "polished the great lens until it caught the last of the daylight. Ships that passed in the "
+    "night never saw him, only the slow white beam turning over the water.",
+    "Bread is one of the oldest prepared foods. Flour and water are mixed into a dough, which is "
+    "left to rise when yeast or a sourdough starter is added; the gas the yeast produces is trapped "
+    "by the gluten and gives the loaf its open crumb. Baking then sets the structure and browns "
+    "the crust, whose flavour comes from the Maillard reaction.",
+    "In the autumn the committee met again. Some members argued that the old bridge should be "
+    "repaired, others that a new one would be cheaper in the long run. Nobody could agree on who "
+    "would pay for it, and the meeting ended, as it usually did, with a vote to ask the engineers "
+    "for another report.",
+    "Honeybees communicate the direction and distance of flowers through a waggle dance performed "
+    "on the comb. The angle of the dance relative to vertical encodes the direction of the food "
+    "relative to the sun, while the duration of the waggle run encodes the distance.",
+)
+
+
+_FORWARD = jax.jit(lambda m, t, p: m(t, p))
+
+
+class SmolLM2Test(absltest.TestCase):
+
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    import torch  # pylint: disable=g-import-not-at-top
+    from transformers import AutoModelForCausalLM, AutoTokenizer  # pylint: disable=g-import-not-at-top
+
+    path = assets.fetch("smollm2-135m")
+    cls.model, cls.tokenizer = models.load("smollm2-135m")
+    cls.hf_tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    cls.hf_model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name,
+                                                        dtype=torch.float32).eval()
+    ids = cls.tokenizer.encode("\n\n".join(PARAGRAPHS))
+    assert len(ids) >= 128, len(ids)
+    cls.window = np.asarray(ids[:128], np.int32)[None]
+    cls.float_logits = _FORWARD(cls.model, cls.window, None)
+
+  def test_config_and_weights(self):
+    c = self.model.config
+    self.assertEqual((c.n_layers, c.d_model, c.n_heads, c.n_kv_heads, c.d_ff, c.vocab),
+                     (30, 576, 9, 3, 1536, 49152))
+    self.assertTrue(c.tie_embeddings)
+    for site, w in self.model.layers.get_value().items():
+      if site in ("qkv", "o", "up", "down"):  # Q4_1 stays 4-bit, as stored
+        self.assertIsInstance(w, int4.Int4Weights)
+        self.assertFalse(w.symmetric)
+        self.assertEqual(w.group_size, 32)
+
+  def test_token_ids_match_transformers(self):
+    for text in PARAGRAPHS + (" ".join(PARAGRAPHS), "<|im_start|>user\nHello there!<|im_end|>\n"):
+      ours = self.tokenizer.encode(text)
+      self.assertEqual(ours, self.hf_tokenizer(text)["input_ids"], msg=text[:40])
+      self.assertEqual(self.tokenizer.decode(ours), text)
+
+  def test_digits_are_split_as_llama_cpp_does(self):
+    # SmolLM2's pre-tokenizer ("smollm") isolates every digit before the GPT-2 split, as
+    # llama.cpp and the model's own tokenizer.json do. transformers' GGUF tokenizer omits that step,
+    # so a whitespace run before a digit differs there ("\n\n" + "1" vs "\n", "\n", "1").
+    pieces = [self.tokenizer.decode([i]) for i in self.tokenizer.encode("In 2024:\n\n1. cost 45")]
+    self.assertEqual(pieces, ["In", " ", "2", "0", "2", "4", ":", "\n\n", "1", ".", " cost", " ", "4", "5"])
+
+  def test_logits_match_transformers(self):
+    import torch  # pylint: disable=g-import-not-at-top
+
+    with torch.no_grad():
+      ref = self.hf_model(torch.tensor(self.window, dtype=torch.long)).logits.numpy()
+    np.testing.assert_allclose(np.asarray(self.float_logits), ref, atol=2e-3, rtol=0)
+    # And the model predicts real text: most next tokens rank in its top 10.
+    top10 = np.argsort(-ref[0, :-1], axis=-1)[:, :10]
+    self.assertGreater(np.mean(np.any(top10 == self.window[0, 1:, None], axis=-1)), 0.5)
+
+  def test_precision_semantics(self):
+    err = lambda m: float(jnp.abs(_FORWARD(self.model, self.window, np.full(4, m, np.int32))
+                                  - self.float_logits).max())
+    chex.assert_trees_all_equal(_FORWARD(self.model, self.window, np.zeros(4, np.int32)),
+                                self.float_logits)
+    self.assertLess(err(24), 1e-3)
+    e8, e3 = err(8), err(3)
+    self.assertGreater(e8, 1e-3)
+    self.assertGreater(e3, 5 * e8)
+
+
+if __name__ == "__main__":
+  absltest.main()
