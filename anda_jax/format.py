@@ -143,9 +143,30 @@ def stochastic_uniforms(key: jax.Array, shape) -> jax.Array:
   return (jax.random.bits(key, shape, jnp.uint32) >> 9).astype(jnp.int32)
 
 
+def grouped_uniforms(shape, fmt: AndaFormat, key: jax.Array) -> jax.Array:
+  """The stochastic-rounding integers U for an input of `shape`: drawn over its grouped,
+  padded shape [..., n_groups, G], so every implementation rounds with the same draw."""
+  moved = list(shape)
+  length = moved.pop(_normalize_axis(fmt, len(shape)))
+  return stochastic_uniforms(key, (*moved, -(-length // fmt.group_size), fmt.group_size))
+
+
 def _shr(value, shift):
   """Logical right shift with the amount clamped to 31 (XLA leaves larger ones undefined)."""
   return jax.lax.shift_right_logical(value, jnp.minimum(shift, 31))
+
+
+def _group_exponent(abs_bits, fmt: AndaFormat):
+  """Shared exponent E [...] of groups [..., G] given |x|'s float32 bits, and whether the
+  group holds a NaN or Inf."""
+  # For non-negative floats the integer order of the bits is the float order, so the group
+  # maximum and the non-finite test (exponent field 0xFF) need no float arithmetic.
+  max_abs_bits = jnp.max(abs_bits, axis=-1)
+  nonfinite = max_abs_bits >= (_F32_EXP_FIELD_INF << _F32_MANTISSA_BITS)
+  # floor(log2 a) read off the exponent field; zero and subnormal maxima (field 0) lie
+  # below every E_min and are clipped to it, as the spec asks for a = 0.
+  group_exp = jnp.clip((max_abs_bits >> _F32_MANTISSA_BITS) - _F32_BIAS, fmt.e_min, fmt.e_max)
+  return group_exp, nonfinite
 
 
 def encode_groups(groups: jax.Array, fmt: AndaFormat, mantissa_bits, uniforms=None):
@@ -157,13 +178,7 @@ def encode_groups(groups: jax.Array, fmt: AndaFormat, mantissa_bits, uniforms=No
   sign = (bits < 0).astype(jnp.uint8)
   abs_bits = bits & _F32_ABS_MASK
   exp_field = abs_bits >> _F32_MANTISSA_BITS
-  # For non-negative floats the integer order of the bits is the float order, so the group
-  # maximum and the non-finite test (exponent field 0xFF) need no float arithmetic.
-  max_abs_bits = jnp.max(abs_bits, axis=-1)
-  nonfinite = max_abs_bits >= (_F32_EXP_FIELD_INF << _F32_MANTISSA_BITS)
-  # floor(log2 a) read off the exponent field; zero and subnormal maxima (field 0) lie
-  # below every E_min and are clipped to it, as the spec asks for a = 0.
-  group_exp = jnp.clip((max_abs_bits >> _F32_MANTISSA_BITS) - _F32_BIAS, fmt.e_min, fmt.e_max)
+  group_exp, nonfinite = _group_exponent(abs_bits, fmt)
   exponent = jnp.where(nonfinite, NONFINITE_EXPONENT, group_exp)
 
   # |x| = significand * 2^(element exponent - 23); subnormals have no hidden bit.
@@ -232,23 +247,82 @@ def decode_groups(sign, magnitude, exponent, mantissa_bits) -> jax.Array:
   return jnp.where((exponent == NONFINITE_EXPONENT)[..., None], jnp.nan, x)
 
 
-def encode(x, fmt: AndaFormat, mantissa_bits, key=None) -> AndaEncoding:
-  """Encodes `x` along `fmt.axis` (spec section 2). `key` is needed for stochastic rounding;
-  its uniforms are drawn over the grouped, padded shape ([..., n_groups, G])."""
+def quantize_groups(groups: jax.Array, fmt: AndaFormat, mantissa_bits, uniforms=None) -> jax.Array:
+  """decode(encode(groups)) for float32 groups [..., G], without materializing the encoding.
+
+  For truncate and nearest, m * s is x's own significand with its low k bits cleared (or
+  rounded half to even first), so the result is built by masking x's bits: no magnitude,
+  no re-normalization. Bit-identical to decode_groups(*encode_groups(...)) (tested)."""
+  if fmt.rounding == "stochastic":
+    sign, magnitude, exponent = encode_groups(groups, fmt, mantissa_bits, uniforms)
+    return decode_groups(sign, magnitude, exponent, mantissa_bits)
+  m_bits = jnp.clip(mantissa_bits, MIN_MANTISSA_BITS, MAX_MANTISSA_BITS).astype(jnp.int32)
+  bits = jax.lax.bitcast_convert_type(groups.astype(jnp.float32), jnp.int32)
+  abs_bits = bits & _F32_ABS_MASK
+  exp_field = abs_bits >> _F32_MANTISSA_BITS
+  group_exp, nonfinite = _group_exponent(abs_bits, fmt)
+  e = group_exp[..., None]
+  elem_exp = jnp.maximum(exp_field, 1) - _F32_BIAS
+  # Bits of x below the quantum s = 2^(E - M + 1): as in encode_groups.
+  shift = jnp.maximum(e - m_bits + 1 - (elem_exp - _F32_MANTISSA_BITS), 0)
+  k = jnp.minimum(shift, _F32_MANTISSA_BITS)  # masks stay inside the fraction field
+  low_mask = jax.lax.shift_left(1, k) - 1
+  if fmt.rounding == "truncate":
+    # shift >= 24 drops the whole significand (hidden bit included): the result is 0.
+    out = jnp.where(shift > _F32_MANTISSA_BITS, 0, abs_bits & ~low_mask)
+  else:
+    # Round half to even by adding (half - 1 + lsb) before masking; a carry out of the
+    # fraction field correctly bumps the exponent (also from subnormal into normal).
+    # The quotient's lowest bit; at k = 23 it is the hidden bit, which the float's bits
+    # do not hold (bit 23 there is the exponent's lowest bit).
+    lsb = jnp.where(k == _F32_MANTISSA_BITS, (exp_field > 0).astype(jnp.int32),
+                    jax.lax.shift_right_logical(abs_bits, k) & 1)
+    half = jax.lax.shift_left(1, jnp.maximum(k - 1, 0))
+    rounded = jnp.where(k > 0, (abs_bits + half - 1 + lsb) & ~low_mask, abs_bits)
+    # shift == 24: |x| / s = significand / 2^24 lies in [1/2, 1) for normal x; it rounds to
+    # one quantum unless it is the tie 1/2 (fraction 0), which goes to the even 0.
+    quantum_exp = e - m_bits + 1
+    quantum = jnp.where(quantum_exp >= 1 - _F32_BIAS,
+                        jax.lax.shift_left(quantum_exp + _F32_BIAS, _F32_MANTISSA_BITS),
+                        jax.lax.shift_left(1, jnp.maximum(quantum_exp + 149, 0)))
+    above_half = (exp_field > 0) & ((abs_bits & _F32_FRAC_MASK) != 0)
+    out = jnp.where(shift == _F32_MANTISSA_BITS + 1, jnp.where(above_half, quantum, 0),
+                    jnp.where(shift > _F32_MANTISSA_BITS + 1, 0, rounded))
+  # Saturation: elements beyond 2^(E+1) (E clipped at E_max), or rounded up to 2^(E+1),
+  # become the largest code (2^M - 1) * s, whose top bit sits at 2^E.
+  largest = (jax.lax.shift_left(e + _F32_BIAS, _F32_MANTISSA_BITS)
+             | (jax.lax.shift_left(jax.lax.shift_left(1, m_bits) - 1, _F32_MANTISSA_BITS + 1 - m_bits)
+                & _F32_FRAC_MASK))
+  out = jnp.where((out >> _F32_MANTISSA_BITS) - _F32_BIAS > e, largest, out)
+  x = jax.lax.bitcast_convert_type(out | (bits & ~_F32_ABS_MASK), jnp.float32)
+  return jnp.where(nonfinite[..., None], jnp.nan, x)
+
+
+def _validate(x, fmt: AndaFormat, mantissa_bits, key):
+  """Checks the user's input before anything is traced; returns (x, M as int32)."""
   x = _check_input(x)
   _normalize_axis(fmt, x.ndim)
   if fmt.rounding == "stochastic" and key is None:
     raise ValueError("rounding='stochastic' needs a PRNG key: pass key=jax.random.key(...)")
-  return _encode(x, fmt, check_mantissa_bits(mantissa_bits), key)
+  return x, check_mantissa_bits(mantissa_bits)
+
+
+def _uniforms(key, shape):
+  return None if key is None else stochastic_uniforms(key, shape)
+
+
+def encode(x, fmt: AndaFormat, mantissa_bits, key=None) -> AndaEncoding:
+  """Encodes `x` along `fmt.axis` (spec section 2). `key` is needed for stochastic rounding;
+  its uniforms are drawn over the grouped, padded shape ([..., n_groups, G])."""
+  return _encode(*_validate(x, fmt, mantissa_bits, key), fmt=fmt, key=key)
 
 
 # Validation happens eagerly above; the arithmetic is one compiled program, so eager calls
 # do not dispatch dozens of small ops (and inside an outer jit it is simply inlined).
 @functools.partial(jax.jit, static_argnames="fmt")
-def _encode(x, fmt, m_bits, key) -> AndaEncoding:
+def _encode(x, m_bits, fmt, key) -> AndaEncoding:
   groups = _to_groups(x, fmt)
-  uniforms = None if key is None else stochastic_uniforms(key, groups.shape)
-  sign, magnitude, exponent = encode_groups(groups, fmt, m_bits, uniforms)
+  sign, magnitude, exponent = encode_groups(groups, fmt, m_bits, _uniforms(key, groups.shape))
   return AndaEncoding(sign=sign, magnitude=magnitude, exponent=exponent, mantissa_bits=m_bits,
                       fmt=fmt, shape=tuple(x.shape), dtype=x.dtype)
 
@@ -281,5 +355,12 @@ _straight_through.defvjp(_straight_through_fwd, _straight_through_bwd)
 def quantize(x, fmt: AndaFormat, mantissa_bits, key=None) -> jax.Array:
   """Fake quantization: decode(encode(x)) in one fused computation, with a straight-through
   gradient. Same shape and dtype as `x`."""
-  enc = encode(x, fmt, mantissa_bits, key)
-  return _straight_through(jnp.asarray(x), jax.lax.stop_gradient(decode(enc)))
+  x, m_bits = _validate(x, fmt, mantissa_bits, key)
+  return _straight_through(x, jax.lax.stop_gradient(_quantize(x, m_bits, fmt=fmt, key=key)))
+
+
+@functools.partial(jax.jit, static_argnames="fmt")
+def _quantize(x, m_bits, fmt, key):
+  groups = _to_groups(x, fmt)
+  quantized = quantize_groups(groups, fmt, m_bits, _uniforms(key, groups.shape))
+  return _from_groups(quantized, x.shape, fmt).astype(x.dtype)

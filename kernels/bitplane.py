@@ -182,9 +182,7 @@ def bitplane_pack(x, fmt: anda_format.AndaFormat, mantissa_bits, num_planes: int
   if fmt.rounding == "stochastic":
     if key is None:
       raise ValueError("key=None is invalid for rounding='stochastic': pass key=jax.random.key(...)")
-    moved = jnp.moveaxis(x, fmt.axis % x.ndim, -1).shape
-    n_groups = -(-moved[-1] // fmt.group_size)
-    uniforms = anda_format.stochastic_uniforms(key, (*moved[:-1], n_groups, fmt.group_size))
+    uniforms = anda_format.grouped_uniforms(x.shape, fmt, key)
   return _pack(x, m_bits, uniforms, fmt=fmt, num_planes=int(num_planes),
                block_rows=_common.check_block("block_rows", block_rows),
                block_groups=_common.check_block("block_groups", block_groups),

@@ -130,9 +130,6 @@ def anda_quantize(x, fmt: anda_format.AndaFormat, mantissa_bits, key=None, *,
   if fmt.rounding == "stochastic":
     if key is None:
       raise ValueError("key=None is invalid for rounding='stochastic': pass key=jax.random.key(...)")
-    moved = jnp.moveaxis(x, fmt.axis % x.ndim, -1).shape
-    n_groups = -(-moved[-1] // fmt.group_size)
-    # Same draw as format.encode: over the grouped, padded shape [..., n_groups, G].
-    uniforms = anda_format.stochastic_uniforms(key, (*moved[:-1], n_groups, fmt.group_size))
+    uniforms = anda_format.grouped_uniforms(x.shape, fmt, key)
   return _quantize(x, m_bits, uniforms, fmt=fmt, block_rows=block_rows,
                    block_groups=block_groups, interpret=_common.resolve_interpret(interpret))
