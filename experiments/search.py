@@ -30,6 +30,7 @@ import numpy as np
 from anda_jax import cost
 from anda_jax import search as search_lib
 from anda_jax.precision import MODULE_TYPES
+from experiments import run_files
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Search configuration.",
                                           lock_config=True)
@@ -49,12 +50,7 @@ class ResultsLog:
 
   def __init__(self, path: pathlib.Path, shape: cost.ModelShape | None = None):
     self.path, self.shape = pathlib.Path(path), shape
-    self.rows = read_rows(self.path)
-    # Drop a torn last line (an interrupted write) so that appends start on a fresh line.
-    if self.path.exists():
-      data = self.path.read_bytes()
-      if data and not data.endswith(b"\n"):
-        self.path.write_bytes(data[:data.rfind(b"\n") + 1])
+    self.rows = read_rows(self.path, repair=True)
 
   def cache(self, split: str) -> dict:
     """config_key -> perplexity of the rows of one split (for CachedEvaluator)."""
@@ -68,47 +64,18 @@ class ResultsLog:
       if self.shape is not None:
         row.update(mean_m=cost.mean_mantissa_bits(self.shape, config),
                    bops_saving=cost.summarize(self.shape, config)["bops_saving"])
-      with self.path.open("a") as f:
-        f.write(json.dumps(row) + "\n")
-        f.flush()
+      run_files.append_jsonl(self.path, [row])
       self.rows.append(row)
     return on_result
 
 
-def read_rows(path: pathlib.Path) -> list[dict]:
+def read_rows(path: pathlib.Path, repair: bool = False) -> list[dict]:
   """The rows of a search.jsonl; a torn last line (interrupted write) is ignored."""
-  path = pathlib.Path(path)
-  if not path.exists():
-    return []
-  rows = []
-  lines = path.read_text().splitlines()
-  for i, line in enumerate(lines):
-    if not line.strip():
-      continue
-    try:
-      row = json.loads(line)
-    except json.JSONDecodeError:
-      if i == len(lines) - 1:
-        logging.warning("%s: ignoring a torn last line", path)
-        continue
-      raise ValueError(f"{path}:{i + 1}: not a JSON line: {line[:80]!r}") from None
+  rows = run_files.read_jsonl(path, repair)
+  for i, row in enumerate(rows):
     if row.get("split") not in SPLITS or "precision" not in row or "perplexity" not in row:
-      raise ValueError(f"{path}:{i + 1}: a row needs split in {SPLITS}, precision, perplexity")
-    rows.append(row)
+      raise ValueError(f"{path}: row {i + 1} needs split in {SPLITS}, precision, perplexity")
   return rows
-
-
-def _check_setup(run_dir: pathlib.Path, setup: dict) -> None:
-  """Writes setup.json, or checks that an existing one describes the same evaluation."""
-  path = run_dir / "setup.json"
-  if path.exists():
-    old = json.loads(path.read_text())
-    if old != setup:
-      diff = sorted(k for k in set(old) | set(setup) if old.get(k) != setup.get(k))
-      raise ValueError(f"{path} was written for a different setup (differs in {diff}): "
-                       "choose another --config.run_name or remove the directory")
-  else:
-    path.write_text(json.dumps(setup, indent=1) + "\n")
 
 
 def _sha(windows: np.ndarray) -> str:
@@ -143,7 +110,7 @@ def run(cfg) -> pathlib.Path:
   per_layer = cfg.granularity == "layer"
   start = np.full((shape.n_layers, 4) if per_layer else (4,), cfg.start_m, np.int32)
   macs = shape.macs() if per_layer else shape.macs().sum(0)
-  _check_setup(run_dir, dict(
+  run_files.check_setup(run_dir, dict(
       model=cfg.model.name, int4_group_size=cfg.model.int4_group_size,
       format=dict(group_size=fmt.group_size, exponent_bits=fmt.exponent_bits,
                   rounding=fmt.rounding),

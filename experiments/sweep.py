@@ -38,6 +38,7 @@ import numpy as np
 
 from anda_jax import data
 from anda_jax import evaluate
+from experiments import run_files
 from anda_jax import format as anda_format
 from anda_jax import precision as anda_precision
 
@@ -150,36 +151,14 @@ class Results:
   def __init__(self, run_dir: pathlib.Path, setup: dict, write: bool = True):
     self.dir, self.write = pathlib.Path(run_dir), write
     self.path = self.dir / "results.jsonl"
-    setup_path = self.dir / "setup.json"
-    if setup_path.exists():
-      old = json.loads(setup_path.read_text())
-      if old != setup:
-        diff = {k: (old.get(k), setup.get(k)) for k in set(old) | set(setup) if old.get(k) != setup.get(k)}
-        raise ValueError(f"{self.dir} holds results for other settings (old, new): {diff}; "
-                         "choose another --config.run_name or delete the folder")
-    elif write:
-      self.dir.mkdir(parents=True, exist_ok=True)
-      setup_path.write_text(json.dumps(setup, indent=1) + "\n")
-    self.rows = {}
-    if self.path.exists():
-      raw = self.path.read_bytes()
-      if raw and not raw.endswith(b"\n") and write:  # a torn last line from an interrupted write
-        raw = raw[:raw.rfind(b"\n") + 1]
-        self.path.write_bytes(raw)
-      for line in raw.decode().splitlines():
-        try:
-          row = json.loads(line)
-        except ValueError:
-          continue
-        self.rows[row["id"]] = row
+    run_files.check_setup(self.dir, setup, write)
+    self.rows = {row["id"]: row for row in run_files.read_jsonl(self.path, repair=write)}
 
   def append(self, rows: list[dict]) -> None:
     for row in rows:
       self.rows[row["id"]] = row
     if self.write:
-      with self.path.open("a") as f:
-        f.write("".join(json.dumps(r) + "\n" for r in rows))
-        f.flush()
+      run_files.append_jsonl(self.path, rows)
 
 
 # ---------------------------------------------------------------------- the sweep

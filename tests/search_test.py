@@ -286,7 +286,7 @@ class ExperimentTest(absltest.TestCase):
     self.assertIn("(layer mean)", (layer_dir / "report.md").read_text())
     # Another setup in the same directory is refused.
     cfg.run_name, cfg.data.seq_len = "tiny", 12
-    with self.assertRaisesRegex(ValueError, "different setup"):
+    with self.assertRaisesRegex(ValueError, "written for other settings.*seq_len"):
       exp_search.run(cfg)
 
 

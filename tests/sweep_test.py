@@ -113,7 +113,7 @@ class SweepTest(absltest.TestCase):
 
   def test_other_settings_are_refused_in_the_same_run_folder(self):
     sweep.run(self.config("settings", format__group_sizes=(8,), mantissa_bits=(3,), types=("all",)))
-    with self.assertRaisesRegex(ValueError, "holds results for other settings.*seq_len"):
+    with self.assertRaisesRegex(ValueError, "written for other settings.*seq_len"):
       sweep.run(self.config("settings", format__group_sizes=(8,), mantissa_bits=(3,), types=("all",),
                             data__seq_len=12))
 
