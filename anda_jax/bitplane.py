@@ -84,12 +84,6 @@ def _bytes_to_bits(packed: jax.Array, group_size: int) -> jax.Array:
   return bits.reshape(*packed.shape[:-1], -1)[..., :group_size]
 
 
-def _check_num_planes(name: str, value, hi: int) -> int:
-  if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 1 <= value <= hi:
-    raise ValueError(f"{name}={value!r} is invalid: must be an integer in [1, {hi}]")
-  return int(value)
-
-
 def pack(enc: anda_format.AndaEncoding, num_planes: int | None = None) -> BitPlanes:
   """AndaEncoding -> BitPlanes with P = num_planes planes (static; default M, if concrete).
 
@@ -108,7 +102,7 @@ def pack(enc: anda_format.AndaEncoding, num_planes: int | None = None) -> BitPla
                        f"must be an integer in [1, {MAX_PLANES}] (the bit-serial sums fit "
                        "int32 only up to 16 bits; fake quantization goes to 24)")
     num_planes = concrete_m
-  p_count = _check_num_planes("num_planes", num_planes, MAX_PLANES)
+  p_count = anda_format.check_int("num_planes", num_planes, 1, MAX_PLANES)
   if concrete_m is not None and concrete_m > p_count:
     raise ValueError(f"mantissa_bits={concrete_m} does not fit num_planes={p_count}: "
                      f"the bit-plane layout needs num_planes >= mantissa_bits and at most "
@@ -169,5 +163,5 @@ def unpack(bp: BitPlanes) -> anda_format.AndaEncoding:
 
 def truncate(bp: BitPlanes, num_planes: int) -> BitPlanes:
   """Keep the first num_planes (MSB) planes: the truncate-rounded num_planes-bit encoding."""
-  keep = _check_num_planes("num_planes", num_planes, bp.num_planes)
+  keep = anda_format.check_int("num_planes", num_planes, 1, bp.num_planes)
   return dataclasses.replace(bp, planes=bp.planes[..., :keep, :])

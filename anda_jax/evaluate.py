@@ -59,11 +59,7 @@ def check_precisions(precisions, n_layers: int) -> np.ndarray:
   if p.ndim not in (2, 3) or p.shape[-1] != n_types or (p.ndim == 3 and p.shape[1] != n_layers) or not len(p):
     raise ValueError(f"precisions has shape {list(p.shape)}: must be [C, {n_types}] or "
                      f"[C, {n_layers}, {n_types}] with C >= 1 configurations")
-  if not np.issubdtype(p.dtype, np.integer):
-    raise ValueError(f"precisions must hold integers, got dtype {p.dtype}")
-  if p.min() < 0 or p.max() > anda_precision.MAX_MANTISSA_BITS:
-    raise ValueError(f"precisions hold {p.min()}..{p.max()}: mantissa lengths must be in "
-                     f"[0, {anda_precision.MAX_MANTISSA_BITS}] (0 = floating point)")
+  anda_precision.check_values(p, "precisions")
   if p.ndim == 2:
     p = np.broadcast_to(p[:, None, :], (len(p), n_layers, n_types))
   return np.ascontiguousarray(p, np.int32)

@@ -35,9 +35,11 @@ _F32_ABS_MASK = 0x7FFFFFFF
 _F32_FRAC_MASK = 0x7FFFFF
 
 
-def _check_int(name: str, value: Any, lo: int, hi: int) -> None:
+def check_int(name: str, value: Any, lo: int, hi: int, hint: str = "") -> int:
+  """Returns `value` as an int, or raises ValueError naming the parameter, value and range."""
   if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not lo <= value <= hi:
-    raise ValueError(f"{name}={value!r} is invalid: must be an integer in [{lo}, {hi}]")
+    raise ValueError(f"{name}={value!r} is invalid: must be an integer in [{lo}, {hi}]{hint}")
+  return int(value)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,8 +53,8 @@ class AndaFormat:
   axis: int = -1
 
   def __post_init__(self):
-    _check_int("group_size", self.group_size, 1, MAX_GROUP_SIZE)
-    _check_int("exponent_bits", self.exponent_bits, 2, 8)
+    check_int("group_size", self.group_size, 1, MAX_GROUP_SIZE)
+    check_int("exponent_bits", self.exponent_bits, 2, 8)
     if self.rounding not in ROUNDING_MODES:
       raise ValueError(f"rounding={self.rounding!r} is invalid: must be one of {ROUNDING_MODES}")
     if isinstance(self.axis, bool) or not isinstance(self.axis, (int, np.integer)):
@@ -102,7 +104,7 @@ def check_mantissa_bits(mantissa_bits, lo: int = MIN_MANTISSA_BITS, hi: int = MA
   value = np.asarray(mantissa_bits)
   if value.shape != () or not np.issubdtype(value.dtype, np.integer):
     raise ValueError(f"mantissa_bits={mantissa_bits!r} is invalid: must be an integer in [{lo}, {hi}]")
-  _check_int("mantissa_bits", int(value), lo, hi)
+  check_int("mantissa_bits", int(value), lo, hi)
   return jnp.asarray(value, jnp.int32)
 
 

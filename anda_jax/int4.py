@@ -166,6 +166,11 @@ def dequantize(qw: Int4Weights):
   return w.reshape(*batch, k, n)
 
 
+def as_float(w):
+  """Weights as float32 [..., K, N]: Int4Weights dequantized, float arrays as they are."""
+  return dequantize(w) if isinstance(w, Int4Weights) else jnp.asarray(w, jnp.float32)
+
+
 # --------------------------------------------------------------------------- GGUF
 
 

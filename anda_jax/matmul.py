@@ -16,10 +16,6 @@ from anda_jax import int4
 IMPLS = ("fake", "bitserial")
 
 
-def _float_weights(w) -> jax.Array:
-  return int4.dequantize(w) if isinstance(w, int4.Int4Weights) else jnp.asarray(w, jnp.float32)
-
-
 def anda_matmul(x, w, fmt: anda_format.AndaFormat, mantissa_bits, impl: str = "fake", key=None):
   """x [..., K] (Anda along K) @ w [K, N] -> float32 [..., N].
 
@@ -40,4 +36,4 @@ def anda_matmul(x, w, fmt: anda_format.AndaFormat, mantissa_bits, impl: str = "f
   # vmap over configurations JAX turns it into a select, which is still exact).
   activation = jax.lax.cond(
       m_bits > 0, lambda x: anda_format.quantize(x, fmt, jnp.maximum(m_bits, 1), key), lambda x: x, x)
-  return activation @ _float_weights(w)
+  return activation @ int4.as_float(w)

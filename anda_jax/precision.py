@@ -26,14 +26,20 @@ def layer_precision(precision, n_layers: int) -> jax.Array:
         f"precision has shape {list(shape)}: must be [{len(MODULE_TYPES)}] (one M per type "
         f"{MODULE_TYPES}) or [{n_layers}, {len(MODULE_TYPES)}] (per layer and type)")
   if not isinstance(precision, jax.core.Tracer):
-    values = np.asarray(precision)
-    if not np.issubdtype(values.dtype, np.integer):
-      raise ValueError(f"precision must hold integers, got dtype {values.dtype}")
-    if values.min() < 0 or values.max() > MAX_MANTISSA_BITS:
-      raise ValueError(
-          f"precision holds {values.min()}..{values.max()}: mantissa lengths must be in "
-          f"[0, {MAX_MANTISSA_BITS}] (0 = keep floating point)")
+    check_values(precision, "precision")
   return jnp.broadcast_to(jnp.asarray(precision, jnp.int32), (n_layers, len(MODULE_TYPES)))
+
+
+def check_values(values, name: str) -> np.ndarray:
+  """Concrete precision values: integers in 0..24, or ValueError naming `name`."""
+  values = np.asarray(values)
+  if not np.issubdtype(values.dtype, np.integer):
+    raise ValueError(f"{name} must hold integers, got dtype {values.dtype}")
+  if values.size and (values.min() < 0 or values.max() > MAX_MANTISSA_BITS):
+    raise ValueError(
+        f"{name} has values {values.min()}..{values.max()}: mantissa lengths must be in "
+        f"[0, {MAX_MANTISSA_BITS}] (0 = keep floating point)")
+  return values
 
 
 def uniform(mantissa_bits: int) -> np.ndarray:

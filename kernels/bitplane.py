@@ -174,8 +174,7 @@ def bitplane_pack(x, fmt: anda_format.AndaFormat, mantissa_bits, num_planes: int
     if traced:
       raise ValueError("num_planes=None is invalid with a traced mantissa_bits: pass a static num_planes >= M")
     num_planes = int(m_bits)
-  if isinstance(num_planes, bool) or not isinstance(num_planes, (int, np.integer)) or not 1 <= num_planes <= MAX_PLANES:
-    raise ValueError(f"num_planes={num_planes!r} is invalid: must be an int in [1, {MAX_PLANES}]")
+  num_planes = anda_format.check_int("num_planes", num_planes, 1, MAX_PLANES)
   if not traced and int(m_bits) > num_planes:
     raise ValueError(f"num_planes={num_planes} is invalid for mantissa_bits={int(m_bits)}: must be >= mantissa_bits")
   uniforms = None

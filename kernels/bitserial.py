@@ -270,9 +270,8 @@ def _check(planes, weights, num_planes, blocks):
     raise ValueError(f"planes holds {p_count} planes, which is invalid: at most {bitplane.MAX_PLANES}")
   if num_planes is None:
     num_planes = p_count
-  if isinstance(num_planes, bool) or not isinstance(num_planes, (int, np.integer)) or not 1 <= num_planes <= p_count:
-    raise ValueError(f"num_planes={num_planes!r} is invalid: must be an int in [1, {p_count}] "
-                     "(the number of planes the activations hold)")
+  num_planes = anda_format.check_int("num_planes", num_planes, 1, p_count,
+                                     " (the number of planes the activations hold)")
   if planes.fmt.group_size % 8:
     raise ValueError(f"planes.fmt.group_size={planes.fmt.group_size} is invalid here: the kernel "
                      "needs whole bytes per group (a multiple of 8)")

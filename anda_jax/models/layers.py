@@ -24,15 +24,10 @@ def linear(x, w, mantissa_bits, fmt, impl="fake", key=None, bias=None):
 
   Every FP-INT product of a model goes through here and so through `anda_matmul`."""
   if mantissa_bits is None:
-    y = x @ as_float(w)
+    y = x @ int4.as_float(w)
   else:
     y = anda_matmul(x, w, fmt, mantissa_bits, impl=impl, key=key)
   return y if bias is None else y + bias
-
-
-def as_float(w):
-  """Weights as float32 [..., K, N]: INT4 dequantized (the exact values `anda_matmul` uses)."""
-  return int4.dequantize(w) if isinstance(w, int4.Int4Weights) else jnp.asarray(w, jnp.float32)
 
 
 def rms_norm(x, weight, eps):
@@ -125,7 +120,7 @@ class DecoderLM(nnx.Module):
     self.layers = nnx.Param(layers)
     has_int4 = any(_is_int4(w) for w in layers.values())
     self.float_layers = FloatCache(
-        {k: as_float(w) if _is_int4(w) else w for k, w in layers.items()} if has_int4 else None)
+        {k: int4.as_float(w) if _is_int4(w) else w for k, w in layers.items()} if has_int4 else None)
 
   def _layer_weights(self, impl):
     cached = self.float_layers.get_value()
