@@ -1,6 +1,6 @@
 """The real SmolLM2-135M-Instruct GGUF (Q4_1 layers, Q8_0 tied embedding) against transformers'
-GGUF loader: token ids on paragraphs of English, logits on a 128-token window, and the
-precision semantics on the real model."""
+GGUF loader: token ids on edge cases and on every article of the Wikipedia excerpt, logits on a
+128-token window, and the precision semantics on the real model."""
 
 from absl.testing import absltest
 import chex
@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from anda_jax import assets
+from anda_jax import data
 from anda_jax import int4
 from anda_jax import models
 
@@ -64,17 +65,20 @@ class SmolLM2Test(absltest.TestCase):
         self.assertEqual(w.group_size, 32)
 
   def test_token_ids_match_transformers(self):
-    for text in PARAGRAPHS + (" ".join(PARAGRAPHS), "<|im_start|>user\nHello there!<|im_end|>\n"):
+    edge_cases = ("<|im_start|>user\nHello there!<|im_end|>\n",
+                  "In 2024:\n\n1. cost 45 \u00bd\u00bc, dating from\u00a03 BC")  # digits after whitespace
+    for text in PARAGRAPHS + (" ".join(PARAGRAPHS),) + edge_cases:
       ours = self.tokenizer.encode(text)
       self.assertEqual(ours, self.hf_tokenizer(text)["input_ids"], msg=text[:40])
       self.assertEqual(self.tokenizer.decode(ours), text)
 
-  def test_digits_are_split_as_llama_cpp_does(self):
-    # SmolLM2's pre-tokenizer ("smollm") isolates every digit before the GPT-2 split, as
-    # llama.cpp and the model's own tokenizer.json do. transformers' GGUF tokenizer omits that step,
-    # so a whitespace run before a digit differs there ("\n\n" + "1" vs "\n", "\n", "1").
-    pieces = [self.tokenizer.decode([i]) for i in self.tokenizer.encode("In 2024:\n\n1. cost 45")]
-    self.assertEqual(pieces, ["In", " ", "2", "0", "2", "4", ":", "\n\n", "1", ".", " cost", " ", "4", "5"])
+  def test_token_ids_match_transformers_on_real_text(self):
+    corpus = data.load_corpus("enwiki-excerpt")
+    articles = corpus.calibration + corpus.test
+    self.assertLen(articles, 106)
+    for article in articles:  # every paragraph of the Wikipedia excerpt, 650k tokens in all
+      self.assertEqual(self.tokenizer.encode(article), self.hf_tokenizer(article)["input_ids"],
+                       msg=article[:60])
 
   def test_logits_match_transformers(self):
     import torch  # pylint: disable=g-import-not-at-top
