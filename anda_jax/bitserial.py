@@ -33,8 +33,7 @@ __all__ = ["block_size", "partial_sums", "matmul"]
 def block_size(group_size: int, weight_group_size: int) -> int:
   """Block over which E and d, z are constant: min(G, Gw) when one divides the other."""
   for name, v in (("group_size", group_size), ("weight_group_size", weight_group_size)):
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-      raise ValueError(f"{name}={v!r} is invalid: must be a positive integer")
+    anda_format.check_int(name, v, 1)
   g, gw = int(group_size), int(weight_group_size)
   if g % gw and gw % g:
     raise ValueError(

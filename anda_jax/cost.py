@@ -26,6 +26,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from anda_jax import precision as precision_lib
+from anda_jax.format import check_int
 from anda_jax.precision import MODULE_TYPES
 
 FAMILIES = ("llama", "opt")
@@ -63,9 +64,7 @@ class ModelShape:
 
   def __post_init__(self):
     for name in ("n_layers", "d_model", "n_heads", "n_kv_heads", "head_dim", "d_ff"):
-      value = getattr(self, name)
-      if not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name}={value!r}: must be a positive integer")
+      check_int(name, getattr(self, name), 1)
     if self.family not in FAMILIES:
       raise ValueError(f"family={self.family!r}: must be one of {FAMILIES}")
     if self.n_heads % self.n_kv_heads:

@@ -39,6 +39,7 @@ import xml.etree.ElementTree as ET
 import numpy as np
 
 from anda_jax import assets
+from anda_jax.format import check_int
 
 CORPORA = ("enwiki-excerpt",)
 SEPARATOR = "\n\n"
@@ -253,13 +254,10 @@ def token_windows(texts: list[str], tokenizer, seq_len: int, max_windows: int | 
   Windows start every `stride` tokens (default seq_len: non-overlapping). With max_windows,
   that many windows spread evenly over the corpus are kept (in order), so a small
   evaluation still samples every part of the split."""
-  if isinstance(seq_len, bool) or not isinstance(seq_len, (int, np.integer)) or seq_len < 2:
-    raise ValueError(f"seq_len={seq_len!r} is invalid: must be an integer >= 2")
-  stride = seq_len if stride is None else stride
-  if isinstance(stride, bool) or not isinstance(stride, (int, np.integer)) or not 1 <= stride <= seq_len:
-    raise ValueError(f"stride={stride!r} is invalid: must be an integer in [1, seq_len={seq_len}]")
-  if max_windows is not None and (not isinstance(max_windows, (int, np.integer)) or max_windows < 1):
-    raise ValueError(f"max_windows={max_windows!r} is invalid: must be a positive integer or None")
+  seq_len = check_int("seq_len", seq_len, 2)
+  stride = check_int("stride", seq_len if stride is None else stride, 1, seq_len, " (at most seq_len)")
+  if max_windows is not None:
+    check_int("max_windows", max_windows, 1, hint=" or None")
   ids = token_ids(texts, tokenizer)
   starts = np.arange(0, len(ids) - seq_len + 1, stride)
   if len(starts) == 0:

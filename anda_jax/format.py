@@ -35,10 +35,13 @@ _F32_ABS_MASK = 0x7FFFFFFF
 _F32_FRAC_MASK = 0x7FFFFF
 
 
-def check_int(name: str, value: Any, lo: int, hi: int, hint: str = "") -> int:
-  """Returns `value` as an int, or raises ValueError naming the parameter, value and range."""
-  if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not lo <= value <= hi:
-    raise ValueError(f"{name}={value!r} is invalid: must be an integer in [{lo}, {hi}]{hint}")
+def check_int(name: str, value: Any, lo: int, hi: int | None = None, hint: str = "") -> int:
+  """Returns `value` as an int, or raises ValueError naming the parameter, value and range
+  (hi None: no upper bound)."""
+  if (isinstance(value, bool) or not isinstance(value, (int, np.integer))
+      or not lo <= value <= (value if hi is None else hi)):
+    bounds = f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
+    raise ValueError(f"{name}={value!r} is invalid: must be an integer {bounds}{hint}")
   return int(value)
 
 

@@ -23,6 +23,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from anda_jax.format import check_int
+
 __all__ = [
     "Int4Weights",
     "quantize_rtn",
@@ -177,8 +179,7 @@ def as_float(w):
 def _gguf_blocks(name: str, raw, n_out, k, block_bytes: int) -> np.ndarray:
   """Validate raw GGUF bytes and view them as uint8 [n_out, k // 32, block_bytes]."""
   for pname, v in (("n_out", n_out), ("k", k)):
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-      raise ValueError(f"{name}: {pname} must be a positive int, got {v!r}")
+    check_int(f"{name}: {pname}", v, 1)
   if k % _GGUF_BLOCK:
     raise ValueError(
         f"{name}: k={k} must be a multiple of {_GGUF_BLOCK} (the GGUF block size)"

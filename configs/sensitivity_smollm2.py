@@ -4,8 +4,9 @@ M in {3, 4, 6}, on 8 calibration windows of 256 tokens.
     python -m experiments.sensitivity --config=configs/sensitivity_smollm2.py
 
 120 (layer, type) pairs x 3 M = 360 configurations, each running only layers l..29 and the
-head from a cached float prefix. Expected run time on an idle 2-core CPU: about 1.5 hours
-(~9 ms of CPU per token and configuration for the whole model, ~0.6 of that per suffix).
+head from a cached float prefix. Measured: 10 min 42 s wall, 1 compilation, on an idle 2-core
+AMD EPYC (Zen 5, AVX-512) with the model and corpus cached; about 5x as long on the project's
+earlier 2-core machine (jnp.dot 2048^2 at 61 GFLOP/s, 334 here).
 Resumable: rerun the same command after an interruption.
 """
 

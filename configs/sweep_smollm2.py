@@ -4,9 +4,11 @@ windows of 256 test tokens (8160 scored tokens).
 
     python -m experiments.sweep --config=configs/sweep_smollm2.py
 
-Expected run time on an idle 2-core CPU: about 4 hours (1.5 M token-configurations at ~9 ms
-of CPU each, measured with the quickstart; ~1.3 minutes per configuration). Resumable: rerun
-the same command after an interruption.
+Measured: 27 min 34 s wall, 4 compilations, on an idle 2-core AMD EPYC (Zen 5, AVX-512) with
+the model and corpus cached (about 9 s per configuration). Run time follows the machine's
+float32 matrix-product speed: on the project's earlier 2-core machine (jnp.dot 2048^2 at
+61 GFLOP/s, 334 here) expect about 5x as long.
+Resumable: rerun the same command after an interruption.
 """
 
 import ml_collections

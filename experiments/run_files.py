@@ -1,4 +1,5 @@
-"""The files of a run folder that make experiments resumable: setup.json and a JSON-lines log.
+"""The files of a run folder that make experiments resumable (setup.json and a JSON-lines log),
+and the `--config=configs/...` command line every experiment shares.
 
 Every experiment appends one JSON line per result as soon as it is known; a rerun reads
 them back and skips what is done. setup.json records what those rows are valid for, so a
@@ -9,6 +10,10 @@ from __future__ import annotations
 
 import json
 import pathlib
+
+from absl import app
+from absl import flags
+from ml_collections import config_flags
 
 
 def check_setup(run_dir: pathlib.Path, setup: dict, write: bool = True) -> None:
@@ -55,3 +60,18 @@ def append_jsonl(path: pathlib.Path, rows: list[dict]) -> None:
   with pathlib.Path(path).open("a") as f:
     f.write("".join(json.dumps(row) + "\n" for row in rows))
     f.flush()
+
+
+def run_with_config(run, description: str) -> None:
+  """`python -m experiments.<name> --config=configs/<file>.py [--config.<key>=...]`: calls
+  run(config). The --config flag is defined here, when a module runs as a program, so that the
+  experiment modules can import one another without defining it twice."""
+  config = config_flags.DEFINE_config_file("config", None, description, lock_config=True)
+  flags.mark_flag_as_required("config")
+
+  def main(argv):
+    if len(argv) > 1:
+      raise app.UsageError(f"unexpected arguments {argv[1:]}")
+    run(config.value)
+
+  app.run(main)

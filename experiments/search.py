@@ -22,18 +22,13 @@ import json
 import pathlib
 import time
 
-from absl import app
 from absl import logging
-from ml_collections import config_flags
 import numpy as np
 
 from anda_jax import cost
 from anda_jax import search as search_lib
 from anda_jax.precision import MODULE_TYPES
 from experiments import run_files
-
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Search configuration.",
-                                          lock_config=True)
 
 SPLITS = ("calibration", "test")
 
@@ -283,14 +278,12 @@ def _plot(run_dir, shape, cal_rows, chosen, fp_ppl, like) -> None:
   plt.close(fig)
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+def run_and_report(cfg) -> None:
   t0 = time.time()
-  run_dir = run(_CONFIG.value)
+  run_dir = run(cfg)
   print((run_dir / "report.md").read_text())
   print(f"\nwrote {run_dir} in {time.time() - t0:.1f} s")
 
 
 if __name__ == "__main__":
-  app.run(main)
+  run_files.run_with_config(run_and_report, "Search configuration.")

@@ -24,16 +24,15 @@ import math
 import pathlib
 import time
 
-from absl import app
 from absl import logging
 import jax
 from flax import nnx
-from ml_collections import config_flags
 import numpy as np
 
 from anda_jax import evaluate
 from anda_jax import format as anda_format
 from anda_jax import precision as anda_precision
+from experiments import run_files
 from experiments import sweep
 
 BASELINE = "fp"
@@ -195,33 +194,22 @@ def _heatmap(run_dir: pathlib.Path, rows: list[dict]) -> None:
   ms = sorted({r["mantissa_bits"] for r in rows})
   types = [t for t in anda_precision.MODULE_TYPES if any(r["type"] == t for r in rows)]
   cell = {(r["layer"], r["type"], r["mantissa_bits"]): r["rel_increase"] for r in rows}
-  fig, axes = plt.subplots(1, len(ms), figsize=(1.5 + 1.6 * len(ms), 1.5 + 0.22 * len(layers)),
-                           squeeze=False)
-  vmax = max(max(cell.values()), 1e-6)
+  # A symmetric log scale: a few cells reach +100s of percent while the decision is made around
+  # +-1%; red is worse than FP, blue better (truncation can lower perplexity a little).
+  vmax = max(max(abs(v) for v in cell.values()) * 100, 1.0)
+  norm = matplotlib.colors.SymLogNorm(linthresh=0.1, linscale=0.5, vmin=-vmax, vmax=vmax, base=10)
+  fig, axes = plt.subplots(1, len(ms), figsize=(1.8 + 2.2 * len(ms), 1.5 + 0.2 * len(layers)),
+                           squeeze=False, sharey=True)
   for ax, m in zip(axes[0], ms):
     grid = np.array([[cell.get((l, t, m), np.nan) for t in types] for l in layers])
-    im = ax.imshow(grid * 100, cmap="magma_r", aspect="auto", vmin=0, vmax=vmax * 100)
-    ax.set(title=f"M = {m}", xticks=range(len(types)), xticklabels=types, yticks=range(len(layers)),
-           yticklabels=layers, xlabel="type")
+    im = ax.imshow(grid * 100, cmap="RdBu_r", norm=norm, aspect="auto")
+    ax.set(title=f"M = {m}", xticks=range(len(types)), yticks=range(len(layers)), yticklabels=layers)
+    ax.set_xticklabels(types, rotation=45)
   axes[0][0].set_ylabel("layer")
-  fig.colorbar(im, ax=axes[0].tolist(), label="perplexity increase (%)")
+  fig.colorbar(im, ax=axes[0].tolist(), label="perplexity increase over FP (%), symlog")
   fig.savefig(run_dir / "heatmap.png", dpi=120)
   plt.close(fig)
 
 
-def main(argv) -> None:
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments {argv[1:]}")
-  run(_CONFIG.value)
-
-
-def _define_flags():
-  # Defined only when run as a program, so that other modules (the sensitivity study, the
-  # benchmark) can import this one without a duplicate --config flag.
-  global _CONFIG
-  _CONFIG = config_flags.DEFINE_config_file("config", None, "Sensitivity configuration.", lock_config=True)
-
-
 if __name__ == "__main__":
-  _define_flags()
-  app.run(main)
+  run_files.run_with_config(run, "Sensitivity configuration.")

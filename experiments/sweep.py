@@ -31,16 +31,14 @@ import math
 import pathlib
 import time
 
-from absl import app
 from absl import logging
-from ml_collections import config_flags
 import numpy as np
 
 from anda_jax import data
 from anda_jax import evaluate
-from experiments import run_files
 from anda_jax import format as anda_format
 from anda_jax import precision as anda_precision
+from experiments import run_files
 
 
 SWEEP_TYPES = anda_precision.MODULE_TYPES + ("all",)
@@ -300,7 +298,13 @@ def report(run_dir) -> str:
 
 def _increase(ratio: float) -> str:
   """ppl / ppl_fp as a percentage increase, or a factor once it is large."""
-  return f"{ratio - 1:>+6.1%}" if ratio < 2 else f"{'x' + format(ratio, '.1f'):>6}"
+  if ratio < 2:
+    return f"{ratio - 1:>+6.1%}"
+  return f"{'x' + format(ratio, '.1f' if ratio < 1000 else '.0f'):>6}"
+
+
+def _cell(ppl: float, base_ppl: float) -> str:
+  return f"{ppl:>8.{2 if ppl < 1e5 else 0}f} ({_increase(ppl / base_ppl)})"
 
 
 def _table(base_ppl: float, rows: list[dict]) -> str:
@@ -315,7 +319,7 @@ def _table(base_ppl: float, rows: list[dict]) -> str:
         continue
       vals = [cells.get((g, t, m)) for m in ms]
       lines.append(f"{g:>5} {t:>5} " + " ".join(
-          f"{'-':>16}" if v is None else f"{v:>8.2f} ({_increase(v / base_ppl)})" for v in vals))
+          f"{'-':>16}" if v is None else _cell(v, base_ppl) for v in vals))
   return "\n".join(lines)
 
 
@@ -328,16 +332,26 @@ def _plots(run_dir: pathlib.Path, base_ppl: float, rows: list[dict]) -> None:
   ms = sorted({r["mantissa_bits"] for r in rows})
   if not gs:
     return
-  fig, axes = plt.subplots(1, len(gs), figsize=(4.5 * len(gs), 3.8), squeeze=False, sharey=True)
-  for ax, g in zip(axes[0], gs):
+  # Top: perplexity on a log scale (the collapse at small M). Bottom: the relative increase on a
+  # symlog scale, linear within +-1%, where the choice of M is actually made.
+  fig, axes = plt.subplots(2, len(gs), figsize=(4.5 * len(gs), 7), squeeze=False, sharey="row")
+  for col, g in enumerate(gs):
     for t in SWEEP_TYPES:
       pts = sorted((r["mantissa_bits"], r["ppl"]) for r in rows if r["group_size"] == g and r["type"] == t)
       if pts:
-        ax.plot(*zip(*pts), marker="o", label=t)
-    ax.axhline(base_ppl, color="k", ls="--", lw=1, label="FP activations")
-    ax.set(title=f"G = {g}", xlabel="mantissa bits M", yscale="log", xticks=ms)
+        m, ppl = zip(*pts)
+        axes[0][col].plot(m, ppl, marker="o", label=t)
+        axes[1][col].plot(m, [100 * (p / base_ppl - 1) for p in ppl], marker="o", label=t)
+    axes[0][col].axhline(base_ppl, color="k", ls="--", lw=1, label="FP activations")
+    axes[0][col].set(title=f"G = {g}", yscale="log", xticks=ms)
+    axes[1][col].axhline(0, color="k", ls="--", lw=1)
+    axes[1][col].axhspan(-1, 1, color="k", alpha=0.08, label="within 1%")
+    axes[1][col].set(xlabel="mantissa bits M", yscale="symlog", xticks=ms)
+    axes[1][col].set_yscale("symlog", linthresh=1)
   axes[0][0].set_ylabel("perplexity")
+  axes[1][0].set_ylabel("perplexity increase over FP (%)")
   axes[0][-1].legend(fontsize=8)
+  axes[1][-1].legend(fontsize=8)
   fig.tight_layout()
   fig.savefig(run_dir / "ppl_vs_m.png", dpi=120)
   plt.close(fig)
@@ -360,19 +374,6 @@ def _plots(run_dir: pathlib.Path, base_ppl: float, rows: list[dict]) -> None:
   plt.close(fig)
 
 
-def main(argv) -> None:
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments {argv[1:]}")
-  run(_CONFIG.value)
-
-
-def _define_flags():
-  # Defined only when run as a program, so that other modules (the sensitivity study, the
-  # benchmark) can import this one without a duplicate --config flag.
-  global _CONFIG
-  _CONFIG = config_flags.DEFINE_config_file("config", None, "Sweep configuration.", lock_config=True)
-
-
 def reference_config():
   # Key checks compare against the full sweep config, so a config file that drops or
   # misspells a key is caught too.
@@ -381,5 +382,4 @@ def reference_config():
 
 
 if __name__ == "__main__":
-  _define_flags()
-  app.run(main)
+  run_files.run_with_config(run, "Sweep configuration.")

@@ -201,7 +201,7 @@ class GgufTest(parameterized.TestCase):
       ctor(good[:-1], 2, 64)
     with self.assertRaisesRegex(ValueError, "k=48 must be a multiple of 32"):
       ctor(good, 2, 48)
-    with self.assertRaisesRegex(ValueError, "n_out must be a positive int"):
+    with self.assertRaisesRegex(ValueError, "n_out=.* is invalid: must be an integer >= 1"):
       ctor(good, 0, 64)
     with self.assertRaisesRegex(ValueError, "dtype float32"):
       ctor(good.astype(np.float32), 2, 64)
