@@ -6,8 +6,9 @@ on a 2-core CPU from an empty cache (downloads of ~120 MB included).
 G = 64, M in {3, 4, 6, 8}, each type alone and all together (20 configurations + the FP
 baseline), on 3 windows of 128 test tokens. Perplexities on 381 tokens are noisy: this
 shows the pipeline and the trend, configs/sweep_smollm2.py is the measurement.
-Measured from an empty cache on the shared 2-core machine (the job got 47% of the CPU):
-4 min 51 s wall, 138 s of CPU; one compilation.
+Measured from an empty cache in a fresh clone and virtualenv: 22 s wall on an idle 2-core AMD
+EPYC (Zen 5, AVX-512); 1 min 24 s idle and 4 min 51 s shared on the project's earlier, slower
+2-core machine. One compilation.
 """
 
 from configs import sweep_smollm2
