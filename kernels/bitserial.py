@@ -14,9 +14,13 @@ exactly what a bit-serial unit does per cycle:
     y  += 2^(E-M'+1) (d A + z S)               the only floating-point step
 
 Stopping after num_planes = M' <= P planes is progressive precision (the truncated M'-bit
-result). The plane dot products run in float32 on 0/+-1 bits and codes |q| <= 15: every
-input is exact in bf16/tf32 and every sum (<= 15 * 1024) exact in float32, so converting
-to int32 is exact whatever the backend's matmul precision; A and S are int32 from there.
+result). M' is a runtime operand (a [1, 1, 1] int32 block, like the compressor's M), so one
+compiled kernel serves every M' and the plane loop runs M' times; the planes block still
+holds all P planes (on hardware, the DMA of unused planes is the price of that).
+
+The plane dot products run in float32 on 0/+-1 bits and codes |q| <= 15: every input is exact
+in bf16/tf32 and every sum (<= 15 * 1024) exact in float32, so converting to int32 is exact
+whatever the backend's matmul precision; A and S are int32 from there.
 
 Padding. Rows and N are zero padded to whole tiles and sliced off; K is zero padded to a
 whole number of K tiles (zero planes and zero weights contribute exactly 0).
@@ -89,8 +93,8 @@ def _per_block(values, n_blocks: int):
   return jnp.broadcast_to(values[:, :, None, :], (r, n_units, reps, x)).reshape(r, n_blocks, x)
 
 
-def _kernel(exp_ref, sign_ref, planes_ref, w_ref, scale_ref, *rest,
-            group_size, weight_group_size, num_planes, symmetric, emit_sums):
+def _kernel(planes_to_stream_ref, exp_ref, sign_ref, planes_ref, w_ref, scale_ref, *rest,
+            group_size, weight_group_size, symmetric, emit_sums):
   offset_ref = None if symmetric else rest[0]
   out_refs = rest if symmetric else rest[1:]
   half_k, tn = w_ref.shape
@@ -118,6 +122,8 @@ def _kernel(exp_ref, sign_ref, planes_ref, w_ref, scale_ref, *rest,
   sign_even = 1 - 2 * _half_bits(sign_bytes, 0)  # +1 / -1, [tr, tk / 2]
   sign_odd = 1 - 2 * _half_bits(sign_bytes, 1)
   tr = sign_even.shape[0]
+  # M' is a runtime value: one compiled kernel serves every M, and the loop runs M' times.
+  num_planes = planes_to_stream_ref[0, 0, 0]
 
   def plane_step(p, carry):  # MSB first; stopping after num_planes = fewer mantissa bits
     a, m_even, m_odd = carry
@@ -171,9 +177,8 @@ def _k_tile(k_unit_padded: int, unit: int, block_k) -> int:
   return tk
 
 
-@functools.partial(jax.jit, static_argnames=(
-    "num_planes", "block_rows", "block_n", "block_k", "interpret", "emit_sums"))
-def _bitserial(bp, w, *, num_planes, block_rows, block_n, block_k, interpret, emit_sums):
+@functools.partial(jax.jit, static_argnames=("block_rows", "block_n", "block_k", "interpret", "emit_sums"))
+def _bitserial(bp, w, num_planes, *, block_rows, block_n, block_k, interpret, emit_sums):
   g, gw = bp.fmt.group_size, w.group_size
   *lead, n_groups, p_count, c = bp.planes.shape
   rows = int(np.prod(lead, dtype=np.int64))
@@ -197,9 +202,10 @@ def _bitserial(bp, w, *, num_planes, block_rows, block_n, block_k, interpret, em
   # two dimensions are whole array dimensions, which TPU accepts at any size. The exponent
   # goes in as [n_kt, rows, tk / G] (a small copy: one byte per group) so that its block's
   # last two dimensions are (rows tile, whole axis) rather than a squeezed K-tile axis.
-  operands = [jnp.moveaxis(act(bp.exponent), 1, 0), act(bp.sign, c), act(bp.planes, p_count, c),
-              wts(w.packed, 2), wts(w.scale, gw)]
+  operands = [jnp.asarray(num_planes, jnp.int32).reshape(1, 1, 1), jnp.moveaxis(act(bp.exponent), 1, 0),
+              act(bp.sign, c), act(bp.planes, p_count, c), wts(w.packed, 2), wts(w.scale, gw)]
   in_specs = [
+      pl.BlockSpec((1, 1, 1), lambda i, j, kk: (0, 0, 0)),
       pl.BlockSpec((None, tr, gpt), lambda i, j, kk: (kk, i, 0)),
       pl.BlockSpec((tr, None, gpt, c), lambda i, j, kk: (i, kk, 0, 0)),
       pl.BlockSpec((tr, None, gpt, p_count, c), lambda i, j, kk: (i, kk, 0, 0, 0)),
@@ -220,8 +226,8 @@ def _bitserial(bp, w, *, num_planes, block_rows, block_n, block_k, interpret, em
     out_shape = jax.ShapeDtypeStruct((rows_p, n_p), jnp.float32)
     out_specs = pl.BlockSpec((tr, tn), lambda i, j, kk: (i, j))
   out = pl.pallas_call(
-      functools.partial(_kernel, group_size=g, weight_group_size=gw, num_planes=num_planes,
-                        symmetric=w.symmetric, emit_sums=emit_sums),
+      functools.partial(_kernel, group_size=g, weight_group_size=gw, symmetric=w.symmetric,
+                        emit_sums=emit_sums),
       out_shape=out_shape,
       grid=(rows_p // tr, n_p // tn, n_kt),
       in_specs=in_specs,
@@ -240,7 +246,8 @@ def _bitserial(bp, w, *, num_planes, block_rows, block_n, block_k, interpret, em
 
 
 def _check(planes, weights, num_planes, blocks):
-  """Validates everything before tracing; returns the static number of planes M'."""
+  """Validates everything before tracing; returns the number of planes to stream M' (an int,
+  or a traced int32 clipped to [1, P]: a traced value cannot raise)."""
   if not isinstance(planes, bitplane.BitPlanes):
     raise ValueError(f"planes={type(planes).__name__} is invalid: must be an anda_jax.bitplane.BitPlanes")
   if not isinstance(weights, int4.Int4Weights):
@@ -268,17 +275,18 @@ def _check(planes, weights, num_planes, blocks):
   p_count = planes.num_planes
   if p_count > bitplane.MAX_PLANES:
     raise ValueError(f"planes holds {p_count} planes, which is invalid: at most {bitplane.MAX_PLANES}")
-  if num_planes is None:
-    num_planes = p_count
-  num_planes = anda_format.check_int("num_planes", num_planes, 1, p_count,
-                                     " (the number of planes the activations hold)")
+  if isinstance(num_planes, jax.core.Tracer):
+    num_planes = jnp.clip(num_planes, 1, p_count).astype(jnp.int32)
+  else:
+    num_planes = anda_format.check_int("num_planes", p_count if num_planes is None else num_planes,
+                                       1, p_count, " (the number of planes the activations hold)")
   if planes.fmt.group_size % 8:
     raise ValueError(f"planes.fmt.group_size={planes.fmt.group_size} is invalid here: the kernel "
                      "needs whole bytes per group (a multiple of 8)")
   for name, value in blocks.items():
     if not (name == "block_k" and value is None):
       _common.check_block(name, value)
-  return int(num_planes)
+  return num_planes
 
 
 def bitserial_matmul(planes, weights, num_planes: int | None = None, *,
@@ -287,13 +295,15 @@ def bitserial_matmul(planes, weights, num_planes: int | None = None, *,
   """Bit-serial product: BitPlanes [..., rows, K] x Int4Weights [K, N] -> float32 [..., rows, N].
 
   Equals `anda_jax.bitserial.matmul(planes, weights, num_planes)` to float32 rounding
-  (only the accumulation order of the per-block float terms differs). num_planes: static
-  M' <= P, the planes streamed (default all). Symmetric and asymmetric weights.
+  (only the accumulation order of the per-block float terms differs). num_planes: M' <= P,
+  the planes streamed (default all); an int or a traced int32 (clipped to [1, P]), a runtime
+  value of the kernel either way, so changing it does not recompile. Symmetric and
+  asymmetric weights.
   interpret: None = interpret on CPU, compile elsewhere.
   """
   blocks = dict(block_rows=block_rows, block_n=block_n, block_k=block_k)
   m_prime = _check(planes, weights, num_planes, blocks)
-  return _bitserial(planes, weights, num_planes=m_prime, interpret=_common.resolve_interpret(interpret),
+  return _bitserial(planes, weights, m_prime, interpret=_common.resolve_interpret(interpret),
                     emit_sums=False, **blocks)
 
 
@@ -305,7 +315,7 @@ def bitserial_partial_sums(planes, weights, num_planes: int | None = None, *,
   as `bitserial_matmul`, stopping before the floating-point step: for tests and debugging."""
   blocks = dict(block_rows=block_rows, block_n=block_n, block_k=block_k)
   m_prime = _check(planes, weights, num_planes, blocks)
-  return _bitserial(planes, weights, num_planes=m_prime, interpret=_common.resolve_interpret(interpret),
+  return _bitserial(planes, weights, m_prime, interpret=_common.resolve_interpret(interpret),
                     emit_sums=True, **blocks)
 
 
@@ -316,9 +326,9 @@ def anda_matmul_bitserial(x, w, fmt: anda_format.AndaFormat, mantissa_bits, key=
 
   mantissa_bits: 0..16, may be traced. 0 keeps x in floating point (x @ dequantize(w)),
   exactly as impl="fake" does. A concrete M is packed into M planes; a traced M into
-  MAX_PLANES (16) static planes, the zero-padded encoding of the same values, so one
-  compiled program serves every M (and the result is the same as with M planes; only the
-  emulated cycle count, 16 planes, differs). A traced M above 16 is clipped to 16.
+  MAX_PLANES (16) static planes, the zero-padded encoding of the same values, of which the
+  kernel streams only the first M, so one compiled program serves every M with the same
+  result and plane count as a concrete M. A traced M above 16 is clipped to 16.
   """
   # Imported here: the compressor is only needed on this path.
   from kernels import bitplane as bitplane_kernel
@@ -342,5 +352,6 @@ def anda_matmul_bitserial(x, w, fmt: anda_format.AndaFormat, mantissa_bits, key=
   num_planes = bitplane.MAX_PLANES if traced else int(m_bits)
   planes = bitplane_kernel.bitplane_pack(x2, fmt, jnp.maximum(m_bits, 1), num_planes, key,
                                        interpret=interpret)
-  y = bitserial_matmul(planes, w, interpret=interpret).reshape(*lead, -1)
+  y = bitserial_matmul(planes, w, jnp.maximum(m_bits, 1) if traced else None,
+                       interpret=interpret).reshape(*lead, -1)
   return jnp.where(m_bits > 0, y, exact()) if traced else y

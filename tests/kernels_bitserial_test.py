@@ -82,6 +82,21 @@ class BitserialKernelTest(parameterized.TestCase):
     ref = np.asarray(bitserial.matmul(bp, qw, num_planes), np.float64)
     np.testing.assert_array_less(np.abs(np.asarray(y, np.float64) - ref), 2 * bound + 1e-30)
 
+  def test_traced_num_planes_streams_that_many_planes_one_compile(self):
+    # M' is a runtime operand of the kernel: under jit a traced M' gives the partial sums of
+    # exactly M' planes (not of all 12 the activations hold), with one compilation for all M'.
+    g, gw, k, n = 32, 32, 128, 16
+    fmt = anda_format.AndaFormat(group_size=g)
+    qw = _weights(3, k, n, gw, symmetric=False)
+    bp = bitplane.pack(_encode(_activations(3, (8, k)), fmt, 12))
+    sums = jax.jit(lambda p: bitserial_kernel.bitserial_partial_sums(bp, qw, p, block_rows=8, block_n=16))
+    for m_prime in (1, 3, 12):
+      want_a, want_s = bitserial.partial_sums(bp, qw, m_prime)
+      got_a, got_s = sums(jnp.int32(m_prime))
+      np.testing.assert_array_equal(np.asarray(got_a), np.asarray(want_a), err_msg=f"M'={m_prime}")
+      np.testing.assert_array_equal(np.asarray(got_s), np.asarray(want_s), err_msg=f"M'={m_prime}")
+    self.assertEqual(sums._cache_size(), 1)
+
   def test_anda_matmul_bitserial_agrees_with_fake_one_compile(self, symmetric=False):
     # A layer-shaped product on heavy-tailed activations, with a leading batch axis; M is
     # traced, so one compiled program serves every M (including M = 0: stay float).

@@ -57,10 +57,10 @@ class LoweringTest(parameterized.TestCase):
     for symmetric in (True, False):
       qw = int4.quantize_rtn(jnp.ones((576, 256)), 32, symmetric)
       for emit_sums in (False, True):
-        fn = functools.partial(bitserial_kernel._bitserial, num_planes=8, block_rows=128, block_n=128,
+        fn = functools.partial(bitserial_kernel._bitserial, block_rows=128, block_n=128,
                                block_k=None, interpret=False, emit_sums=emit_sums)
-        with self.subTest(symmetric=symmetric, emit_sums=emit_sums):
-          self.assertIn("anda_bitserial", _lower(fn, bp, qw, platform=platform))
+        with self.subTest(symmetric=symmetric, emit_sums=emit_sums):  # M' is a runtime scalar
+          self.assertIn("anda_bitserial", _lower(fn, bp, qw, jnp.int32(6), platform=platform))
 
 
 if __name__ == "__main__":
