@@ -26,7 +26,6 @@ from __future__ import annotations
 import csv
 import dataclasses
 import hashlib
-import json
 import math
 import pathlib
 import time
@@ -273,7 +272,7 @@ def run(cfg) -> dict:
 # ---------------------------------------------------------------------- report
 
 def _load_rows(run_dir: pathlib.Path) -> tuple[dict, list[dict]]:
-  rows = [json.loads(l) for l in (run_dir / "results.jsonl").read_text().splitlines() if l.strip()]
+  rows = run_files.read_jsonl(run_dir / "results.jsonl")
   by_id = {r["id"]: r for r in rows}
   return by_id.get(BASELINE), [r for r in by_id.values() if r["id"] != BASELINE]
 
@@ -346,7 +345,7 @@ def _plots(run_dir: pathlib.Path, base_ppl: float, rows: list[dict]) -> None:
     axes[0][col].set(title=f"G = {g}", yscale="log", xticks=ms)
     axes[1][col].axhline(0, color="k", ls="--", lw=1)
     axes[1][col].axhspan(-1, 1, color="k", alpha=0.08, label="within 1%")
-    axes[1][col].set(xlabel="mantissa bits M", yscale="symlog", xticks=ms)
+    axes[1][col].set(xlabel="mantissa bits M", xticks=ms)
     axes[1][col].set_yscale("symlog", linthresh=1)
   axes[0][0].set_ylabel("perplexity")
   axes[1][0].set_ylabel("perplexity increase over FP (%)")
