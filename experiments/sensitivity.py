@@ -19,7 +19,6 @@ from __future__ import annotations
 import csv
 import dataclasses
 import functools
-import json
 import math
 import pathlib
 import time
@@ -166,7 +165,7 @@ def run(cfg, reuse_prefix: bool = True, loaded=None) -> Outcome:
 def report(run_dir, top: int = 10) -> str:
   """results.csv and heatmap.png from results.jsonl; prints and returns the top-k table."""
   run_dir = pathlib.Path(run_dir)
-  rows = {r["id"]: r for r in map(json.loads, (run_dir / "results.jsonl").read_text().splitlines())}
+  rows = {r["id"]: r for r in run_files.read_jsonl(run_dir / "results.jsonl")}
   base = rows.pop(BASELINE)["ppl"]
   rows = sorted(rows.values(), key=lambda r: (r["layer"], r["type"], r["mantissa_bits"]))
   for r in rows:
