@@ -5,7 +5,7 @@ On one GGUF model and the same windows (4 x 512 tokens by default), in one proce
      thread count) and the ratio (target >= 1.2x);
   2. achieved GFLOP/s of our forward next to jnp.dot of two 2048x2048 float32 arrays
      (target >= 75%), and torch's matmul of the same arrays: the two frameworks' matrix-product
-     ceilings, which bound the ratio in 1.;
+     ceilings, which bound the speed ratio;
   3. the cost of Anda at all four sites (G=64, M=8) over M=0 (target <= 1.15x), and over the
      plain float model (precision=None, no anda_matmul at all).
 Variants run round-robin and each keeps its best time, so load from other processes on a
