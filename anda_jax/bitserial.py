@@ -24,8 +24,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from anda_jax import bitplane
-from anda_jax import format as anda_format
+from anda_jax import anda_format
 from anda_jax import int4
+from anda_jax.checks import check_int
+from anda_jax.precision import MAX_PLANES
 
 __all__ = ["block_size", "partial_sums", "matmul"]
 
@@ -33,7 +35,7 @@ __all__ = ["block_size", "partial_sums", "matmul"]
 def block_size(group_size: int, weight_group_size: int) -> int:
   """Block over which E and d, z are constant: min(G, Gw) when one divides the other."""
   for name, v in (("group_size", group_size), ("weight_group_size", weight_group_size)):
-    anda_format.check_int(name, v, 1)
+    check_int(name, v, 1)
   g, gw = int(group_size), int(weight_group_size)
   if g % gw and gw % g:
     raise ValueError(
@@ -50,7 +52,7 @@ def _check(bp: bitplane.BitPlanes, w: int4.Int4Weights, num_planes):
   if len(w.shape) != 2:
     raise ValueError(f"w must be a single [K, N] matrix, got Int4Weights of shape {w.shape}")
   k = w.shape[0]
-  shape = bitplane._encoded_shape(bp)  # pylint: disable=protected-access
+  shape = bitplane.encoded_shape(bp)
   if bp.fmt.axis % len(shape) != len(shape) - 1:
     raise ValueError(f"fmt.axis={bp.fmt.axis} is invalid here: the activation must be "
                      f"grouped along its last (contraction) axis, shape {shape}")
@@ -58,8 +60,8 @@ def _check(bp: bitplane.BitPlanes, w: int4.Int4Weights, num_planes):
     raise ValueError(f"contraction lengths differ: activation length={bp.length}, "
                      f"weight K={k}; they must be equal")
   p_count = bp.num_planes
-  if p_count > bitplane.MAX_PLANES:
-    raise ValueError(f"BitPlanes holds {p_count} planes: at most {bitplane.MAX_PLANES} allowed")
+  if p_count > MAX_PLANES:
+    raise ValueError(f"BitPlanes holds {p_count} planes: at most {MAX_PLANES} allowed")
   block = block_size(bp.fmt.group_size, w.group_size)
   if num_planes is None:
     num_planes = p_count
@@ -85,13 +87,14 @@ def _plane_weights(p_count: int, m_prime):
 def _signed_bits(bp: bitplane.BitPlanes, k: int):
   """Signed bits (1 - 2 sgn_i) b_{p,i}, int32 [..., P, K]."""
   g = bp.fmt.group_size
-  planes = bitplane._bytes_to_bits(bp.planes, g)  # pylint: disable=protected-access
-  sign = bitplane._bytes_to_bits(bp.sign, g)  # pylint: disable=protected-access
+  planes = bitplane.bytes_to_bits(bp.planes, g)
+  sign = bitplane.bytes_to_bits(bp.sign, g)
   # Flatten groups back onto K and drop the ragged tail's padding (it is zero anyway,
   # but the weights have no rows there).
   planes = jnp.swapaxes(planes, -3, -2)  # [..., P, n_groups, G]
-  planes = planes.reshape(*planes.shape[:-2], -1)[..., :k]
-  signs = 1 - 2 * sign.reshape(*sign.shape[:-2], -1)[..., :k]
+  flat = lambda a: a.reshape(*a.shape[:-2], a.shape[-2] * a.shape[-1])[..., :k]  # sizes, not -1: empty axes
+  planes = flat(planes)
+  signs = 1 - 2 * flat(sign)
   return planes * signs[..., None, :]
 
 

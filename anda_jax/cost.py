@@ -12,7 +12,9 @@ Three layers of cost, from exact to modelled:
    paper. Its assumptions are written down in its docstring; change the numbers there,
    not in the code, when you have better ones.
 3. `compare_formats`: the same workload on the same silicon area with other activation
-   formats (GPU-like FP16xFP16, FIGNA-like pre-aligned FP-INT, MXINT8, uniform block FP).
+   formats (GPU-like FP16xFP16, FIGNA-like pre-aligned FP-INT, uniform block FP, and any of
+   `anda_jax.formats`: OCP MX, NVFP4, per-token FP8 / INT8), each with its storage bits and
+   memory traffic.
 
 Conventions: a precision configuration is an int array [4] or [n_layers, 4] over
 ("qkv", "o", "up", "down"); M = 0 means the activation stays FP16 (spec section 5).
@@ -21,12 +23,14 @@ Conventions: a precision configuration is an int array [4] or [n_layers, 4] over
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from anda_jax import formats
 from anda_jax import precision as precision_lib
-from anda_jax.format import check_int
+from anda_jax.anda_format import AndaFormat
+from anda_jax.checks import check_int
 from anda_jax.precision import MODULE_TYPES
 
 FAMILIES = ("llama", "opt")
@@ -159,10 +163,49 @@ def storage_bits(shape: ModelShape, precision: Any, group_size: int = 64,
   Averaged over the activation elements each GeMM type reads per token (not over
   MACs: this is what sits in memory). A float module stores FP16: 16 bits.
   """
+  return format_storage_bits(shape, precision, AndaFormat(group_size, exponent_bits))
+
+
+def activation_bits(shape: ModelShape, precision: Any, fmt: Any = AndaFormat()) -> np.ndarray:
+  """Stored bits per activation element of each (layer, type), float64 [n_layers, 4], with the
+  activations in `fmt` (one format, or one per type as in ProductSpec) where `precision` > 0
+  and FP16 (16 bits) where it is 0. For Anda the precision's value is M; for the other formats
+  it only switches them on. NVFP4's and the per-token formats' float32 scale is shared by the
+  K elements of a token, K the type's contraction length."""
   p = layer_precision(precision, shape.n_layers)
-  bits = np.where(p == 0, FP16_BITS, 1 + p + exponent_bits / group_size)
-  elems = shape.activation_elements()
-  return float((elems * bits).sum() / elems.sum())
+  fmts = _per_type(fmt)
+  k = shape.layer_activation_elements()
+  out = np.full(p.shape, float(FP16_BITS))
+  for (layer, t), m in np.ndenumerate(p):
+    if m:
+      out[layer, t] = formats.storage_bits(fmts[t], *_m_or_row(fmts[t], int(m), int(k[t])))
+  return out
+
+
+def format_storage_bits(shape: ModelShape, precision: Any, fmt: Any = AndaFormat(),
+                        quantized_only: bool = False) -> float:
+  """Mean stored bits per activation element (`activation_bits` weighted by the elements each
+  type's GeMMs read per token); quantized_only: over the sites where `precision` > 0 only (the
+  format's own bits, FP16 sites left out; NaN if there is none)."""
+  p = layer_precision(precision, shape.n_layers)
+  elems = shape.activation_elements() * ((p != 0) if quantized_only else 1)
+  if not elems.sum():
+    return float("nan")
+  return float((elems * activation_bits(shape, p, fmt)).sum() / elems.sum())
+
+
+def _per_type(fmt: Any) -> tuple:
+  """One format per type from one format or a tuple of four (as ProductSpec takes them)."""
+  fmts = fmt if isinstance(fmt, tuple) else (fmt,) * len(MODULE_TYPES)
+  if len(fmts) != len(MODULE_TYPES) or not all(isinstance(f, formats.FORMATS) for f in fmts):
+    raise ValueError(f"fmt={fmt!r} is invalid: must be one format of "
+                     f"{[f.__name__ for f in formats.FORMATS]} or a tuple of one per type {MODULE_TYPES}")
+  return fmts
+
+
+def _m_or_row(fmt: Any, m: int, row_length: int) -> tuple:
+  """The arguments formats.storage_bits takes after the format: (M,) for Anda, (None, K) else."""
+  return (m,) if isinstance(fmt, AndaFormat) else (None, row_length)
 
 
 def bops(shape: ModelShape, precision: Any, weight_bits: int = 4) -> float:
@@ -183,44 +226,73 @@ def fp16_bops(shape: ModelShape, weight_bits: int = 4) -> float:
 # ------------------------------------------------------------ accelerator model
 
 
+FP_ELEMENT_MODELS = ("aligned", "parallel")
+
+
 @dataclasses.dataclass(frozen=True)
 class Accelerator:
   """An analytic iso-area model of FP-INT GeMM hardware, per token.
 
+  Every assumption is a field below (configs/search.py's `cost` block sets them); the
+  rationale of each is here.
+
   Area unit: one *lane*, a 1-bit x 4-bit AND-and-accumulate slice of a bit-serial
   dot-product unit. Every format gets the same number of lanes (`lanes`, iso-area) and
-  spends this many lane-cycles on one multiply-accumulate:
+  spends this many lane-cycles on one multiply-accumulate, so a speedup here is a ratio of
+  throughput per area (the paper's "area efficiency", not its speedup, which compares
+  designs of different area):
 
   - Anda / block FP with M mantissa bits: M lane-cycles. The unit streams one bit-plane
     per cycle, MSB first (spec §4); the sign is applied in the same cycle (P_p uses
     (1 - 2 sgn) b q), and the per-block shift-and-add by 2^(E-M+1), d and z is amortised
     over a block of >= 32 elements, so it is not counted. Cycles are proportional to the
     planes processed.
+  - Integer elements (MXINT8, per-token INT8): sign and magnitude, the sign applied in the
+    plane's cycle as for Anda: |k| <= 127 is 7 planes. (A two's complement unit would stream
+    8; the compressor turns the code into sign and magnitude.)
+  - FP elements (MXFP8/6/4, NVFP4, per-token FP8), `fp_elements`:
+    "aligned" (default): the same bit-serial unit. An element with m stored mantissa bits and
+    binades emin..emax, aligned to its block's (token's) scale, is an integer of
+    m + 1 + emax - emin bits (E2M1 4, E2M3 6, E3M2 9, E4M3 18, E5M2 32): that many planes.
+    This is how the unit runs FP16 too (FIGNA-like pre-alignment, below).
+    "parallel": a bit-parallel FP-element x INT4 multiplier: the (m + 1)-bit significand
+    times 4 bits is m + 1 lanes of area, plus a shifter that aligns the product to the
+    block, `fp_shift_lanes_per_exponent_bit` lanes per exponent bit (one barrel-shifter
+    stage per exponent bit; 1 lane per stage is a guess that favours the FP formats); one
+    MAC per cycle.
+  - Block and token scales (MX's E8M0, NVFP4's E4M3 block scale times its float32 token
+    scale, the per-token formats' float32 scale) are applied once per partial sum of a
+    block or token, like Anda's shared exponent: amortised, not counted. NVFP4's blocks of
+    16 with a 4-bit-significand scale multiply are where this favours a format most.
   - FIGNA-like FP-INT: FP16 activations pre-aligned to their group's maximum exponent
     into a `figna_mantissa_bits`-bit integer, multiplied bit-parallel by INT4 codes: an
     M x 4 integer multiplier has the area of M lanes and does one MAC per cycle, so it
-    also costs `figna_mantissa_bits` lane-cycles per MAC.
-  - MXINT8: 8-bit two's complement elements x INT4: 8 lane-cycles per MAC.
+    also costs `figna_mantissa_bits` lane-cycles per MAC. A site left in FP16 (M = 0) on
+    the Anda unit runs this way.
   - GPU-like FP16 x FP16: weights dequantized to FP16 and an FP16 FMA. We charge its
     11 x 11-bit significand multiplier only: 121 bit-products = 121 / 4 = 30.25 lanes
     of area per MAC/cycle (`fp16_fma_lanes`). Exponent add, alignment shifter and
     normaliser are left out, which favours the baseline; this is the least certain
-    number of the model, an assumption and not a measurement.
+    number of the model, an assumption and not a measurement, and every speedup over
+    FP16 is proportional to it while the unit is compute-bound.
 
   Memory: per token, each GeMM's input activation is written once by its producer and
   read once by the GeMM (2 x elements x stored bits), and the INT4 weights (plus one
   16-bit scale and one 16-bit offset per `weight_group_size` weights) are read once per
   `tokens_per_weight_read` tokens (the batch or prefill length that shares one weight
-  fetch from the on-chip buffer). Memory is an on-chip buffer of
-  `memory_bits_per_cycle` bandwidth; a bit moved costs `energy_per_memory_bit` lane-ops
-  (SRAM access energy per bit is one to two orders above a 1 x 4-bit add; 20 is an
-  assumption). Stored bits: FP16 16; Anda/BFP 1 + M + e/G;
-  MXINT8 8 + 8/32; FIGNA-like stores FP16 and aligns inside the unit.
+  fetch from the on-chip buffer; 1 is batch-1 decoding, where weights dominate). Memory is
+  an on-chip buffer of `memory_bits_per_cycle` bandwidth; a bit moved costs
+  `energy_per_memory_bit` lane-ops (SRAM access energy per bit is one to two orders above a
+  1 x 4-bit add; 20 is an assumption). Stored bits: FP16 16; Anda/BFP 1 + M + e/G; the
+  other formats `anda_jax.formats.storage_bits` (element + block scale share, + a float32
+  per-token scale over K for NVFP4 and the per-token formats); FIGNA-like stores FP16 and
+  aligns inside the unit.
 
-  Compressor (Anda, BFP, MXINT8 only): the unit that turns FP16 producer outputs into the
-  grouped format (max-exponent reduction, shift, bit-plane transpose) does, per element,
-  one exponent compare plus one op per output bit (sign and M); it processes
-  `compressor_elements_per_cycle` elements per cycle.
+  Compressor (every grouped or scaled format; not FP16): the unit that turns FP16 producer
+  outputs into the format (max-exponent or amax reduction, scale, round, pack) does, per
+  element, one compare plus one op per output bit (sign and the M, or element bits - 1,
+  magnitude bits); NVFP4's and the per-token formats' per-token scale is one division per
+  token, amortised. It processes `compressor_elements_per_cycle` elements per cycle.
 
   Time: compute, memory and compressor are pipelined, so cycles per token are the max of
   the three. Energy per token, in units of one lane-op: lane-cycles x 1 + memory bits x
@@ -238,40 +310,86 @@ class Accelerator:
   compressor_elements_per_cycle: float = 64.0
   energy_per_memory_bit: float = 20.0
   energy_per_compressor_op: float = 1.0
+  fp_elements: str = "aligned"
+  fp_shift_lanes_per_exponent_bit: float = 1.0
+
+  def __post_init__(self):
+    for name in ("lanes", "tokens_per_weight_read", "figna_mantissa_bits", "weight_bits",
+                 "weight_group_size"):
+      check_int(name, getattr(self, name), 1)
+    for name, lo in (("memory_bits_per_cycle", 0), ("fp16_fma_lanes", 0),
+                     ("compressor_elements_per_cycle", 0), ("energy_per_memory_bit", None),
+                     ("energy_per_compressor_op", None), ("fp_shift_lanes_per_exponent_bit", None)):
+      value = getattr(self, name)
+      if (isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating))
+          or not np.isfinite(value) or value < 0 or (lo == 0 and value == 0)):
+        raise ValueError(f"{name}={value!r} is invalid: must be a finite number "
+                         + ("> 0" if lo == 0 else ">= 0"))
+    if self.fp_elements not in FP_ELEMENT_MODELS:
+      raise ValueError(f"fp_elements={self.fp_elements!r} is invalid: must be one of "
+                       f"{FP_ELEMENT_MODELS}")
+
+  def element_lanes(self, element: str) -> float:
+    """Lane-cycles per MAC of an element format of `anda_jax.formats` (see the docstring)."""
+    e = formats.element_spec(element)
+    aligned = e.mantissa + 1 + e.emax - e.emin  # the magnitude as an integer on the block's grid
+    if element.startswith("int") or self.fp_elements == "aligned":
+      return float(aligned)
+    return e.mantissa + 1 + self.fp_shift_lanes_per_exponent_bit * (e.bits - 1 - e.mantissa)
+
+  def site(self, fmt: Any, mantissa_bits: int, row_length: int) -> tuple[float, float, float]:
+    """(lane-cycles per MAC, stored bits per element, compressor output bits per element
+    besides the sign) of one GeMM's activation in `fmt`: Anda at `mantissa_bits`, or any format
+    of `anda_jax.formats`, on tokens of `row_length` (the contraction length K)."""
+    stored = formats.storage_bits(fmt, *_m_or_row(fmt, mantissa_bits, row_length))
+    if isinstance(fmt, AndaFormat):
+      return float(mantissa_bits), stored, float(mantissa_bits)
+    element = "fp4_e2m1" if isinstance(fmt, formats.NVFP4Format) else fmt.element
+    return self.element_lanes(element), stored, float(formats.element_spec(element).bits - 1)
 
   def cost(self, shape: ModelShape, lanes_per_mac: np.ndarray,
            stored_bits: np.ndarray, compressed_bits: np.ndarray | None) -> dict[str, float]:
     """Cycles and energy per token for per-[layer, type] lane-cycles and stored bits.
 
-    `compressed_bits` [n_layers, 4] are the bits the compressor writes per element
-    (None: no compressor). Returns compute/memory/compressor cycles, cycles, energy.
-    """
+    `compressed_bits` [n_layers, 4] are the magnitude bits the compressor writes per element,
+    NaN where an activation does not pass the compressor (stays FP16); None: no compressor.
+    Returns compute/memory/compressor cycles, cycles, memory bits, energy."""
     macs, elems = shape.macs().astype(np.float64), shape.activation_elements()
     lane_cycles = float((macs * lanes_per_mac).sum())
     weight_bits = macs.sum() * (self.weight_bits + 32 / self.weight_group_size)
     memory_bits = float(2 * (elems * stored_bits).sum()
                         + weight_bits / self.tokens_per_weight_read)
-    comp_ops = 0.0 if compressed_bits is None else float((elems * (2 + compressed_bits)).sum())
-    comp_cycles = 0.0 if compressed_bits is None else float(
-        elems.sum() / self.compressor_elements_per_cycle)
+    compressed = (np.zeros(elems.shape, bool) if compressed_bits is None
+                  else ~np.isnan(np.asarray(compressed_bits, np.float64)))
+    comp_ops = float((elems * (2 + np.where(compressed, compressed_bits, 0)))[compressed].sum())
+    comp_cycles = float(elems[compressed].sum() / self.compressor_elements_per_cycle)
     compute_cycles = lane_cycles / self.lanes
     memory_cycles = memory_bits / self.memory_bits_per_cycle
     return dict(
         compute_cycles=compute_cycles, memory_cycles=memory_cycles,
         compressor_cycles=comp_cycles,
         cycles=max(compute_cycles, memory_cycles, comp_cycles),
-        memory_bits=memory_bits,
+        lane_cycles=lane_cycles, memory_bits=memory_bits,
         energy=lane_cycles + memory_bits * self.energy_per_memory_bit
         + comp_ops * self.energy_per_compressor_op)
+
+  def run(self, shape: ModelShape, precision: Any, fmt: Any = AndaFormat()) -> dict[str, float]:
+    """The activations in `fmt` (one format, or one per type as in ProductSpec) where
+    `precision` > 0 (for Anda: M), FP16 run FIGNA-like where it is 0."""
+    p = layer_precision(precision, shape.n_layers)
+    fmts, k = _per_type(fmt), shape.layer_activation_elements()
+    lanes = np.full(p.shape, float(self.figna_mantissa_bits))
+    stored = np.full(p.shape, float(FP16_BITS))
+    compressed = np.full(p.shape, np.nan)
+    for (layer, t), m in np.ndenumerate(p):
+      if m:
+        lanes[layer, t], stored[layer, t], compressed[layer, t] = self.site(fmts[t], int(m), int(k[t]))
+    return self.cost(shape, lanes, stored, compressed)
 
   def anda(self, shape: ModelShape, precision: Any, group_size: int = 64,
            exponent_bits: int = 8) -> dict[str, float]:
     """Anda with a per-type (or per-layer) M; float modules run FIGNA-like."""
-    p = layer_precision(precision, shape.n_layers)
-    is_float = p == 0
-    lanes = np.where(is_float, self.figna_mantissa_bits, p)
-    stored = np.where(is_float, FP16_BITS, 1 + p + exponent_bits / group_size)
-    return self.cost(shape, lanes, stored, np.where(is_float, 0, p))
+    return self.run(shape, precision, AndaFormat(group_size, exponent_bits))
 
   def fp16_gpu(self, shape: ModelShape) -> dict[str, float]:
     """GPU-like: INT4 weights dequantized to FP16, FP16 x FP16 FMAs."""
@@ -284,14 +402,30 @@ class Accelerator:
     return self.cost(shape, full * self.figna_mantissa_bits, full * FP16_BITS, None)
 
   def mxint8(self, shape: ModelShape) -> dict[str, float]:
-    """OCP MXINT8: groups of 32, 8-bit elements, one 8-bit shared scale."""
-    full = np.ones((shape.n_layers, 4))
-    return self.cost(shape, full * 8, full * (8 + 8 / 32), full * 7)
+    """OCP MXINT8 at every site: groups of 32, 8-bit elements, one 8-bit shared scale."""
+    return self.run(shape, np.ones(4, np.int32), formats.MXFormat("int8"))
 
   def bfp(self, shape: ModelShape, mantissa_bits: int, group_size: int = 64,
           exponent_bits: int = 8) -> dict[str, float]:
     """Block floating point with one uniform M (= Anda with every type at M)."""
     return self.anda(shape, np.full(4, mantissa_bits, np.int32), group_size, exponent_bits)
+
+
+ACCELERATOR_FIELDS = tuple(f.name for f in dataclasses.fields(Accelerator))
+
+
+def accelerator(settings: Mapping[str, Any] | None = None) -> Accelerator:
+  """An Accelerator from a mapping of its fields (a config's `cost` block); a field that is
+  None keeps its default. ValueError naming an unknown field or a bad value."""
+  settings = {k: v for k, v in dict(settings or {}).items() if v is not None}
+  unknown = sorted(set(settings) - set(ACCELERATOR_FIELDS))
+  if unknown:
+    raise ValueError(f"cost settings {unknown} are invalid: the fields of Accelerator are "
+                     f"{ACCELERATOR_FIELDS}")
+  try:
+    return Accelerator(**settings)
+  except ValueError as e:
+    raise ValueError(f"cost.{e}") from None
 
 
 def summarize(shape: ModelShape, precision: Any, group_size: int = 64,
@@ -315,45 +449,97 @@ def summarize(shape: ModelShape, precision: Any, group_size: int = 64,
       energy_saving_vs_figna=figna["energy"] / anda["energy"])
 
 
+# One assumption changed at a time, to show how the modeled ratios depend on it (the search
+# report's table; README "Cost model"). Each bracket a default from the other side.
+ASSUMPTION_VARIANTS = (
+    ("fp16_fma_lanes=16: the FP16 multiplier no larger than a 16-bit aligned FP-INT one",
+     dict(fp16_fma_lanes=16.0)),
+    ("fp16_fma_lanes=60: exponent, alignment and normaliser as large as the multiplier",
+     dict(fp16_fma_lanes=60.0)),
+    ("tokens_per_weight_read=16: a small batch shares each weight fetch",
+     dict(tokens_per_weight_read=16)),
+    ("tokens_per_weight_read=1: batch-1 decoding, every weight read per token",
+     dict(tokens_per_weight_read=1)),
+    ("compressor_elements_per_cycle=2: a narrow compressor", dict(compressor_elements_per_cycle=2.0)),
+    ("energy_per_memory_bit=200: memory energy ten times the default",
+     dict(energy_per_memory_bit=200.0)),
+)
+
+
+def bound(c: dict[str, float]) -> str:
+  """Which of compute, memory and compressor sets the cycles of an `Accelerator.cost` result."""
+  return max(("compute", "memory", "compressor"), key=lambda k: c[f"{k}_cycles"])
+
+
+def what_if(shape: ModelShape, precision: Any, group_size: int = 64, exponent_bits: int = 8,
+            hw: Accelerator | None = None,
+            variants=ASSUMPTION_VARIANTS) -> list[dict[str, Any]]:
+  """Anda's speedup and energy saving vs FP16xFP16 under `hw`, then under each variant
+  (label, {field: value}) of it with those fields changed: rows of assumption, speedup_vs_fp16,
+  energy_saving_vs_fp16, and what bounds Anda's and FP16's cycles."""
+  hw = hw or Accelerator()
+  rows = []
+  for label, changes in (("as configured", {}),) + tuple(variants):
+    h = dataclasses.replace(hw, **changes)
+    s = summarize(shape, precision, group_size, exponent_bits, h)
+    rows.append(dict(assumption=label, speedup_vs_fp16=s["speedup_vs_fp16"],
+                     energy_saving_vs_fp16=s["energy_saving_vs_fp16"],
+                     anda_bound=bound(h.anda(shape, precision, group_size, exponent_bits)),
+                     fp16_bound=bound(h.fp16_gpu(shape))))
+  return rows
+
+
 def compare_formats(shape: ModelShape, precision: Any, group_size: int = 64,
                     exponent_bits: int = 8, hw: Accelerator | None = None,
-                    uniform_m: int | None = None) -> list[dict[str, Any]]:
+                    uniform_m: int | None = None,
+                    other_formats: Sequence[Any] | None = None) -> list[dict[str, Any]]:
   """Rows for a side-by-side table: the same model in each activation format.
 
-  lane_cycles_per_mac is the MAC-weighted mean of the per-MAC compute cost (for Anda: M̄,
-  the planes streamed; for FP16xFP16: the FMA's area in lanes).
-  The block-FP row uses one uniform M, by default ceil of Anda's M̄ (the smallest uniform
-  length that is no cheaper than the Anda configuration in planes).
+  Rows: GPU-like FP16xFP16 (the baseline of the ratios), FIGNA-like FP16, each format of
+  `other_formats` (formats of `anda_jax.formats`, at the sites where `precision` > 0, FP16 at
+  the others; default MXINT8), block FP at one uniform M (by default ceil of Anda's M̄: the
+  smallest uniform length that is no cheaper than the Anda configuration in planes), and Anda
+  (this configuration). Each row: its `format` (label; for `other_formats`, the format's name
+  in anda_jax.formats.FORMAT_NAMES), lane_cycles_per_mac (the MAC-weighted mean of the per-MAC
+  compute cost: for Anda M̄, for FP16xFP16 the FMA's area in lanes), storage_bits (mean per
+  activation element), memory_bits (moved per token: activations written and read, weights),
+  cycles, energy, and the ratios vs FP16xFP16.
   """
   hw = hw or Accelerator()
   if uniform_m is None:
     uniform_m = int(np.ceil(mean_mantissa_bits(shape, precision)))
-  n = shape.n_layers
+  p = layer_precision(precision, shape.n_layers)
+  on = (p != 0).astype(np.int32)
+  uniform = np.full(4, uniform_m, np.int32)
+  others = (formats.MXFormat("int8"),) if other_formats is None else tuple(other_formats)
   rows = [
-      ("FP16xFP16 (GPU-like)", hw.fp16_gpu(shape), FP16_BITS, hw.fp16_fma_lanes),
-      (f"FP-INT, {hw.figna_mantissa_bits}-bit aligned (FIGNA-like)", hw.figna(shape),
-       FP16_BITS, float(hw.figna_mantissa_bits)),
-      ("MXINT8", hw.mxint8(shape), 8 + 8 / 32, 8.0),
+      ("FP16xFP16 (GPU-like)", hw.fp16_gpu(shape), FP16_BITS),
+      (f"FP-INT, {hw.figna_mantissa_bits}-bit aligned (FIGNA-like)", hw.figna(shape), FP16_BITS),
+      *((formats.format_name(f), hw.run(shape, on, f), format_storage_bits(shape, on, f))
+        for f in others),
       (f"BFP, uniform M={uniform_m}", hw.bfp(shape, uniform_m, group_size, exponent_bits),
-       storage_bits(shape, np.full(4, uniform_m), group_size, exponent_bits),
-       float(uniform_m)),
-      ("Anda (this config)", hw.anda(shape, precision, group_size, exponent_bits),
-       storage_bits(shape, layer_precision(precision, n), group_size, exponent_bits),
-       mean_mantissa_bits(shape, precision)),
+       storage_bits(shape, uniform, group_size, exponent_bits)),
+      ("Anda (this config)", hw.anda(shape, p, group_size, exponent_bits),
+       storage_bits(shape, p, group_size, exponent_bits)),
   ]
-  base = rows[0][1]
-  return [dict(format=name, lane_cycles_per_mac=planes, storage_bits=float(sb), cycles=c["cycles"],
-               energy=c["energy"], speedup_vs_fp16=base["cycles"] / c["cycles"],
+  base, macs = rows[0][1], float(shape.macs().sum())
+  return [dict(format=name, lane_cycles_per_mac=c["lane_cycles"] / macs, storage_bits=float(sb),
+               memory_bits=c["memory_bits"], cycles=c["cycles"], energy=c["energy"],
+               speedup_vs_fp16=base["cycles"] / c["cycles"],
                energy_saving_vs_fp16=base["energy"] / c["energy"])
-          for name, c, sb, planes in rows]
+          for name, c, sb in rows]
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
   """A markdown table of `compare_formats` rows."""
-  lines = ["| format | lane-cycles / MAC | storage bits | cycles / token | speedup vs FP16 "
-           "| energy saving vs FP16 |", "|---|---:|---:|---:|---:|---:|"]
-  for r in rows:
-    lines.append(f"| {r['format']} | {r['lane_cycles_per_mac']:.2f} | {r['storage_bits']:.2f} | "
-                 f"{r['cycles']:.4g} | {r['speedup_vs_fp16']:.2f}x | "
-                 f"{r['energy_saving_vs_fp16']:.2f}x |")
+  lines = ["| format | lane-cycles / MAC | storage bits | memory bits / token | cycles / token "
+           "| speedup vs FP16 | energy saving vs FP16 |", "|---|---:|---:|---:|---:|---:|---:|"]
+  lines += [f"| {r['format']} | {cost_cells(r)} |" for r in rows]
   return "\n".join(lines)
+
+
+def cost_cells(row: dict[str, Any]) -> str:
+  """The cost columns of a `compare_formats` row as markdown cells (without the outer bars)."""
+  return (f"{row['lane_cycles_per_mac']:.2f} | {row['storage_bits']:.2f} | "
+          f"{row['memory_bits']:.4g} | {row['cycles']:.4g} | {row['speedup_vs_fp16']:.2f}x | "
+          f"{row['energy_saving_vs_fp16']:.2f}x")

@@ -29,17 +29,19 @@ import bz2
 import dataclasses
 import hashlib
 import json
-import os
 import pathlib
 import re
 import sys
-import tempfile
+import warnings
 import xml.etree.ElementTree as ET
+import zipfile
 
 import numpy as np
 
 from anda_jax import assets
-from anda_jax.format import check_int
+from anda_jax import files
+from anda_jax import models
+from anda_jax.checks import check_int
 
 CORPORA = ("enwiki-excerpt",)
 SEPARATOR = "\n\n"
@@ -167,20 +169,8 @@ def _cached_json(key: str, build):
     except ValueError:
       pass  # a damaged entry is rebuilt
   value = build()
-  _atomic_write(path, lambda f: f.write(json.dumps(value).encode()))
+  files.atomic_write(path, lambda f: f.write(json.dumps(value).encode()))
   return value
-
-
-def _atomic_write(path: pathlib.Path, write) -> None:
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
-  try:
-    with os.fdopen(fd, "wb") as f:
-      write(f)
-    os.replace(tmp, path)
-  except BaseException:
-    os.unlink(tmp)
-    raise
 
 
 def load_corpus(name_or_path: str, *, calibration_fraction: float = 0.25) -> Corpus:
@@ -232,18 +222,37 @@ def tokenizer_fingerprint(tokenizer) -> str:
   return h.hexdigest()
 
 
+def _ids_sha256(ids: np.ndarray) -> str:
+  return hashlib.sha256(np.ascontiguousarray(ids, np.int32).tobytes()).hexdigest()
+
+
+def _cached_ids(path: pathlib.Path) -> np.ndarray | None:
+  """The token ids cached at `path`, or None when absent; an entry that is damaged or whose ids
+  no longer match their stored sha256 (edited by hand, a torn write) is reported and rebuilt,
+  never used."""
+  if not path.exists():
+    return None
+  try:
+    with np.load(path) as entry:
+      ids, stored = entry["ids"], str(entry["sha256"])
+  except (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile):
+    stored, ids = None, None
+  if ids is not None and _ids_sha256(ids) == stored:
+    return ids
+  warnings.warn(f"token cache {path} is damaged or does not match its checksum: rebuilding it")
+  return None
+
+
 def token_ids(texts: list[str], tokenizer) -> np.ndarray:
-  """The texts joined by a blank line, tokenized; cached on disk. int32 [n_tokens]."""
+  """The texts joined by a blank line, tokenized; cached on disk with the ids' sha256, checked
+  on every read. int32 [n_tokens]."""
   text = SEPARATOR.join(texts)
   key = hashlib.sha256(text.encode() + b"\0" + tokenizer_fingerprint(tokenizer).encode()).hexdigest()
-  path = assets.cache_dir() / "tokens" / f"{key[:40]}.npy"
-  if path.exists():
-    try:
-      return np.load(path)
-    except (ValueError, OSError, EOFError):
-      pass  # a damaged entry is rebuilt
-  ids = np.asarray(_encode(tokenizer, text), np.int32)
-  _atomic_write(path, lambda f: np.save(f, ids))
+  path = assets.cache_dir() / "tokens" / f"{key[:40]}.npz"
+  ids = _cached_ids(path)
+  if ids is None:
+    ids = np.asarray(_encode(tokenizer, text), np.int32)
+    files.atomic_write(path, lambda f: np.savez(f, ids=ids, sha256=np.array(_ids_sha256(ids))))
   return ids
 
 
@@ -272,7 +281,6 @@ def _main(argv) -> None:
   corpus = load_corpus(argv[1] if len(argv) > 1 else "enwiki-excerpt")
   tokenizer = None
   if len(argv) > 2:
-    from anda_jax import models  # pylint: disable=g-import-not-at-top (data must not need models)
     _, tokenizer = models.load(argv[2])
   for split in ("calibration", "test"):
     texts = corpus.split(split)

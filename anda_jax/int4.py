@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from anda_jax.format import check_int
+from anda_jax.checks import check_int
 
 __all__ = [
     "Int4Weights",
@@ -92,8 +92,10 @@ def quantize_rtn(w, group_size: int, symmetric: bool) -> Int4Weights:
   asymmetric: z = min w, d = (max w - min w) / 15, q = clip(round((w - z) / d), 0, 15),
               so both group extremes are representable up to rounding.
   A constant (or all-zero) group gets d = 0 and q = 0, so w = z (or 0) exactly.
+  Computed in float32; a float16 / bfloat16 w is upcast (exactly) inside the compiled program,
+  so no float32 copy of it is ever held.
   """
-  w = jnp.asarray(w, jnp.float32)
+  w = jnp.asarray(w)
   if w.ndim < 2:
     raise ValueError(f"quantize_rtn: w must have shape [..., K, N], got shape {w.shape}")
   k = w.shape[-2]
@@ -110,6 +112,7 @@ def quantize_rtn(w, group_size: int, symmetric: bool) -> Int4Weights:
 def _quantize_rtn(w, gw: int, symmetric: bool) -> Int4Weights:
   # Jitted: one compiled program per (shape, Gw, kind) instead of a dozen eager ops
   # per weight matrix when a model loader quantizes layer after layer.
+  w = w.astype(jnp.float32)
   *batch, k, n = w.shape
   g = w.reshape(*batch, k // gw, gw, n)  # group axis next to K-within-group
   if symmetric:

@@ -11,15 +11,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+# The one home of these facts: every other module imports them from here.
 MODULE_TYPES = ("qkv", "o", "up", "down")
+QKV, O, UP, DOWN = range(len(MODULE_TYPES))  # indices into a configuration's last axis
 TYPE_INDEX = {name: i for i, name in enumerate(MODULE_TYPES)}
-MAX_MANTISSA_BITS = 24
+FLOAT = 0  # M = 0: the activation stays in floating point (exactly; no Anda at all)
+MIN_MANTISSA_BITS, MAX_MANTISSA_BITS = 1, 24  # Anda's M (spec section 1); fake quantization
+MAX_PLANES = 16  # the bit-plane and bit-serial path: M <= 16 keeps its sums in int32 (spec section 4)
 
 
 def layer_precision(precision, n_layers: int) -> jax.Array:
   """Returns `precision` as int32 [n_layers, 4], broadcasting a per-type [4] config.
 
-  Concrete values are validated (0..24); traced ones are taken as they are."""
+  Concrete values are validated (FLOAT or 1..MAX_MANTISSA_BITS); traced ones are taken as they are."""
   shape = tuple(np.shape(precision))
   if shape not in ((len(MODULE_TYPES),), (n_layers, len(MODULE_TYPES))):
     raise ValueError(
@@ -31,11 +35,11 @@ def layer_precision(precision, n_layers: int) -> jax.Array:
 
 
 def check_values(values, name: str) -> np.ndarray:
-  """Concrete precision values: integers in 0..24, or ValueError naming `name`."""
+  """Concrete precision values: integers in 0..MAX_MANTISSA_BITS, or ValueError naming `name`."""
   values = np.asarray(values)
   if not np.issubdtype(values.dtype, np.integer):
     raise ValueError(f"{name} must hold integers, got dtype {values.dtype}")
-  if values.size and (values.min() < 0 or values.max() > MAX_MANTISSA_BITS):
+  if values.size and (values.min() < FLOAT or values.max() > MAX_MANTISSA_BITS):
     raise ValueError(
         f"{name} has values {values.min()}..{values.max()}: mantissa lengths must be in "
         f"[0, {MAX_MANTISSA_BITS}] (0 = keep floating point)")

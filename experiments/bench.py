@@ -4,6 +4,9 @@
   python -m experiments.bench kernels       # Pallas kernels (interpret mode on CPU) vs pure JAX
   python -m experiments.bench model         # our forward vs transformers', GFLOP/s, Anda overhead
   python -m experiments.bench sensitivity   # sensitivity study with and without prefix reuse
+  python -m experiments.bench memory        # peak RSS of a 7B-shaped INT4 model, 2 vs 4 layers
+  python -m experiments.bench sweep         # the quickstart sweep vs transformers with hooks; LM head
+  python -m experiments.bench search        # precision search with and without racing / prefix reuse
 
 Tests assert behaviour; only this file (and the bench_* modules it dispatches to) times.
 """
@@ -17,7 +20,7 @@ import time
 
 import jax
 
-BENCHMARKS = ("format", "kernels", "model", "sensitivity")
+BENCHMARKS = ("format", "kernels", "model", "sensitivity", "search", "sweep", "memory")
 
 
 def time_call(fn, *args, repeats: int = 5, warmup: int = 1) -> float:

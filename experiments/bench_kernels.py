@@ -24,11 +24,11 @@ import numpy as np
 import anda_jax
 from anda_jax import bitplane
 from anda_jax import bitserial
-from anda_jax import format as anda_format
+from anda_jax import anda_format
 from anda_jax import int4
-from kernels import bitplane as bitplane_kernel
-from kernels import bitserial as bitserial_kernel
-from kernels import quantize as quantize_kernel
+from anda_jax.kernels import bitplane_kernel
+from anda_jax.kernels import bitserial_kernel
+from anda_jax.kernels import quantize_kernel
 
 
 M_PLANES = 8  # static planes the traced M is packed into

@@ -29,25 +29,27 @@ def _parse(argv):
   return args
 
 
-def run(argv) -> None:
-  from configs import sensitivity_smollm2  # pylint: disable=g-import-not-at-top
+def run(argv) -> dict:
+  """Prints the two times and their ratio; returns {"prefix": Outcome, "embedding": Outcome}
+  of the timed runs (sensitivity.Outcome: rows, seconds, compilations)."""
+  from configs import sensitivity as sensitivity_config  # pylint: disable=g-import-not-at-top
+  from experiments import common  # pylint: disable=g-import-not-at-top
   from experiments import sensitivity  # pylint: disable=g-import-not-at-top
-  from experiments import sweep  # pylint: disable=g-import-not-at-top
 
   args = _parse(argv)
   with tempfile.TemporaryDirectory() as tmp:
     def config(name, layers=None):
-      c = sensitivity_smollm2.get_config()
+      c = sensitivity_config.get_config()
       c.run_name, c.results_dir = name, tmp
       c.model.name, c.data.corpus = args.model, args.corpus
       c.data.seq_len, c.data.windows = args.seq_len, args.windows
-      c.format.group_size = args.group_size
+      c.format.group_sizes = (args.group_size,)
       c.mantissa_bits = tuple(int(m) for m in args.mantissa_bits.split(","))
       c.types = tuple(args.types.split(","))
       c.layers = layers
       return c
 
-    loaded = sweep.load_model_and_windows(config("load"))
+    loaded = common.load_model_and_windows(config("load"))
     for reuse in (True, False):  # warm-up on layer 1: compiles both paths and the prefix step
       sensitivity.run(config(f"warmup_{reuse}", layers=(1,)), reuse_prefix=reuse, loaded=loaded)
     reused = sensitivity.run(config("prefix"), reuse_prefix=True, loaded=loaded)
@@ -61,3 +63,4 @@ def run(argv) -> None:
   print(f"  from the embedding : {full.seconds:8.1f} s  ({full.compiles} compilations)")
   print(f"  ratio              : {reused.seconds / full.seconds:8.2f}  (max relative perplexity "
         f"difference {same:.1e})")
+  return dict(prefix=reused, embedding=full)

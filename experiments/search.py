@@ -1,24 +1,38 @@
 """Adaptive precision search on a real model, with test-split results, report and plot.
 
-    python -m experiments.search --config=configs/search_quick.py
-    python -m experiments.search --config=configs/search_smollm2.py --config.tolerances='(0.001,)'
+    python -m experiments.search --config=configs/search.py:quick
+    python -m experiments.search --config=configs/search.py --config.tolerances='(0.001,)'
+    python -m experiments.search --config=configs/search.py --config.granularity=layer \
+        --config.run_name=search_smollm2_layer
+
+The search (anda_jax.precision_search) runs on the `data` windows (the calibration split): a
+candidate fits a tolerance if the upper end of the paired-bootstrap interval of its loss
+against FP is within it (rule="upper"; rule="point": its estimate, the paper's rule). Racing
+(race_windows) drops candidates that are clearly over the tolerance on a first slice of the
+windows; with granularity="layer" each candidate runs from the hidden state entering its
+lowered layer under the current configuration (prefix_reuse). FP, the chosen configurations and
+(with test.uniform) the uniform-M curve are then evaluated on test.windows windows of the test
+split, from other articles.
 
 Writes results/<run>/ :
   setup.json     what the rows below are valid for (model, format, windows' sha256, shapes)
-  search.jsonl   one line per evaluated configuration and split, appended and flushed as
-                 soon as it is known; a rerun skips every configuration already in it
-  chosen.json    the configuration chosen for each tolerance
-  report.md      tolerance, M per type, perplexity on calibration and test, mean M, storage
-                 bits, BOPs saving, modeled speedup / energy vs FP16, format comparison
-  pareto.png     calibration perplexity vs mean M: every evaluated configuration, the
-                 Pareto front, the chosen configurations and the uniform-M curve
+  search.jsonl   one line per evaluated configuration and split with its per-window NLL sums,
+                 appended and flushed as soon as it is known; a rerun skips what is in it
+  chosen.json    the configuration chosen for each tolerance, its losses with their intervals,
+                 the noise floor, and what racing and prefix reuse saved
+  report.md      tolerance, M per type, perplexity and loss [interval] on calibration and test,
+                 mean M, storage bits, BOPs saving, modeled speedup / energy vs FP16, whether
+                 each tolerance is below the calibration set's noise floor, format comparison
+  pareto.png     calibration perplexity vs mean M with intervals: every evaluated configuration,
+                 the Pareto front, the chosen configurations and the uniform-M curve
 The report and the plot are drawn only from these files (`write_report(run_dir)`).
 """
 
 from __future__ import annotations
 
-import hashlib
+import dataclasses
 import json
+import math
 import pathlib
 import time
 
@@ -26,123 +40,326 @@ from absl import logging
 import numpy as np
 
 from anda_jax import cost
-from anda_jax import search as search_lib
-from anda_jax.precision import MODULE_TYPES
-from experiments import run_files
+from anda_jax import precision_search
+from anda_jax.checks import check_int
+from anda_jax.precision import MAX_MANTISSA_BITS, MIN_MANTISSA_BITS, MODULE_TYPES
+from configs import search as search_config
+from experiments import common
 
-SPLITS = ("calibration", "test")
+SPLITS = common.SPLITS  # rows carry their split: the search runs on the first, is checked on the second
 
 
 # ------------------------------------------------------------------- results file
 
 
-def _row_key(split: str, config) -> tuple:
-  return (split,) + search_lib.config_key(np.asarray(config))
-
-
-class ResultsLog:
-  """search.jsonl: one JSON line per (split, configuration), appended as soon as known."""
-
-  def __init__(self, path: pathlib.Path, shape: cost.ModelShape | None = None):
-    self.path, self.shape = pathlib.Path(path), shape
-    self.rows = read_rows(self.path, repair=True)
-
-  def cache(self, split: str) -> dict:
-    """config_key -> perplexity of the rows of one split (for CachedEvaluator)."""
-    return {search_lib.config_key(np.asarray(r["precision"])): r["perplexity"]
-            for r in self.rows if r["split"] == split}
-
-  def appender(self, split: str):
-    def on_result(config: np.ndarray, perplexity: float) -> None:
-      row = dict(split=split, precision=np.asarray(config).tolist(),
-                 perplexity=float(perplexity), time=time.time())
-      if self.shape is not None:
-        row.update(mean_m=cost.mean_mantissa_bits(self.shape, config),
-                   bops_saving=cost.summarize(self.shape, config)["bops_saving"])
-      run_files.append_jsonl(self.path, [row])
-      self.rows.append(row)
-    return on_result
+def check_row(row) -> None:
+  """ValueError unless `row` is a row of search.jsonl: split, precision (M per type, or per
+  layer and type), perplexity (null where it is not finite) and, in rows of runs since the
+  intervals, window_nll (per-window NLL sums, null where not finite) with window_tokens."""
+  common.check_fields(row, ("split", "precision", "perplexity"))
+  if row["split"] not in SPLITS:
+    raise ValueError(f"split={row['split']!r} is not one of {SPLITS}")
+  config = np.asarray(row["precision"])
+  if config.dtype.kind not in "iu" or config.ndim not in (1, 2) or config.shape[-1] != 4:
+    raise ValueError(f"precision={row['precision']!r} is not M per type [4] or per layer [L, 4]")
+  if row["perplexity"] is not None and not isinstance(row["perplexity"], (int, float)):
+    raise ValueError(f"perplexity={row['perplexity']!r} is not a number or null")
+  if "window_nll" in row:
+    sums, tokens = row["window_nll"], row.get("window_tokens")
+    if (not isinstance(sums, list) or not sums or not isinstance(tokens, list)
+        or len(tokens) != len(sums)
+        or any(s is not None and not isinstance(s, (int, float)) for s in sums)
+        or any(not isinstance(t, (int, float)) for t in tokens)):
+      raise ValueError("window_nll and window_tokens are not two lists of numbers of one length")
 
 
 def read_rows(path: pathlib.Path, repair: bool = False) -> list[dict]:
-  """The rows of a search.jsonl; a torn last line (interrupted write) is ignored."""
-  rows = run_files.read_jsonl(path, repair)
-  for i, row in enumerate(rows):
-    if row.get("split") not in SPLITS or "precision" not in row or "perplexity" not in row:
-      raise ValueError(f"{path}: row {i + 1} needs split in {SPLITS}, precision, perplexity")
-  return rows
+  """The rows of a search.jsonl. A broken line is skipped with a warning (with `repair`: moved
+  to search.jsonl.broken); `perplexity` is None where it is not finite."""
+  return [dict(r, perplexity=common.finite_or_none(r["perplexity"]))
+          for r in common.read_jsonl(path, repair, check_row)]
 
 
-def _sha(windows: np.ndarray) -> str:
-  return hashlib.sha256(np.ascontiguousarray(windows, np.int32).tobytes()).hexdigest()[:16]
+def window_sums(row: dict) -> np.ndarray | None:
+  """A row's per-window NLL sums, float64 [k] (inf where not finite: over every tolerance);
+  None for rows of runs before the intervals, which do not hold them."""
+  if "window_nll" not in row:
+    return None
+  return np.array([math.inf if s is None else s for s in row["window_nll"]], np.float64)
+
+
+class SearchLog(common.Results):
+  """search.jsonl: one JSON line per (split, configuration), appended as soon as known, with the
+  per-window NLL sums (window_nll, window_tokens) the intervals are computed from. A row covers
+  the first `windows` windows of its split: all of them, or for a candidate that racing
+  dropped, the first slice (a later row of the same configuration with more windows replaces
+  it). With a model shape, rows also carry the configuration's mean M and BOPs saving. A
+  perplexity that is not finite is recorded as null with "finite": false, and fails every
+  tolerance."""
+
+  name = "search.jsonl"
+
+  @staticmethod
+  def key(row: dict) -> tuple:
+    return (row["split"],) + precision_search.config_key(np.asarray(row["precision"]))
+
+  def check_row(self, row) -> None:
+    check_row(row)
+
+  def __init__(self, run_folder: pathlib.Path, setup: dict | None = None, write: bool = True,
+               shape: cost.ModelShape | None = None):
+    super().__init__(run_folder, setup, write)
+    self.shape = shape
+
+  def cache(self, split: str) -> dict:
+    """config_key -> per-window NLL sums [k] of the rows of one split (for CachedEvaluator).
+    Rows of older runs, without per-window sums, are left out: their configurations are
+    evaluated again when the search needs them."""
+    return {key[1:]: window_sums(row) for key, row in self.rows.items()
+            if key[0] == split and "window_nll" in row}
+
+  def appender(self, split: str, window_tokens: np.ndarray):
+    """on_result(config, per-window sums [k]) for CachedEvaluator: appends the row of the first
+    k windows of `split` (window_tokens: scored tokens of every window of the split)."""
+    def on_result(config: np.ndarray, sums: np.ndarray) -> None:
+      tokens = np.asarray(window_tokens[:len(sums)], np.float64)
+      nll = float(np.sum(sums)) / float(tokens.sum())
+      ppl = common.perplexity_fields(nll)["ppl"]
+      row = dict(split=split, precision=np.asarray(config).tolist(), perplexity=ppl,
+                 finite=ppl is not None, windows=len(sums), time=time.time())
+      if self.shape is not None:
+        row.update(mean_m=cost.mean_mantissa_bits(self.shape, config),
+                   bops_saving=cost.summarize(self.shape, config)["bops_saving"])
+      self.append([row | common.window_fields(sums, tokens)])
+    return on_result
+
+
+class WindowEvaluator:
+  """Per-window NLL sums of configurations on one split's windows: precision_search's evaluate.
+
+  With reuse_prefix, a configuration that first differs from `base` at layer l > 0 runs from
+  the hidden state entering layer l under `base` (anda_jax.prefix.Prefix, kept while base and
+  the slice of windows stay the same): layers l..L-1 and the head only. Configurations are
+  grouped by that layer, `config_batch` at a time (a fixed shape: one compilation per input
+  kind). Not with stochastic rounding (see anda_jax.prefix): then every configuration runs
+  from the embedding. Counts layer passes (configuration x window x layer, the prefix's own
+  included) and what they would have been without the reuse."""
+
+  def __init__(self, model, windows: np.ndarray, spec, *, score_from: int, batch_size: int,
+               config_batch: int, key=None, mesh="auto", reuse_prefix: bool = True):
+    from anda_jax import evaluate  # pylint: disable=g-import-not-at-top
+
+    self.model, self.windows, self.spec = model, np.asarray(windows, np.int32), spec
+    self.weights = evaluate.target_weights(len(windows), windows.shape[1], score_from)
+    self.window_tokens = self.weights.sum(axis=1, dtype=np.float64)
+    self.batch_size = batch_size
+    self.kw = dict(batch_size=batch_size, config_batch=config_batch, key=key, mesh=mesh)
+    self.reuse = reuse_prefix and not spec.stochastic
+    self.layer_passes = self.layer_passes_without_reuse = 0
+    self._prefix = None  # (base key, first window, stop, Prefix)
+
+  def _hidden(self, base, windows: slice, layer: int) -> np.ndarray:
+    from anda_jax import prefix  # pylint: disable=g-import-not-at-top
+
+    tag = (precision_search.config_key(base), windows.start, windows.stop)
+    if self._prefix is None or self._prefix[0] != tag or self._prefix[1].layer > layer:
+      # As many copies as a configuration batch: bit-identical to a forward from the tokens.
+      self._prefix = (tag, prefix.Prefix(self.model, self.windows[windows], self.batch_size,
+                                         base, self.spec, copies=self.kw["config_batch"]))
+    p = self._prefix[1]
+    self.layer_passes += (layer - p.layer) * len(p.h) * p.copies
+    return p.advance_to(layer)
+
+  def __call__(self, configs, windows: slice, base=None) -> np.ndarray:
+    from anda_jax import evaluate  # pylint: disable=g-import-not-at-top
+    from anda_jax import prefix  # pylint: disable=g-import-not-at-top
+
+    n_layers = self.model.config.n_layers
+    configs = evaluate.check_precisions(configs, n_layers)
+    tokens, weights = self.windows[windows], self.weights[windows]
+    first = (prefix.first_difference(configs, base) if self.reuse and base is not None
+             else np.zeros(len(configs), int))
+    out = np.empty((len(configs), len(tokens)))
+    for layer in sorted(set(first.tolist())):
+      idx = np.flatnonzero(first == layer)
+      if layer == 0:
+        out[idx] = evaluate.window_nll_sums(self.model, tokens, configs[idx], self.spec,
+                                            weights=weights, **self.kw)[0]
+      else:
+        out[idx] = evaluate.window_nll_sums(
+            self.model, self._hidden(np.asarray(base), windows, layer), configs[idx], self.spec,
+            targets=tokens[:, 1:], weights=weights, start=layer, **self.kw)[0]
+      self.layer_passes += len(idx) * len(tokens) * (n_layers - layer)
+    self.layer_passes_without_reuse += len(configs) * len(tokens) * n_layers
+    return out
 
 
 # ------------------------------------------------------------------------- main
 
 
+def validate(cfg) -> None:
+  """Everything checkable before loading anything heavy or writing a file; ValueError with a
+  clear message."""
+  common.check_config(cfg, search_config.get_config())
+  common.one_group_size(cfg, "search")
+  if cfg.data.split != SPLITS[0]:
+    raise ValueError(f"data.split={cfg.data.split!r} is invalid: the search runs on "
+                     f"{SPLITS[0]!r} and is checked on {SPLITS[1]!r}")
+  common.check_optional_int("test.windows", cfg.test.windows, 1)
+  if not isinstance(cfg.test.uniform, bool):
+    raise ValueError(f"test.uniform={cfg.test.uniform!r} is invalid: must be True or False")
+  for name in ("start_m", "min_m"):
+    check_int(name, cfg[name], MIN_MANTISSA_BITS, MAX_MANTISSA_BITS)
+  if cfg.min_m > cfg.start_m:
+    raise ValueError(f"min_m={cfg.min_m} is invalid: must be at most start_m={cfg.start_m}")
+  common.check_ints("uniform_m", cfg.uniform_m, MIN_MANTISSA_BITS, MAX_MANTISSA_BITS)
+  tolerances = cfg.tolerances
+  if (not isinstance(tolerances, (list, tuple)) or not tolerances
+      or any(isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or t < 0
+             for t in tolerances)):
+    raise ValueError(f"tolerances={tolerances!r} is invalid: must be a non-empty list of finite "
+                     "numbers >= 0 (relative perplexity increases, 0.01 = 1%)")
+  if cfg.granularity not in ("type", "layer"):
+    raise ValueError(f"granularity={cfg.granularity!r} is invalid: must be 'type' or 'layer'")
+  if cfg.rule not in precision_search.RULES:
+    raise ValueError(f"rule={cfg.rule!r} is invalid: must be one of {precision_search.RULES}")
+  common.check_optional_int("race_windows", cfg.race_windows, 1)
+  common.check_optional_int("max_rounds", cfg.max_rounds, 0)
+  if (isinstance(cfg.race_level, bool) or not isinstance(cfg.race_level, float)
+      or not 0 < cfg.race_level < 1):
+    raise ValueError(f"race_level={cfg.race_level!r} is invalid: must be a number in (0, 1)")
+  if not isinstance(cfg.prefix_reuse, bool):
+    raise ValueError(f"prefix_reuse={cfg.prefix_reuse!r} is invalid: must be True or False")
+  if cfg.race_windows is not None and cfg.format.rounding == "stochastic":
+    raise ValueError("race_windows=%r is invalid with format.rounding='stochastic': its draws "
+                     "depend on the window batch, so a slice would draw other numbers than the "
+                     "whole; set race_windows=None" % cfg.race_windows)
+
+
+def setup_of(cfg, windows: dict | None, shape: cost.ModelShape | None, model_digest: str) -> dict:
+  """What the rows of a search are valid for: the settings that change a result, the model's
+  content (sha256) and the windows' checksums. windows and shape None: the part known before
+  anything is loaded (for common.check_setup(partial=True))."""
+  f = cfg.format
+  setup = dict(
+      model=cfg.model.name, int4_group_size=cfg.model.int4_group_size,
+      format=dict(group_size=f.group_sizes[0], exponent_bits=f.exponent_bits, rounding=f.rounding),
+      corpus=cfg.data.corpus, seq_len=cfg.data.seq_len)
+  if windows is not None:
+    setup["windows"] = {s: dict(n=int(len(w)), sha256=common.windows_sha256(w)[:16])
+                        for s, w in windows.items()}
+  if shape is not None:
+    setup["shape"] = dict(vars(shape))
+  setup.update(model_sha256=model_digest, window_batch=cfg.window_batch,
+               config_batch=cfg.config_batch)
+  # Settings the first recorded runs did not have appear only where they differ from what those
+  # runs used, so that their setup.json (docs/results/search_smollm2/) still reads the same.
+  # matmul_precision: those runs had float32 products (a CPU's), which "highest" is everywhere.
+  precision = cfg.model.matmul_precision
+  extra = dict(stride=cfg.data.stride, impl=None if cfg.impl == "fake" else cfg.impl,
+               matmul_precision=None if precision == "highest" else precision,
+               seed=cfg.seed if f.rounding == "stochastic" else None)
+  return setup | {k: v for k, v in extra.items() if v is not None} | common.finetune_setup(cfg)
+
+
 def run(cfg) -> pathlib.Path:
   """Runs (or resumes) a search described by `cfg`; returns the run directory."""
-  # Heavy imports here, so the report code and its test need no model.
-  from anda_jax import data, evaluate, models  # pylint: disable=g-import-not-at-top
-  from anda_jax.format import AndaFormat  # pylint: disable=g-import-not-at-top
+  validate(cfg)
+  common.maybe_initialize_distributed(cfg)
+  digest = common.model_sha256(cfg.model.name)
+  with common.open_run(cfg, setup_of(cfg, None, None, digest)) as folder:
+    _run(cfg, folder, digest)
+  return folder
 
-  for name in ("start_m", "min_m"):
-    if not 1 <= cfg[name] <= 24:
-      raise ValueError(f"{name}={cfg[name]}: must be in 1..24")
-  if cfg.granularity not in ("type", "layer"):
-    raise ValueError(f"granularity={cfg.granularity!r}: must be 'type' or 'layer'")
-  run_dir = pathlib.Path(cfg.results_dir) / cfg.run_name
-  run_dir.mkdir(parents=True, exist_ok=True)
+
+def _run(cfg, run_dir: pathlib.Path, digest: str) -> None:
+  # Heavy imports here, so the report code and its test need no model.
+  from anda_jax import evaluate  # pylint: disable=g-import-not-at-top
 
   t0 = time.time()
-  model, tokenizer = models.load(cfg.model.name, int4_group_size=cfg.model.int4_group_size)
-  fmt = AndaFormat(group_size=cfg.format.group_size, exponent_bits=cfg.format.exponent_bits,
-                   rounding=cfg.format.rounding)
-  corpus = data.load_corpus(cfg.data.corpus)
-  windows = {split: data.token_windows(corpus.split(split), tokenizer, cfg.data.seq_len,
-                                       cfg.data[f"{split}_windows"]) for split in SPLITS}
+  mesh = common.mesh_of(cfg)  # before loading: a shape that does not fit the devices is refused
+  model, tokenizer = common.load_model(cfg.model, cfg.finetune)
+  common.check_group_size_fits(model, cfg.format.group_sizes, cfg.impl)
+  common.check_mesh_fits(model, mesh, [common.product_spec(cfg, cfg.format.group_sizes[0])])
+  windows = common.load_windows(cfg.data, tokenizer,
+                                dict(zip(SPLITS, (cfg.data.windows, cfg.test.windows))))
+  spec = common.product_spec(cfg, cfg.format.group_sizes[0])
   shape = cost.as_shape(model)
   per_layer = cfg.granularity == "layer"
   start = np.full((shape.n_layers, 4) if per_layer else (4,), cfg.start_m, np.int32)
   macs = shape.macs() if per_layer else shape.macs().sum(0)
-  run_files.check_setup(run_dir, dict(
-      model=cfg.model.name, int4_group_size=cfg.model.int4_group_size,
-      format=dict(group_size=fmt.group_size, exponent_bits=fmt.exponent_bits,
-                  rounding=fmt.rounding),
-      corpus=cfg.data.corpus, seq_len=cfg.data.seq_len,
-      windows={s: dict(n=int(len(w)), sha256=_sha(w)) for s, w in windows.items()},
-      shape=dict(vars(shape))))
+  is_main = common.is_main()
+  log = SearchLog(run_dir, setup_of(cfg, windows, shape, digest), write=is_main, shape=shape)
   logging.info("loaded model and data in %.1f s; windows %s", time.time() - t0,
                {s: w.shape for s, w in windows.items()})
 
-  log = ResultsLog(run_dir / "search.jsonl", shape)
-  evaluators = {
-      split: search_lib.CachedEvaluator(
-          lambda p, w=windows[split]: evaluate.perplexity(
-              model, w, p, fmt, batch_size=cfg.eval_batch_size, config_batch=cfg.config_batch),
-          batch_size=start.size, cache=log.cache(split), on_result=log.appender(split))
-      for split in SPLITS}
+  n_cal = len(windows[SPLITS[0]])
+  race = cfg.race_windows if cfg.race_windows is not None and cfg.race_windows < n_cal else None
+  config_batch = cfg.config_batch or len(MODULE_TYPES)  # one layer's candidates per pass
+  batch = cfg.window_batch or evaluate.auto_batch_size(config_batch, cfg.data.seq_len,
+                                                        model.config.vocab)
+  window_evaluators, evaluators = {}, {}
+  for split in SPLITS:
+    # The racing slice and the rest go through in batches of the slice's size: one shape.
+    window_evaluators[split] = ev = WindowEvaluator(
+        model, windows[split], spec, score_from=common.score_from(cfg.data),
+        batch_size=min(batch, race) if race and split == SPLITS[0] else batch,
+        config_batch=config_batch, key=common.rounding_key(cfg), mesh=mesh,
+        reuse_prefix=cfg.prefix_reuse)
+    # config_batch per call: each call's rows are appended as it returns (one layer's
+    # candidates in a per-layer round), so an interrupted round loses little.
+    evaluators[split] = precision_search.CachedEvaluator(
+        ev, ev.window_tokens, batch_size=config_batch, cache=log.cache(split),
+        on_result=log.appender(split, ev.window_tokens))
 
   t0 = time.time()
-  results = search_lib.search(evaluators["calibration"], macs, start, tuple(cfg.tolerances),
-                              min_m=cfg.min_m)
+  cal = evaluators[SPLITS[0]]
+  results = precision_search.search(cal, macs, start, tuple(cfg.tolerances), min_m=cfg.min_m,
+                                    rule=cfg.rule, race_windows=race, race_level=cfg.race_level,
+                                    max_rounds=cfg.max_rounds)
+  t_search = time.time() - t0
   uniform = [np.full_like(start, m) for m in cfg.uniform_m]
-  evaluators["calibration"](uniform)
+  cal(uniform)
+  fp = np.zeros_like(start)
   chosen = [r.precision for r in results.values()]
-  evaluators["test"]([np.zeros_like(start)] + chosen + (uniform if cfg.test_uniform else []))
+  evaluators["test"]([fp] + chosen + (uniform if cfg.test.uniform else []))
   elapsed = time.time() - t0
-  logging.info("search and test evaluation: %.1f s, %d new configurations in %d calls", elapsed,
+  logging.info("search %.1f s; with the uniform curve and the test split %.1f s; %d new "
+               "configurations in %d calls", t_search, elapsed,
                sum(e.evaluated for e in evaluators.values()),
                sum(e.calls for e in evaluators.values()))
 
-  (run_dir / "chosen.json").write_text(json.dumps(dict(
-      granularity=cfg.granularity, start_m=cfg.start_m, min_m=cfg.min_m,
-      uniform_m=list(cfg.uniform_m),
-      chosen=[dict(tolerance=tol, precision=r.precision.tolist(), rounds=r.rounds,
-                   path=[p.tolist() for p in r.path]) for tol, r in results.items()],
-  ), indent=1) + "\n")
-  write_report(run_dir)
-  return run_dir
+  if is_main:
+    floor = noise_floor(_by_key(log.rows.values(), SPLITS[0]))
+    loss = {split: {tol: precision_search.loss_interval(e([r.precision])[0], e([fp])[0],
+                                                         e.window_tokens)
+                    for tol, r in results.items()} for split, e in evaluators.items()}
+    # Racing's saving: the windows of the candidates it dropped that were never needed later.
+    saved = sum(n_cal - len(s) for s in cal.cache.values() if len(s) < n_cal)
+    ev = window_evaluators[SPLITS[0]]
+    common.write_text(run_dir / "chosen.json", json.dumps(dict(
+        granularity=cfg.granularity, start_m=cfg.start_m, min_m=cfg.min_m,
+        uniform_m=list(cfg.uniform_m), rule=cfg.rule, interval=common.INTERVAL_METHOD,
+        race_windows=race, race_level=cfg.race_level, prefix_reuse=ev.reuse,
+        max_rounds=cfg.max_rounds,
+        noise_floor=None if floor is None else floor[0],
+        chosen=[dict(tolerance=tol, precision=r.precision.tolist(), rounds=r.rounds,
+                     within_tolerance=r.within_tolerance,
+                     below_noise_floor=None if floor is None else tol < floor[0],
+                     loss={split: _interval_dict(loss[split][tol]) for split in SPLITS},
+                     candidates=r.candidates, dropped_by_racing=r.dropped,
+                     path=[p.tolist() for p in r.path]) for tol, r in results.items()],
+        # What this process evaluated (a resumed run counts only what it added).
+        work=dict(seconds_search=round(t_search, 1), seconds_total=round(elapsed, 1),
+                  calibration_window_evaluations=cal.window_evaluations,
+                  saved_by_racing=saved, layer_passes=ev.layer_passes,
+                  layer_passes_without_prefix_reuse=ev.layer_passes_without_reuse),
+    ), indent=1) + "\n")
+    write_report(run_dir)
+
+
+def _interval_dict(interval) -> dict:
+  return {k: None if not math.isfinite(v) else v for k, v in dataclasses.asdict(interval).items()}
 
 
 # ----------------------------------------------------------------------- report
@@ -156,6 +373,41 @@ def _fmt_config(config: np.ndarray) -> str:
   return ", ".join(f"{m:.1f}" for m in config.mean(0)) + " (layer mean)"
 
 
+def _by_key(rows, split: str) -> dict:
+  """config_key -> the row of `split` covering the most windows (a racing slice's row is
+  replaced by the same configuration's row on all windows)."""
+  out = {}
+  for r in rows:
+    if r["split"] == split:
+      key = precision_search.config_key(np.asarray(r["precision"]))
+      if key not in out or _n_windows(r) >= _n_windows(out[key]):
+        out[key] = r
+  return out
+
+
+def _n_windows(row: dict) -> float:
+  return len(row["window_nll"]) if "window_nll" in row else math.inf  # older rows: all windows
+
+
+def _fp_row(by_key: dict) -> dict | None:
+  keys = [k for k in by_key if not any(k[1])]
+  return by_key[keys[0]] if keys else None
+
+
+def noise_floor(by_key: dict) -> tuple[float, dict] | None:
+  """The noise floor of a split's windows: the half-width of the paired interval against FP of
+  the evaluated configuration (not FP) whose loss is closest to 0, and that row. A difference
+  smaller than it is not resolved by these windows. None without per-window sums."""
+  fp_row = _fp_row(by_key)
+  best = None
+  for key, row in by_key.items():
+    interval = None if row is fp_row else common.increase_interval(row, fp_row)
+    if interval is not None and math.isfinite(interval.high):
+      if best is None or abs(interval.estimate) < abs(best[1].estimate):
+        best = (row, interval)
+  return None if best is None else (best[1].half_width, best[0])
+
+
 def write_report(run_dir) -> str:
   """report.md and pareto.png of a run, from its setup.json, search.jsonl, chosen.json."""
   run_dir = pathlib.Path(run_dir)
@@ -163,21 +415,30 @@ def write_report(run_dir) -> str:
   chosen = json.loads((run_dir / "chosen.json").read_text())
   shape = cost.ModelShape(**setup["shape"])
   group, ebits = setup["format"]["group_size"], setup["format"]["exponent_bits"]
-  rows = read_rows(run_dir / "search.jsonl")
-  ppl = {s: {search_lib.config_key(np.asarray(r["precision"])): r["perplexity"]
-             for r in rows if r["split"] == s} for s in SPLITS}
-  cal_rows = [r for r in rows if r["split"] == "calibration"]
+  rows = read_rows(run_dir / SearchLog.name)
+  by_key = {s: _by_key(rows, s) for s in SPLITS}
+  n_cal = setup["windows"]["calibration"]["n"]
+  cal_rows = [r for r in by_key["calibration"].values() if _n_windows(r) >= n_cal]
   if not cal_rows:
     raise ValueError(f"{run_dir / 'search.jsonl'} holds no calibration rows")
   like = np.asarray(cal_rows[0]["precision"])
-  fp = {s: ppl[s].get(search_lib.config_key(np.zeros_like(like))) for s in SPLITS}
+  fp = {s: _fp_row(by_key[s]) for s in SPLITS}
+  rule = chosen.get("rule", "point")  # runs before the intervals chose by the estimate
+  floor = noise_floor(by_key["calibration"])
 
   def perplexity(split, config):
-    value = ppl[split].get(search_lib.config_key(np.asarray(config)))
-    if value is None:
+    row = by_key[split].get(precision_search.config_key(np.asarray(config)))
+    if row is None or _n_windows(row) < setup["windows"][split]["n"]:
       return "–", "–"
-    loss = "–" if fp[split] is None else f"{100 * (value / fp[split] - 1):+.2f}%"
-    return f"{value:.3f}", loss
+    if row["perplexity"] is None:  # evaluated, not finite
+      return "not finite", "–"
+    if fp[split] is None or fp[split]["perplexity"] is None:
+      return f"{row['perplexity']:.3f}", "–"
+    interval = common.increase_interval(row, fp[split])
+    loss = f"{100 * (row['perplexity'] / fp[split]['perplexity'] - 1):+.2f}%"
+    if interval is not None and row is not fp[split]:
+      loss += f" [{100 * interval.low:+.2f}, {100 * interval.high:+.2f}]"
+    return f"{row['perplexity']:.3f}", loss
 
   def line(label, config):
     s = cost.summarize(shape, config, group, ebits)
@@ -186,7 +447,18 @@ def write_report(run_dir) -> str:
             f"{s['mean_m']:.2f} | {s['storage_bits']:.2f} | {100 * s['bops_saving']:.1f}% | "
             f"{s['speedup_vs_fp16']:.2f}x | {s['energy_saving_vs_fp16']:.2f}x |")
 
+  def fits(config, tolerance):
+    row = by_key["calibration"].get(precision_search.config_key(np.asarray(config)))
+    if row is None or fp["calibration"] is None or _n_windows(row) < n_cal:
+      return None
+    if rule == "upper" and "window_nll" in row:
+      interval = common.increase_interval(row, fp["calibration"])
+      return interval is not None and interval.high <= tolerance
+    return (row["perplexity"] is not None and fp["calibration"]["perplexity"] is not None
+            and row["perplexity"] / fp["calibration"]["perplexity"] - 1 <= tolerance)
+
   w = setup["windows"]
+  n_partial = sum(1 for r in by_key["calibration"].values() if _n_windows(r) < n_cal)
   out = [
       f"# Adaptive precision search: {run_dir.name}", "",
       f"Model `{setup['model']}` (int4_group_size={setup['int4_group_size']}), Anda format "
@@ -194,10 +466,15 @@ def write_report(run_dir) -> str:
       f"`{setup['corpus']}`, windows of {setup['seq_len']} tokens: "
       f"{w['calibration']['n']} calibration, {w['test']['n']} test. Granularity "
       f"{chosen['granularity']}, start M={chosen['start_m']}, min M={chosen['min_m']}; "
-      f"{len(cal_rows)} configurations evaluated on calibration.", "",
+      f"{len(cal_rows)} configurations evaluated on calibration"
+      + (f", {n_partial} more only on the first {chosen['race_windows']} windows (dropped by "
+         f"racing at level {chosen['race_level']})" if n_partial else "") + ".", "",
       "M per type is (" + ", ".join(MODULE_TYPES) + "); 0 = FP16. Loss is ppl / ppl_FP - 1 "
-      "on the same windows. Storage bits per activation element (FP16: 16); BOPs saving vs "
-      "FP16 activations x INT4 weights; speedup and energy are modeled "
+      f"on the same windows, in brackets its {common.INTERVAL_METHOD}. "
+      + ("A candidate fits a tolerance if the upper end of its interval is within it."
+         if rule == "upper" else "A candidate fits a tolerance if its loss estimate is within it "
+         "(the paper's rule).") + " Storage bits per activation element (FP16: 16); BOPs saving "
+      "vs FP16 activations x INT4 weights; speedup and energy are modeled "
       "(`anda_jax.cost.Accelerator`, assumptions in its docstring) against the GPU-like "
       "FP16xFP16 baseline; the FP16-activations row runs its FP16 inputs on the Anda unit "
       "pre-aligned (FIGNA-like).", "",
@@ -208,12 +485,31 @@ def write_report(run_dir) -> str:
   ]
   for c in chosen["chosen"]:
     config = np.asarray(c["precision"])
-    over = ppl["calibration"].get(search_lib.config_key(config))
-    flag = "" if over is None or fp["calibration"] is None or (
-        over / fp["calibration"] - 1 <= c["tolerance"]) else " (start over tolerance)"
+    flag = " (start over tolerance)" if fits(config, c["tolerance"]) is False else ""
+    if chosen.get("max_rounds") is not None and c.get("rounds", 0) >= chosen["max_rounds"]:
+      flag += f" (stopped after max_rounds={chosen['max_rounds']})"
     out.append(line(f"{100 * c['tolerance']:g}%{flag}", config))
   for m in chosen["uniform_m"]:
     out.append(line(f"uniform M={m}", np.full_like(like, m)))
+  out += ["", "## Tolerances and the noise floor", ""]
+  if floor is None:
+    out.append("The rows hold no per-window sums (a run before the intervals): no noise floor.")
+  else:
+    out += [f"Noise floor of the calibration windows: **±{100 * floor[0]:.2f}%**, the half-width "
+            f"of the interval of the evaluated configuration whose loss is closest to 0 "
+            f"({_fmt_config(floor[1]['precision'])}): a loss difference smaller than that is not "
+            "resolved by these windows.", "",
+            "Intervals widen as a configuration departs from FP: the last column is the "
+            "half-width of the chosen configuration's own interval.", "",
+            "| tolerance | rule | below the noise floor | half-width at the chosen configuration |",
+            "|---|---|---|---:|"]
+    for c in chosen["chosen"]:
+      row = by_key["calibration"].get(precision_search.config_key(np.asarray(c["precision"])))
+      interval = None if row is None else common.increase_interval(row, fp["calibration"])
+      out.append(f"| {100 * c['tolerance']:g}% | {rule} | "
+                 + ("yes: more calibration tokens needed to resolve it" if c["tolerance"] < floor[0]
+                    else "no")
+                 + f" | {'–' if interval is None else f'±{100 * interval.half_width:.2f}%'} |")
   out += ["", "## The chosen configurations in other activation formats", ""]
   for c in chosen["chosen"]:
     out += [f"Tolerance {100 * c['tolerance']:g}%: M = {_fmt_config(np.asarray(c['precision']))}",
@@ -221,60 +517,78 @@ def write_report(run_dir) -> str:
                                                         group, ebits)), ""]
   out += ["![Pareto plot](pareto.png)", ""]
   text = "\n".join(out)
-  (run_dir / "report.md").write_text(text)
+  common.write_text(run_dir / "report.md", text)
   _plot(run_dir, shape, cal_rows, chosen, fp["calibration"], like)
   return text
 
 
-def _plot(run_dir, shape, cal_rows, chosen, fp_ppl, like) -> None:
-  """Left: every point, log scale; right: zoomed on the tolerances around FP."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+def _plot(run_dir, shape, cal_rows, chosen, fp_row, like) -> None:
+  """Left: every point, log scale; right: zoomed on the tolerances around FP. Error bars: the
+  paired intervals against FP, where the rows hold per-window sums."""
+  plt = common.pyplot()
 
-  points = sorted((cost.mean_mantissa_bits(shape, r["precision"]), r["perplexity"])
-                  for r in cal_rows if np.asarray(r["precision"]).min() > 0)
+  fp_ppl = None if fp_row is None else fp_row["perplexity"]
+
+  def point(row):  # (mean M, perplexity, [below, above] error) of a finite row
+    interval = None if fp_ppl is None else common.increase_interval(row, fp_row)
+    err = ([0.0, 0.0] if interval is None or not math.isfinite(interval.high) else
+           [max(row["perplexity"] - fp_ppl * (1 + interval.low), 0.0),
+            max(fp_ppl * (1 + interval.high) - row["perplexity"], 0.0)])
+    return cost.mean_mantissa_bits(shape, row["precision"]), row["perplexity"], err
+
+  # A perplexity that is not finite (None) is left out: a gap in the uniform curve.
+  points = sorted(point(r) for r in cal_rows
+                  if np.asarray(r["precision"]).min() > 0 and r["perplexity"] is not None)
   front, best = [], np.inf
-  for xi, yi in points:  # the lowest perplexity at or below each mean M
+  for xi, yi, _ in points:  # the lowest perplexity at or below each mean M
     if yi < best:
       best = yi
       front.append((xi, yi))
-  ppl = {search_lib.config_key(np.asarray(r["precision"])): r["perplexity"] for r in cal_rows}
-  uni = [(m, ppl[search_lib.config_key(np.full_like(like, m))]) for m in chosen["uniform_m"]
-         if search_lib.config_key(np.full_like(like, m)) in ppl]
+  rows = {precision_search.config_key(np.asarray(r["precision"])): r for r in cal_rows}
+  uni = [rows.get(precision_search.config_key(np.full_like(like, m))) for m in chosen["uniform_m"]]
+  uni = [(m, np.nan, [0.0, 0.0]) if r["perplexity"] is None else (m,) + point(r)[1:]
+         for m, r in zip(chosen["uniform_m"], uni) if r is not None]
+  errorbar = lambda ax, pts, **kw: ax.errorbar(
+      [p[0] for p in pts], [p[1] for p in pts], yerr=np.array([p[2] for p in pts]).T, capsize=2,
+      **kw)
   fig, axes = plt.subplots(1, 2, figsize=(11, 4.4))
   for ax in axes:
     if points:
-      ax.scatter(*zip(*points), s=10, c="0.7", label="evaluated (calibration)")
+      errorbar(ax, points, fmt="o", ms=3, c="0.7", elinewidth=0.6, label="evaluated (calibration)")
       ax.plot(*zip(*front), "-", c="C0", label="Pareto front")
     if uni:
-      ax.plot(*zip(*uni), "s--", c="C1", label="uniform M (block FP)")
+      errorbar(ax, uni, fmt="s--", c="C1", label="uniform M (block FP)")
     for i, c in enumerate(chosen["chosen"]):
-      key = search_lib.config_key(np.asarray(c["precision"]))
-      if key in ppl:
-        ax.plot(cost.mean_mantissa_bits(shape, c["precision"]), ppl[key], "*", ms=14,
-                c=f"C{2 + i}", label=f"chosen, tolerance {100 * c['tolerance']:g}%")
+      row = rows.get(precision_search.config_key(np.asarray(c["precision"])))
+      if row is not None and row["perplexity"] is not None:
+        errorbar(ax, [point(row)], fmt="*", ms=14, c=f"C{2 + i}",
+                 label=f"chosen, tolerance {100 * c['tolerance']:g}%")
     if fp_ppl is not None:
       ax.axhline(fp_ppl, c="k", lw=0.8, ls=":", label="FP16 activations")
       for i, c in enumerate(chosen["chosen"]):
         ax.axhline(fp_ppl * (1 + c["tolerance"]), c=f"C{2 + i}", lw=0.6, ls=":")
     ax.set_xlabel("mean mantissa bits M̄ (MAC-weighted)")
     ax.set_ylabel("perplexity (calibration)")
-  ys = [y for _, y in points] + [y for _, y in uni]
+  ys = [p[1] for p in points] + [p[1] for p in uni if np.isfinite(p[1])]
   if ys and min(ys) > 0 and max(ys) / min(ys) > 3:  # low M blows up: log keeps the rest visible
     axes[0].set_yscale("log")
   axes[0].set_title(f"{run_dir.name}: all evaluated configurations")
   axes[0].legend(fontsize=8)
   if fp_ppl is not None and ys:
     top = fp_ppl * (1 + 3 * max([c["tolerance"] for c in chosen["chosen"]] + [0.01]))
-    near = [(x, y) for x, y in points + uni if y <= top]
-    axes[1].set_ylim(min(ys + [fp_ppl]) - 0.002 * fp_ppl, top)
+    near = [p for p in points + uni if p[1] <= top]
+    # Room for the lower bars of the uniform curve and the chosen configurations.
+    bars = [p[1] - p[2][0] for p in uni if np.isfinite(p[1]) and p[1] <= top] + [
+        point(r)[1] - point(r)[2][0] for r in (rows.get(precision_search.config_key(
+            np.asarray(c["precision"]))) for c in chosen["chosen"]) if r and r["perplexity"]]
+    axes[1].set_ylim(min(ys + [fp_ppl] + bars) - 0.002 * fp_ppl, top)
     if near:
-      xs = [x for x, _ in near]
+      xs = [p[0] for p in near]
       axes[1].set_xlim(min(xs) - 0.25, max(xs) + 0.25)
-  axes[1].set_title("near FP16 (dotted: FP and FP x (1 + tolerance))")
+  axes[1].set_title("near FP16 (dotted: FP and FP x (1 + tolerance));\nbars: "
+                    + common.INTERVAL_METHOD.split(" over")[0] + " against FP", fontsize=9)
   fig.tight_layout()
-  fig.savefig(run_dir / "pareto.png", dpi=110)
+  common.save_figure(fig, run_dir / "pareto.png", dpi=110)
   plt.close(fig)
 
 
@@ -286,4 +600,4 @@ def run_and_report(cfg) -> None:
 
 
 if __name__ == "__main__":
-  run_files.run_with_config(run_and_report, "Search configuration.")
+  common.run_with_config(run_and_report, "Search configuration.")

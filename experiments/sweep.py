@@ -1,31 +1,42 @@
 """Perplexity sweep over group sizes x mantissa lengths, per module type and uniform.
 
-    python -m experiments.sweep --config=configs/quickstart.py
-    python -m experiments.sweep --config=configs/sweep_smollm2.py --config.format.rounding=nearest
+    python -m experiments.sweep --config=configs/sweep.py:quick
+    python -m experiments.sweep --config=configs/sweep.py --config.format.rounding=nearest
+    python -m experiments.sweep --config=configs/formats.py   # Anda against other formats
 
 Evaluates the FP-activation baseline, then for every group size G and mantissa length M:
 each module type alone (the other types stay float) and all types uniformly. All
-configurations of one G go through `evaluate.nll_sums` vmapped (and sharded over devices),
-in fixed-size batches, so the run compiles once per (G, window shape).
+configurations of one G go through `evaluate.window_nll_sums` vmapped (and sharded over
+devices), in fixed-size batches, so the run compiles once per (G, window shape). Every increase
+over the baseline is reported with its paired-bootstrap confidence interval
+(common.increase_interval, from the rows' per-window NLL sums on the same windows).
+
+With `other_formats` (names of anda_jax.formats.FORMAT_NAMES, e.g. configs/formats.py), each of
+those formats is evaluated on the same windows at the sites of `other_format_types` (one
+compilation per format), and the run adds formats.md and pareto.png (experiments/
+formats_report.py): every format against Anda at equal storage bits per activation element.
 
 Writes results/<run_name>/ :
   setup.json     the settings the rows are valid for; a rerun with other settings is refused
-  results.jsonl  one line per configuration, appended and flushed as its batch completes;
-                 a rerun skips every configuration already there (resume)
-  results.csv    every row, with the perplexity increase over the baseline
-  ppl_vs_m.png   perplexity vs M, one panel per group size, one line per type
-  heatmap.png    G x M heatmap of the relative perplexity increase (all types uniform)
-and prints a table. Multi-host: --config.distributed=True calls jax.distributed.initialize()
-(run the same command on every host, e.g. under SLURM or with the JAX_COORDINATOR_* env
-variables); the configuration batch is then sharded over every host's devices and only
-process 0 writes files.
+  results.jsonl  one line per configuration with its per-window NLL sums, appended and
+                 flushed as its batch completes; a rerun skips every configuration already
+                 there (resume)
+  results.csv    every row, with the perplexity increase over the baseline and its interval
+                 (rel_increase_low, rel_increase_high)
+  ppl_vs_m.png   perplexity vs M, one panel per group size, one line per type; error bars:
+                 the intervals
+  heatmap.png    G x M heatmap of the relative perplexity increase (all types uniform), each
+                 cell with half its interval's width, hatched where the interval holds 0
+  formats.md, pareto.png   with other formats only (see above)
+and prints a table. Multi-process (README: "Many devices, many hosts"): run the same command
+with --config.distributed=True in every process (e.g. one per host under SLURM, or on every
+host of a TPU pod); the configuration batch is then sharded over every process's devices
+(--config.mesh also splits the weights) and only process 0 writes files.
 """
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import hashlib
 import math
 import pathlib
 import time
@@ -33,129 +44,34 @@ import time
 from absl import logging
 import numpy as np
 
-from anda_jax import data
+from anda_jax import cost
 from anda_jax import evaluate
-from anda_jax import format as anda_format
+from anda_jax import formats
+from anda_jax import intervals
 from anda_jax import precision as anda_precision
-from experiments import run_files
+from anda_jax.precision import MAX_MANTISSA_BITS, MIN_MANTISSA_BITS
+from anda_jax.matmul import ProductSpec
+from configs import sweep as sweep_config
+from experiments import common
+from experiments import formats_report
 
 
 SWEEP_TYPES = anda_precision.MODULE_TYPES + ("all",)
 BASELINE = "fp"
-_SPLITS = ("calibration", "test")
+ANDA = formats_report.ANDA  # the `format` of the baseline's and Anda's rows
+# The fields the report reads: a line of results.jsonl without them is a broken line.
+ROW_FIELDS = ("id", "type", "group_size", "mantissa_bits", "ppl")
 
 
 # ---------------------------------------------------------------------- validation
 
-def _key_paths(cfg, prefix="") -> set[str]:
-  out = set()
-  for k, v in cfg.items():
-    out.add(prefix + k)
-    if hasattr(v, "items"):
-      out |= _key_paths(v, prefix + k + ".")
-  return out
-
-
-def check_keys(cfg, reference) -> None:
-  """Unknown or missing keys (compared with the reference config) -> ValueError."""
-  got, want = _key_paths(cfg), _key_paths(reference)
-  if got - want:
-    raise ValueError(f"unknown config keys {sorted(got - want)}; known keys: {sorted(want)}")
-  if want - got:
-    raise ValueError(f"missing config keys {sorted(want - got)}")
-
-
-def check_ints(name, values, lo, hi) -> tuple[int, ...]:
-  values = tuple(values) if isinstance(values, (list, tuple)) else (values,)
-  if not values or any(isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi for v in values):
-    raise ValueError(f"{name}={values!r} is invalid: must be a non-empty list of integers in [{lo}, {hi}]")
-  return values
-
-
-def check_data_config(d) -> None:
-  """The `data` section shared by the experiments: corpus, split, seq_len, stride, windows."""
-  if d.corpus not in data.CORPORA and not pathlib.Path(d.corpus).expanduser().exists():
-    raise ValueError(f"data.corpus={d.corpus!r} is neither a known corpus {data.CORPORA} nor an "
-                     "existing file or folder")
-  if d.split not in _SPLITS:
-    raise ValueError(f"data.split={d.split!r} is invalid: must be one of {_SPLITS}")
-  check_ints("data.seq_len", d.seq_len, 2, 1 << 20)
-  if d.stride is not None:
-    check_ints("data.stride", d.stride, 1, d.seq_len)
-  if d.windows is not None:
-    check_ints("data.windows", d.windows, 1, 1 << 30)
-
-
-def check_model_config(m) -> None:
-  from anda_jax import models  # pylint: disable=g-import-not-at-top
-
-  if m.name not in models.REGISTRY and not pathlib.Path(m.name).expanduser().exists():
-    raise ValueError(f"model.name={m.name!r} is neither a registry name {models.REGISTRY} nor an "
-                     "existing GGUF file or checkpoint folder")
-
-
-def check_group_size_fits(model, group_sizes, impl: str) -> None:
-  """A group must fit in every activation it groups: G <= the smallest contraction length."""
-  c = model.config
-  # Inputs of qkv and up have d_model elements, of down d_ff, of o n_heads x head_dim (LLaMA).
-  k_min = min([c.d_model, c.d_ff] + ([c.n_heads * c.head_dim] if hasattr(c, "head_dim") else []))
-  for g in group_sizes:
-    if g > k_min:
-      raise ValueError(f"format.group_sizes holds {g}: larger than the model's smallest "
-                       f"contraction length {k_min} (d_model={c.d_model}, d_ff={c.d_ff})")
-  if impl == "bitserial":
-    from anda_jax import bitserial  # pylint: disable=g-import-not-at-top
-    from anda_jax import int4  # pylint: disable=g-import-not-at-top
-    weights = [w for w in model.layers.get_value().values() if isinstance(w, int4.Int4Weights)]
-    for g in group_sizes:
-      for w in weights:
-        bitserial.block_size(g, w.group_size)  # ValueError naming both sizes
-
-
-def check_types(types, allowed) -> None:
-  if not types or any(t not in allowed for t in types):
-    raise ValueError(f"types={tuple(types)!r} is invalid: must be a non-empty subset of {allowed}")
-
-
-def check_common(cfg) -> None:
-  """The sections the sweep and the sensitivity study share."""
-  check_model_config(cfg.model)
-  check_data_config(cfg.data)
-  check_ints("mantissa_bits", cfg.mantissa_bits, 1, anda_precision.MAX_MANTISSA_BITS)
-  # AndaFormat validates exponent_bits and rounding with its own messages.
-  anda_format.AndaFormat(exponent_bits=cfg.format.exponent_bits, rounding=cfg.format.rounding)
-  if cfg.impl not in ("fake", "bitserial"):
-    raise ValueError(f"impl={cfg.impl!r} is invalid: must be 'fake' or 'bitserial'")
-  if cfg.batch_size is not None:
-    check_ints("batch_size", cfg.batch_size, 1, 1 << 20)
-
-
-def validate(cfg, reference) -> None:
+def validate(cfg) -> None:
   """Everything checkable before loading anything heavy; ValueError with a clear message."""
-  check_keys(cfg, reference)
-  check_common(cfg)
-  check_ints("format.group_sizes", cfg.format.group_sizes, 1, anda_format.MAX_GROUP_SIZE)
-  check_types(cfg.types, SWEEP_TYPES)
-  if cfg.config_batch is not None:
-    check_ints("config_batch", cfg.config_batch, 1, 1 << 20)
-
-
-# ---------------------------------------------------------------------- results
-
-class Results:
-  """results.jsonl of a run folder: rows by id, appended and flushed as they come."""
-
-  def __init__(self, run_dir: pathlib.Path, setup: dict, write: bool = True):
-    self.dir, self.write = pathlib.Path(run_dir), write
-    self.path = self.dir / "results.jsonl"
-    run_files.check_setup(self.dir, setup, write)
-    self.rows = {row["id"]: row for row in run_files.read_jsonl(self.path, repair=write)}
-
-  def append(self, rows: list[dict]) -> None:
-    for row in rows:
-      self.rows[row["id"]] = row
-    if self.write:
-      run_files.append_jsonl(self.path, rows)
+  common.check_config(cfg, sweep_config.get_config())
+  common.check_ints("mantissa_bits", cfg.mantissa_bits, MIN_MANTISSA_BITS, MAX_MANTISSA_BITS)
+  common.check_types(cfg.types, SWEEP_TYPES)
+  if common.other_formats(cfg):
+    common.check_types(cfg.other_format_types, SWEEP_TYPES)
 
 
 # ---------------------------------------------------------------------- the sweep
@@ -165,104 +81,109 @@ class Config:
   id: str
   type: str
   group_size: int | None
-  mantissa_bits: int
+  mantissa_bits: int | None
   precision: tuple[int, ...]
+  format: str = ANDA
 
 
-def sweep_configs(group_sizes, mantissa_bits, types) -> list[Config]:
-  """The baseline, then for each G: each type (in `types`) x each M."""
+def _sites(t: str, m: int) -> tuple[int, ...]:
+  p = anda_precision.uniform(m) if t == "all" else anda_precision.single_type(t, m)
+  return tuple(int(v) for v in p)
+
+
+def sweep_configs(group_sizes, mantissa_bits, types, other_formats=(), other_types=("all",)) -> list[Config]:
+  """The baseline, then for each G: each type (in `types`) x each M; then each other format (by
+  name) at the sites of each of `other_types` (M = 1 there switches the format on)."""
   out = [Config(BASELINE, BASELINE, None, 0, (0,) * len(anda_precision.MODULE_TYPES))]
   for g in group_sizes:
     for t in types:
       for m in mantissa_bits:
-        p = anda_precision.uniform(m) if t == "all" else anda_precision.single_type(t, m)
-        out.append(Config(f"G{g}-{t}-M{m}", t, g, m, tuple(int(v) for v in p)))
+        out.append(Config(f"G{g}-{t}-M{m}", t, g, m, _sites(t, m)))
+  for name in other_formats:
+    out += [Config(f"{name}-{t}", t, None, None, _sites(t, 1), name) for t in other_types]
   return out
 
 
-def load_model_and_windows(cfg):
-  """(model, windows int32 [n, seq_len], score_from) as the `model` and `data` sections say."""
-  from anda_jax import models  # pylint: disable=g-import-not-at-top
-
-  model, tokenizer = models.load(cfg.model.name, int4_group_size=cfg.model.int4_group_size)
-  if tokenizer is None:
-    raise ValueError(f"model.name={cfg.model.name!r} comes without a tokenizer (tokenizer.json)")
-  d = cfg.data
-  corpus = data.load_corpus(d.corpus)
-  windows = data.token_windows(corpus.split(d.split), tokenizer, d.seq_len,
-                               max_windows=d.windows, stride=d.stride)
-  return model, windows, d.seq_len - (d.stride or d.seq_len)
+def _work(cfg, pending: list[Config], others: dict):
+  """(product spec, its pending configurations) in evaluation order: one spec per G (the
+  baseline, M = 0 everywhere, ignores G: it rides along with the first G's batch), then one per
+  other format: each is one compilation."""
+  first = cfg.format.group_sizes[0]
+  for g in cfg.format.group_sizes:
+    yield common.product_spec(cfg, g), [c for c in pending if c.format == ANDA and (
+        c.group_size == g or (c.group_size is None and g == first))]
+  for name, fmt in others.items():
+    yield ProductSpec(fmt, cfg.impl), [c for c in pending if c.format == name]
 
 
-def setup_of(cfg, windows) -> dict:
-  """What the rows of a run are valid for."""
-  d = cfg.data.to_dict()
-  return dict(model=cfg.model.to_dict(), exponent_bits=cfg.format.exponent_bits,
-              rounding=cfg.format.rounding, impl=cfg.impl, seed=cfg.seed, data=d,
-              windows_shape=list(windows.shape),
-              windows_sha256=hashlib.sha256(windows.tobytes()).hexdigest())
-
-
-def maybe_initialize_distributed(cfg) -> None:
-  if cfg.distributed:
-    import jax  # pylint: disable=g-import-not-at-top
-    jax.distributed.initialize()
+def _storage_bits(c: Config, spec: ProductSpec, shape: cost.ModelShape) -> float:
+  """Bits per activation element of a configuration's quantized sites (FP16: 16)."""
+  if c.format == ANDA:
+    return 16.0 if c.group_size is None else spec.fmt.storage_bits(c.mantissa_bits)
+  # NVFP4's and the per-token formats' float32 scale is shared by a token: its share depends on
+  # each site's K, averaged over the sites by the elements each reads.
+  return cost.format_storage_bits(shape, np.array(c.precision), spec.fmt, quantized_only=True)
 
 
 def run(cfg) -> dict:
   """Runs (or resumes) a sweep; returns {id: row}."""
-  import jax  # pylint: disable=g-import-not-at-top
+  validate(cfg)
+  common.maybe_initialize_distributed(cfg)
+  digest = common.model_sha256(cfg.model.name)
+  with common.open_run(cfg, common.setup_of(cfg, None, digest)) as folder:
+    return _run(cfg, folder, digest)
+
+
+def _run(cfg, folder: pathlib.Path, digest: str) -> dict:
   from tqdm import tqdm  # pylint: disable=g-import-not-at-top
 
-  validate(cfg, reference_config())
-  maybe_initialize_distributed(cfg)
   t0 = time.time()
-  model, windows, score_from = load_model_and_windows(cfg)
-  check_group_size_fits(model, cfg.format.group_sizes, cfg.impl)
-  logging.info("model %s, %d windows x %d tokens (%s split of %s), loaded in %.1f s",
-               cfg.model.name, *windows.shape, cfg.data.split, cfg.data.corpus, time.time() - t0)
-  is_main = jax.process_index() == 0
-  results = Results(pathlib.Path(cfg.results_dir) / cfg.run_name, setup_of(cfg, windows), write=is_main)
-  configs = sweep_configs(cfg.format.group_sizes, cfg.mantissa_bits, cfg.types)
+  mesh = common.mesh_of(cfg)  # before loading: a shape that does not fit the devices is refused
+  model, windows, score_from = common.start(cfg, mesh=mesh)
+  is_main = common.is_main()
+  results = common.Results(folder, common.setup_of(cfg, windows, digest), write=is_main,
+                           required=ROW_FIELDS)
+  others = common.other_formats(cfg)
+  common.check_mesh_fits(model, mesh, [ProductSpec(f, cfg.impl) for f in others.values()])
+  shape = cost.as_shape(model)
+  configs = sweep_configs(cfg.format.group_sizes, cfg.mantissa_bits, cfg.types, tuple(others),
+                          cfg.other_format_types)
   pending = [c for c in configs if c.id not in results.rows]
   logging.info("%d configurations, %d already done, %d to go", len(configs),
                len(configs) - len(pending), len(pending))
-  key = jax.random.key(cfg.seed) if cfg.format.rounding == "stochastic" else None
+  key = common.rounding_key(cfg)
   weights = evaluate.target_weights(len(windows), windows.shape[1], score_from)
-  n_tokens = float(weights.sum())
-  compiles_before = evaluate.total_compiles()
-  bar = tqdm(total=len(pending), desc="sweep", unit="config", disable=not is_main or not pending)
-  for g in cfg.format.group_sizes:
-    # The baseline (M = 0 everywhere) ignores G: it rides along with the first G's batch.
-    todo = [c for c in pending if c.group_size == g or (c.group_size is None and g == cfg.format.group_sizes[0])]
-    if not todo:
-      continue
-    fmt = anda_format.AndaFormat(group_size=g, exponent_bits=cfg.format.exponent_bits,
-                                 rounding=cfg.format.rounding)
-    t_start = [time.time()]
+  window_tokens = weights.sum(axis=1, dtype=np.float64)
+  n_tokens = float(window_tokens.sum())
+  with evaluate.count_compilations() as compiled:
+    bar = tqdm(total=len(pending), desc="sweep", unit="config", disable=not is_main or not pending)
+    for spec, todo in _work(cfg, pending, others):
+      if not todo:
+        continue
+      t_start = [time.time()]
 
-    def on_batch(idx, sums, todo=todo, t_start=t_start):
-      now = time.time()
-      seconds = (now - t_start[0]) / len(idx)
-      t_start[0] = now
-      rows = []
-      for i, s in zip(idx, sums):
-        c = todo[i]
-        nll = float(s / n_tokens)
-        rows.append(dict(id=c.id, type=c.type, group_size=c.group_size, mantissa_bits=c.mantissa_bits,
-                         precision=list(c.precision), ppl=math.exp(nll), nll=nll, tokens=n_tokens,
-                         storage_bits=16.0 if c.group_size is None else fmt.storage_bits(c.mantissa_bits),
-                         seconds=round(seconds, 3)))
-      results.append(rows)
-      bar.update(len(rows))
+      def on_batch(idx, sums, todo=todo, t_start=t_start, spec=spec):
+        now = time.time()
+        seconds = (now - t_start[0]) / len(idx)
+        t_start[0] = now
+        rows = []
+        for i, per_window in zip(idx, sums):
+          c = todo[i]
+          rows.append(dict(id=c.id, format=c.format, type=c.type, group_size=c.group_size,
+                           mantissa_bits=c.mantissa_bits, precision=list(c.precision),
+                           **common.perplexity_fields(per_window.sum() / n_tokens), tokens=n_tokens,
+                           storage_bits=_storage_bits(c, spec, shape),
+                           seconds=round(seconds, 3), **common.window_fields(per_window, window_tokens)))
+        results.append(rows)
+        bar.update(len(rows))
 
-    evaluate.nll_sums(model, windows, np.array([c.precision for c in todo]), fmt, weights=weights,
-                      batch_size=cfg.batch_size, config_batch=cfg.config_batch, impl=cfg.impl,
-                      key=key, on_batch=on_batch)
+      evaluate.window_nll_sums(model, windows, np.array([c.precision for c in todo]), spec,
+                               weights=weights, batch_size=cfg.window_batch,
+                               config_batch=cfg.config_batch, key=key, mesh=mesh, on_batch=on_batch)
   bar.close()
-  n_compiles = evaluate.total_compiles() - compiles_before
-  logging.info("compilations: %d (at most one per group size with work left: %d)", n_compiles,
-               len({c.group_size or cfg.format.group_sizes[0] for c in pending}))
+  n_compiles = len(compiled)
+  logging.info("compilations: %d (at most one per group size and other format with work left: "
+               "%d)", n_compiles, len({(c.format, c.group_size or cfg.format.group_sizes[0]) for c in pending}))
   print(f"compilations: {n_compiles}; wall time {time.time() - t0:.1f} s")
   if is_main:
     report(results.dir)
@@ -272,26 +193,44 @@ def run(cfg) -> dict:
 # ---------------------------------------------------------------------- report
 
 def _load_rows(run_dir: pathlib.Path) -> tuple[dict, list[dict]]:
-  rows = run_files.read_jsonl(run_dir / "results.jsonl")
-  by_id = {r["id"]: r for r in rows}
+  """(baseline row or None, the other rows) of results.jsonl, each with `ppl` None where the
+  perplexity is not finite."""
+  rows = common.read_rows(run_dir / "results.jsonl", ROW_FIELDS)
+  by_id = {r["id"]: common.reported(r) for r in rows}
   return by_id.get(BASELINE), [r for r in by_id.values() if r["id"] != BASELINE]
 
 
+def _csv_row(r: dict, base_ppl: float | None) -> dict:
+  bounds = common.interval_columns(r["interval"])
+  if r["ppl"] is None:
+    return dict(r, ppl=r["nonfinite"], rel_increase=r["nonfinite"], finite=False, **bounds)
+  return dict(r, rel_increase="nan" if base_ppl is None else r["ppl"] / base_ppl - 1, finite=True, **bounds)
+
+
 def report(run_dir) -> str:
-  """Writes results.csv and the plots from results.jsonl; prints and returns the table."""
+  """Writes results.csv and the plots from results.jsonl; prints and returns the table. Every
+  increase over the baseline carries its paired confidence interval where the rows hold
+  per-window sums (rows of older runs do not: shown without). A perplexity that is not finite
+  reads "inf" (overflow) or "nan" and is a gap in the plots."""
   run_dir = pathlib.Path(run_dir)
   base, rows = _load_rows(run_dir)
-  base_ppl = base["ppl"] if base else float("nan")
-  fields = ["id", "type", "group_size", "mantissa_bits", "ppl", "rel_increase", "nll", "tokens",
-            "storage_bits", "seconds"]
-  with (run_dir / "results.csv").open("w", newline="") as f:
-    w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
-    w.writeheader()
-    for r in ([base] if base else []) + sorted(rows, key=lambda r: (r["group_size"], r["type"], r["mantissa_bits"])):
-      w.writerow(dict(r, rel_increase=r["ppl"] / base_ppl - 1))
-  table = _table(base_ppl, rows)
+  base_ppl = base["ppl"] if base else None
+  rows = [dict(r, format=formats_report.format_of(r),
+                interval=None if r["ppl"] is None or base_ppl is None else common.increase_interval(r, base))
+          for r in rows]
+  fields = ["id", "format", "type", "group_size", "mantissa_bits", "ppl", "rel_increase",
+            *common.INTERVAL_COLUMNS, "finite", "nll", "tokens", "storage_bits", "seconds"]
+  # Anda's rows by G, type and M, then the other formats' by name and type.
+  ordered = ([dict(base, format=ANDA, interval=None)] if base else []) + sorted(
+      rows, key=lambda r: (r["format"] != ANDA, r["format"], r["group_size"] or 0, r["type"],
+                           r["mantissa_bits"] or 0))
+  common.write_text(run_dir / "results.csv", common.csv_text(fields, [_csv_row(r, base_ppl) for r in ordered]))
+  anda = [r for r in rows if r["format"] == ANDA]
+  table = _table(base, anda)
+  if len(anda) < len(rows):  # other formats: their table against Anda, and the Pareto plot
+    table += "\n\n" + formats_report.write(run_dir, base, rows)
   print(table)
-  _plots(run_dir, base_ppl, rows)
+  _plots(run_dir, base_ppl, anda)
   return table
 
 
@@ -302,47 +241,96 @@ def _increase(ratio: float) -> str:
   return f"{'x' + format(ratio, '.1f' if ratio < 1000 else '.0f'):>6}"
 
 
-def _cell(ppl: float, base_ppl: float) -> str:
-  return f"{ppl:>8.{2 if ppl < 1e5 else 0}f} ({_increase(ppl / base_ppl)})"
+def _half_width(ratio: float, iv) -> str:
+  """Half the interval's width in the unit `_increase` shows: percentage points, or the factor."""
+  if iv is None or not math.isfinite(iv.half_width):
+    return ""
+  if ratio < 2:
+    return f"±{100 * iv.half_width:.1f}"
+  return f"±{iv.half_width:.{1 if iv.half_width < 100 else 0}f}"
 
 
-def _table(base_ppl: float, rows: list[dict]) -> str:
+def _cell(row: dict | None, base_ppl: float | None, with_intervals: bool) -> str:
+  width = 23 if with_intervals else 16
+  if row is None:
+    return f"{'-':>{width}}"
+  ppl = row["ppl"]
+  if ppl is None:
+    return f"{row['nonfinite']:>8} {'':{width - 9}}"
+  if base_ppl is None:
+    return f"{ppl:>8.{2 if ppl < 1e5 else 0}f} {'':{width - 9}}"
+  ratio = ppl / base_ppl
+  spread = f" {_half_width(ratio, row['interval']):<5}" if with_intervals else ""
+  return f"{ppl:>8.{2 if ppl < 1e5 else 0}f} ({_increase(ratio)}{spread})"
+
+
+def _table(base: dict | None, rows: list[dict]) -> str:
   ms = sorted({r["mantissa_bits"] for r in rows})
-  lines = [f"FP-activation baseline perplexity: {base_ppl:.4f}",
-           "perplexity (relative increase over the baseline)",
-           f"{'G':>5} {'type':>5} " + " ".join(f"{'M=' + str(m):>16}" for m in ms)]
-  cells = {(r["group_size"], r["type"], r["mantissa_bits"]): r["ppl"] for r in rows}
+  base_ppl = base["ppl"] if base else None
+  with_intervals = any(r["interval"] is not None for r in rows)
+  shown = "not measured" if base is None else (
+      f"{base_ppl:.4f}" if base_ppl is not None else f"{base['nonfinite']} (not finite)")
+  lines = [f"FP-activation baseline perplexity: {shown}",
+           "perplexity (increase over the baseline" + (" ± half its interval)" if with_intervals else ")"),
+           f"{'G':>5} {'type':>5} " + " ".join(f"{'M=' + str(m):>{23 if with_intervals else 16}}" for m in ms)]
+  cells = {(r["group_size"], r["type"], r["mantissa_bits"]): r for r in rows}
   for g in sorted({r["group_size"] for r in rows}):
     for t in SWEEP_TYPES:
       if not any((g, t, m) in cells for m in ms):
         continue
-      vals = [cells.get((g, t, m)) for m in ms]
-      lines.append(f"{g:>5} {t:>5} " + " ".join(
-          f"{'-':>16}" if v is None else _cell(v, base_ppl) for v in vals))
+      lines.append(f"{g:>5} {t:>5} " + " ".join(_cell(cells.get((g, t, m)), base_ppl, with_intervals)
+                                                  for m in ms))
+  if with_intervals:
+    lines.append(f"±: half the width of the {common.INTERVAL_METHOD}, in percentage points (in "
+                 "the factor for xN cells)")
   return "\n".join(lines)
 
 
-def _plots(run_dir: pathlib.Path, base_ppl: float, rows: list[dict]) -> None:
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+def _bounds(rows: list[dict], scale) -> np.ndarray:
+  """matplotlib yerr [2, n] around scale(estimate) from each row's interval (NaN: none)."""
+  nan = float("nan")
+  out = []
+  for r in rows:
+    iv = r["interval"]
+    if iv is None or r["ppl"] is None:
+      out.append((nan, nan))
+    else:
+      mid = scale(iv.estimate)
+      out.append((mid - scale(iv.low), scale(iv.high) - mid))
+  # A percentile interval may (rarely) leave out its own estimate; matplotlib refuses negative
+  # error bars, so such a side is drawn as zero.
+  return np.maximum(np.array(out, float).T.reshape(2, len(rows)), 0)
+
+
+def _plots(run_dir: pathlib.Path, base_ppl: float | None, rows: list[dict]) -> None:
+  """ppl_vs_m.png and heatmap.png; a perplexity that is not finite is a gap (NaN)."""
+  plt = common.pyplot()
 
   gs = sorted({r["group_size"] for r in rows})
   ms = sorted({r["mantissa_bits"] for r in rows})
   if not gs:
     return
+  nan = float("nan")
+  base = nan if base_ppl is None else base_ppl
+  value = lambda r: nan if r["ppl"] is None else r["ppl"]
   # Top: perplexity on a log scale (the collapse at small M). Bottom: the relative increase on a
-  # symlog scale, linear within +-1%, where the choice of M is actually made.
+  # symlog scale, linear within +-1%, where the choice of M is actually made. Error bars: the
+  # paired interval of the increase (on the perplexity too: ppl_fp x (1 + its bounds)).
   fig, axes = plt.subplots(2, len(gs), figsize=(4.5 * len(gs), 7), squeeze=False, sharey="row")
   for col, g in enumerate(gs):
     for t in SWEEP_TYPES:
-      pts = sorted((r["mantissa_bits"], r["ppl"]) for r in rows if r["group_size"] == g and r["type"] == t)
-      if pts:
-        m, ppl = zip(*pts)
-        axes[0][col].plot(m, ppl, marker="o", label=t)
-        axes[1][col].plot(m, [100 * (p / base_ppl - 1) for p in ppl], marker="o", label=t)
-    axes[0][col].axhline(base_ppl, color="k", ls="--", lw=1, label="FP activations")
-    axes[0][col].set(title=f"G = {g}", yscale="log", xticks=ms)
+      line = sorted((r for r in rows if r["group_size"] == g and r["type"] == t), key=lambda r: r["mantissa_bits"])
+      if line:
+        m, ppl = [r["mantissa_bits"] for r in line], [value(r) for r in line]
+        axes[0][col].errorbar(m, ppl, yerr=_bounds(line, lambda f: base * (1 + f)), marker="o",
+                              capsize=2, label=t)
+        axes[1][col].errorbar(m, [100 * (p / base - 1) for p in ppl], yerr=_bounds(line, lambda f: 100 * f),
+                              marker="o", capsize=2, label=t)
+    if base_ppl is not None:
+      axes[0][col].axhline(base_ppl, color="k", ls="--", lw=1, label="FP activations")
+    axes[0][col].set(title=f"G = {g}", xticks=ms)
+    if any(value(r) > 0 for r in rows):  # a log axis needs a positive finite value
+      axes[0][col].set_yscale("log")
     axes[1][col].axhline(0, color="k", ls="--", lw=1)
     axes[1][col].axhspan(-1, 1, color="k", alpha=0.08, label="within 1%")
     axes[1][col].set(xlabel="mantissa bits M", xticks=ms)
@@ -351,34 +339,49 @@ def _plots(run_dir: pathlib.Path, base_ppl: float, rows: list[dict]) -> None:
   axes[1][0].set_ylabel("perplexity increase over FP (%)")
   axes[0][-1].legend(fontsize=8)
   axes[1][-1].legend(fontsize=8)
+  if any(r["interval"] is not None for r in rows):
+    fig.suptitle(f"error bars: {common.INTERVAL_METHOD} of the increase over FP", fontsize=9)
   fig.tight_layout()
-  fig.savefig(run_dir / "ppl_vs_m.png", dpi=120)
+  common.save_figure(fig, run_dir / "ppl_vs_m.png", dpi=120)
   plt.close(fig)
+  _heatmap(run_dir, base, gs, ms, [r for r in rows if r["type"] == "all"])
 
-  uniform = {(r["group_size"], r["mantissa_bits"]): r["ppl"] / base_ppl for r in rows if r["type"] == "all"}
-  if not uniform:
+
+def _heatmap(run_dir: pathlib.Path, base: float, gs, ms, uniform_rows: list[dict]) -> None:
+  """heatmap.png: the increase of every type at once, G x M; a hatched cell's interval holds 0
+  (not distinguishable from FP on these windows)."""
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  from matplotlib.patches import Rectangle  # pylint: disable=g-import-not-at-top
+
+  if not uniform_rows:
     return
-  ratio = np.array([[uniform.get((g, m), np.nan) for m in ms] for g in gs])
-  fig, ax = plt.subplots(figsize=(2.5 + 0.9 * len(ms), 1.6 + 0.5 * len(gs)))
+  cells = {(r["group_size"], r["mantissa_bits"]): r for r in uniform_rows}
+  ratio = np.array([[np.nan if cells.get((g, m), {}).get("ppl") is None else cells[(g, m)]["ppl"] / base
+                     for m in ms] for g in gs])
+  fig, ax = plt.subplots(figsize=(2.5 + 0.9 * len(ms), 1.6 + 0.6 * len(gs)))
   # Increases span from 0.1 % to several-fold: color by log(ppl / ppl_fp), label in percent.
   im = ax.imshow(np.log10(np.maximum(ratio, 1.0)), cmap="YlOrRd", aspect="auto", vmin=0)
+  hatched = False
   for (i, j), v in np.ndenumerate(ratio):
-    if np.isfinite(v):
-      ax.text(j, i, _increase(v).strip(), ha="center", va="center", fontsize=8)
+    if not np.isfinite(v):
+      continue
+    iv = cells[(gs[i], ms[j])]["interval"]
+    ax.text(j, i, "\n".join(filter(None, [_increase(v).strip(), _half_width(v, iv)])), ha="center",
+            va="center", fontsize=7)
+    if iv is not None and iv.low <= 0 <= iv.high:
+      ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, hatch="///", edgecolor="0.6", lw=0))
+      hatched = True
+  title = "ppl increase, all types"
+  if any(r["interval"] is not None for r in uniform_rows):
+    title += f" (±: half its {intervals.LEVEL:.0%} interval" + ("; hatched: it holds 0)" if hatched else ")")
   ax.set(xticks=range(len(ms)), xticklabels=ms, yticks=range(len(gs)), yticklabels=gs,
-         xlabel="mantissa bits M", ylabel="group size G", title="ppl increase, all types")
+         xlabel="mantissa bits M", ylabel="group size G")
+  ax.set_title(title, fontsize=9)
   fig.colorbar(im, ax=ax, label="log10(ppl / ppl_fp)")
   fig.tight_layout()
-  fig.savefig(run_dir / "heatmap.png", dpi=120)
+  common.save_figure(fig, run_dir / "heatmap.png", dpi=120)
   plt.close(fig)
-
-
-def reference_config():
-  # Key checks compare against the full sweep config, so a config file that drops or
-  # misspells a key is caught too.
-  from configs import sweep_smollm2  # pylint: disable=g-import-not-at-top
-  return sweep_smollm2.get_config()
 
 
 if __name__ == "__main__":
-  run_files.run_with_config(run, "Sweep configuration.")
+  common.run_with_config(run, "Sweep configuration.")

@@ -4,13 +4,14 @@ import hashlib
 import os
 import pathlib
 import shutil
-import tempfile
 import zipfile
 from unittest import mock
 
 from absl.testing import absltest
+import pytest
 
 from anda_jax import assets
+import testlib
 
 _PAYLOAD = b"anda test payload\n" * 1000
 _MEMBER = "fakepkg/data/payload.bin"
@@ -20,21 +21,13 @@ def _fake_asset(sha256=hashlib.sha256(_PAYLOAD).hexdigest(), **kw):
   return assets.Asset(requirement="fakepkg==1.0", member=_MEMBER, sha256=sha256, **kw)
 
 
-def _tempdir(test):
-  # tempfile rather than absltest's create_tempdir: that needs absl flags parsed (pytest doesn't).
-  d = tempfile.mkdtemp()
-  test.addCleanup(shutil.rmtree, d, ignore_errors=True)
-  return pathlib.Path(d)
-
-
 class AssetsTest(absltest.TestCase):
 
   def setUp(self):
     super().setUp()
-    self.cache = _tempdir(self)
-    self.enter_context(mock.patch.dict(os.environ, {"ANDA_JAX_CACHE": str(self.cache)}))
+    self.cache = testlib.asset_cache(self)
     self.enter_context(mock.patch.dict(assets.REGISTRY, {"fake": _fake_asset()}))
-    wheel_dir = _tempdir(self)
+    wheel_dir = testlib.tempdir(self)
     self.wheel = wheel_dir / "fakepkg-1.0-py3-none-any.whl"
     with zipfile.ZipFile(self.wheel, "w") as zf:
       zf.writestr(_MEMBER, _PAYLOAD)
@@ -46,6 +39,13 @@ class AssetsTest(absltest.TestCase):
     self.calls += 1
     dest.mkdir(parents=True)
     return pathlib.Path(shutil.copy(self.wheel, dest))
+
+  def _partial_wheel(self, dest, n_bytes):
+    """What a broken download leaves in dest: the wheel's first n_bytes."""
+    dest.mkdir(parents=True)
+    wheel = dest / self.wheel.name
+    wheel.write_bytes(self.wheel.read_bytes()[:n_bytes])
+    return wheel
 
   def _leftovers(self):
     return sorted(p.name for p in (self.cache / "fake").glob(".download-*"))
@@ -69,8 +69,7 @@ class AssetsTest(absltest.TestCase):
 
   def test_interrupted_download_leaves_no_cache_entry(self):
     def interrupted(asset, dest):
-      dest.mkdir(parents=True)
-      (dest / "fakepkg-1.0-py3-none-any.whl").write_bytes(self.wheel.read_bytes()[:100])
+      self._partial_wheel(dest, 100)
       raise KeyboardInterrupt
 
     with mock.patch.object(assets, "_pip_download", interrupted):
@@ -81,10 +80,7 @@ class AssetsTest(absltest.TestCase):
 
   def test_truncated_wheel_is_an_error_and_no_cache_entry(self):
     def truncated(asset, dest):
-      dest.mkdir(parents=True)
-      w = dest / "fakepkg-1.0-py3-none-any.whl"
-      w.write_bytes(self.wheel.read_bytes()[:200])
-      return w
+      return self._partial_wheel(dest, 200)
 
     with mock.patch.object(assets, "_pip_download", truncated):
       with self.assertRaisesRegex(assets.AssetError, "cannot extract"):
@@ -112,7 +108,7 @@ class AssetsTest(absltest.TestCase):
 
   def test_offline_error_says_what_was_tried_and_where_to_put_the_file(self):
     # The real pip, kept off the network: no index, an empty local wheel folder.
-    empty = str(_tempdir(self))
+    empty = str(testlib.tempdir(self))
     assets.REGISTRY["fake"] = _fake_asset(pip_args=("--no-index", "--find-links", empty))
     with self.assertRaises(assets.AssetError) as cm:
       assets.fetch("fake", verbose=False)
@@ -133,16 +129,16 @@ class AssetsTest(absltest.TestCase):
       self.assertEqual(assets.cache_dir(), pathlib.Path("/x/y/anda_jax"))
 
 
+@pytest.mark.download
 class RealFetchTest(absltest.TestCase):
-  """One real download (the 28 MB gensim wheel, a few seconds). Needs network."""
+  """One real download (the 28 MB gensim wheel, a few seconds), into an empty cache: it needs
+  the network every time."""
 
   def test_enwiki_excerpt(self):
-    if os.environ.get("ANDA_JAX_SKIP_NETWORK_TESTS"):
-      self.skipTest("ANDA_JAX_SKIP_NETWORK_TESTS is set")
-    with tempfile.TemporaryDirectory() as d, mock.patch.dict(os.environ, {"ANDA_JAX_CACHE": d}):
-      p = assets.fetch("enwiki-excerpt", verbose=False)
-      self.assertEqual(assets.sha256_file(p), assets.REGISTRY["enwiki-excerpt"].sha256)
-      self.assertEqual(p.read_bytes()[:3], b"BZh")
+    testlib.asset_cache(self)
+    p = assets.fetch("enwiki-excerpt", verbose=False)
+    self.assertEqual(assets.sha256_file(p), assets.REGISTRY["enwiki-excerpt"].sha256)
+    self.assertEqual(p.read_bytes()[:3], b"BZh")
 
 
 if __name__ == "__main__":

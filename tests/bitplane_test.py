@@ -1,6 +1,5 @@
 """Tests for anda_jax.bitplane: layout vs numpy packbits, lossless round trip, prefix."""
 
-import functools
 
 from absl.testing import absltest
 from absl.testing import parameterized
@@ -10,29 +9,27 @@ import jax.numpy as jnp
 import numpy as np
 
 from anda_jax import bitplane
-from anda_jax import format as anda_format
+from anda_jax import anda_format
+import testlib
 
 _FIELDS = ("sign", "magnitude", "exponent")
 
 
 def _activations(rng, shape):
   """Random data over a wide dynamic range, with zeros, -0.0 and one NaN/Inf group."""
-  x = rng.normal(size=shape) * np.exp2(rng.integers(-30, 30, size=shape[:-1] + (1,)))
-  x = np.where(rng.random(shape) < 0.1, 0.0, x).astype(np.float32)
+  x = testlib.binade_rows(rng, shape, (-30, 30))
   x.reshape(-1)[1] = -0.0
   x.reshape(-1)[-1] = np.inf  # the last (ragged) group of the last row: NaN group
   x.reshape(-1)[0] = np.nan
   return x
 
 
-# Jitted with a traced M: one compilation per (shape, format) instead of one per op and
-# per M (eager encode compiles dozens of small programs; the machine is shared).
-_encode = jax.jit(anda_format.encode, static_argnums=1)
+# Jitted: one compilation per shape instead of one per eager op.
 _decode = jax.jit(anda_format.decode)
 
 
 def _round_trip(x, fmt, m):
-  enc = _encode(x, fmt, m)
+  enc = testlib.encode(x, fmt, m)
   bp = bitplane.pack(enc)  # P = M: pack and unpack compile once per P
   back = bitplane.unpack(bp)
   return enc, bp, back, _decode(back), _decode(enc)
@@ -89,7 +86,7 @@ class BitPlaneTest(parameterized.TestCase):
         self.assertEqual(short.num_planes, m_prime)
         chex.assert_trees_all_equal(short, bps[m_prime])
     self.assert_same_encoding(bitplane.unpack(bitplane.truncate(bps[16], 5)),
-                              _encode(x, fmt, 5))
+                              testlib.encode(x, fmt, 5))
 
   @parameterized.parameters((5, 23), (8, 40), (64, 100), (1, 3))
   def test_round_trip_other_group_sizes(self, group_size, length):
@@ -101,7 +98,7 @@ class BitPlaneTest(parameterized.TestCase):
   def test_other_axis_and_dtype_round_trip(self):
     x = _activations(np.random.default_rng(0), (3, 20)).T.astype(jnp.bfloat16)  # [20, 3]
     fmt = anda_format.AndaFormat(group_size=8, axis=0)
-    enc = _encode(x, fmt, 5)
+    enc = testlib.encode(x, fmt, 5)
     bp = bitplane.pack(enc)
     chex.assert_shape(bp.planes, (3, 3, 5, 1))
     self.assert_same_encoding(bitplane.unpack(bp), enc)
@@ -115,7 +112,7 @@ class BitPlaneTest(parameterized.TestCase):
     x = np.zeros(16, np.float32)
     x[9] = -1.0  # the group maximum: m = 2^(M-1) = 0b100
     x[2] = 0.25  # m = 0b001
-    bp = bitplane.pack(_encode(x, anda_format.AndaFormat(group_size=16), 3))
+    bp = bitplane.pack(testlib.encode(x, anda_format.AndaFormat(group_size=16), 3))
     np.testing.assert_array_equal(np.asarray(bp.sign), [[0, 2]])
     np.testing.assert_array_equal(np.asarray(bp.planes), [[[0, 2], [0, 0], [4, 0]]])
     self.assertEqual(int(bp.exponent[0]), 0)
@@ -123,7 +120,7 @@ class BitPlaneTest(parameterized.TestCase):
   def test_extra_planes_are_zero_and_keep_values(self):
     x = _activations(np.random.default_rng(2), (3, 40))
     fmt = anda_format.AndaFormat(group_size=16)
-    enc = _encode(x, fmt, 5)
+    enc = testlib.encode(x, fmt, 5)
     wide = bitplane.unpack(bitplane.pack(enc, num_planes=12))
     np.testing.assert_array_equal(np.asarray(wide.magnitude), np.asarray(enc.magnitude) << 7)
     self.assertEqual(int(wide.mantissa_bits), 12)
@@ -138,29 +135,29 @@ class BitPlaneTest(parameterized.TestCase):
     @jax.jit
     def pack16(x, m):
       traces.append(m)
-      return bitplane.pack(_encode(x, fmt, m), num_planes=16)
+      return bitplane.pack(testlib.encode(x, fmt, m), num_planes=16)
 
     for m in (1, 6, 16):
       got = pack16(x, jnp.int32(m))
-      want = bitplane.pack(_encode(x, fmt, m), num_planes=16)
+      want = bitplane.pack(testlib.encode(x, fmt, m), num_planes=16)
       chex.assert_trees_all_equal(got, want)
     self.assertLen(traces, 1)
     with self.assertRaisesRegex(ValueError, "num_planes=None needs a concrete"):
-      jax.jit(lambda x, m: bitplane.pack(_encode(x, fmt, m)))(x, 4)
+      jax.jit(lambda x, m: bitplane.pack(testlib.encode(x, fmt, m)))(x, 4)
 
   @parameterized.parameters((8, 64), (32, 128), (64, 64))
   def test_storage_bits(self, group_size, length):
     fmt = anda_format.AndaFormat(group_size=group_size)
     x = np.ones((2, length), np.float32)
     for m in (1, 16):
-      bp = bitplane.pack(_encode(x, fmt, m))
+      bp = bitplane.pack(testlib.encode(x, fmt, m))
       self.assertEqual(bp.storage_bits(), 1 + m + 8 / group_size)
       self.assertEqual(bp.storage_bits(), fmt.storage_bits(m))
       # With G a multiple of 8, L a multiple of G and 8-bit exponents the arrays hold
       # exactly the spec's bit count.
       self.assertEqual(bp.nbytes * 8 / x.size, bp.storage_bits())
     # G not a multiple of 8 pads each plane to whole bytes.
-    odd = bitplane.pack(_encode(np.ones((1, 12), np.float32),
+    odd = bitplane.pack(testlib.encode(np.ones((1, 12), np.float32),
                                            anda_format.AndaFormat(group_size=12), 3))
     self.assertEqual(odd.nbytes, 1 + 2 + 3 * 2)
     self.assertAlmostEqual(odd.storage_bits(), 1 + 3 + 8 / 12)
@@ -168,14 +165,14 @@ class BitPlaneTest(parameterized.TestCase):
   def test_invalid_arguments_raise(self):
     fmt = anda_format.AndaFormat(group_size=8)
     x = np.ones((2, 16), np.float32)
-    enc = _encode(x, fmt, 8)
+    enc = testlib.encode(x, fmt, 8)
     for bad in (0, 17, 2.0, True):
       with self.assertRaisesRegex(ValueError, f"num_planes={bad!r} is invalid.*\\[1, 16\\]"):
         bitplane.pack(enc, num_planes=bad)
     with self.assertRaisesRegex(ValueError, "mantissa_bits=8 does not fit num_planes=4"):
       bitplane.pack(enc, num_planes=4)
     with self.assertRaisesRegex(ValueError, r"mantissa_bits=20 is invalid.*\[1, 16\]"):
-      bitplane.pack(_encode(x, fmt, 20))
+      bitplane.pack(testlib.encode(x, fmt, 20))
     bp = bitplane.pack(enc)
     for bad in (0, 9):
       with self.assertRaisesRegex(ValueError, f"num_planes={bad} is invalid.*\\[1, 8\\]"):

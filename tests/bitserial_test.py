@@ -1,6 +1,5 @@
 """Tests for anda_jax.bitserial against plain numpy int64 / float64 references."""
 
-import functools
 import itertools
 
 from absl.testing import absltest
@@ -12,13 +11,8 @@ import numpy as np
 
 from anda_jax import bitplane
 from anda_jax import bitserial
-from anda_jax import format as anda_format
-from anda_jax import int4
-
-# Traced M: one compilation per (shape, format), not one per op and per M (the machine
-# is shared; eager encode compiles dozens of small programs).
-_encode = jax.jit(anda_format.encode, static_argnums=1)
-_quantize_rtn = jax.jit(int4.quantize_rtn, static_argnums=(1, 2))
+from anda_jax import anda_format
+import testlib
 
 _SIZES = (32, 64, 128)
 _MANTISSA_BITS = (1, 4, 8, 16)
@@ -34,17 +28,14 @@ _CASES = [
 ]
 
 
-@functools.lru_cache(maxsize=None)
 def _weights(group_size, symmetric, k=256, n=5):
-  """Shared across cases: quantizing costs a compilation per (Gw, symmetric)."""
-  w = np.random.default_rng(group_size + 2 * symmetric).normal(size=(k, n))
-  return _quantize_rtn(w.astype(np.float32), group_size, symmetric)
+  """Shared across cases (cached): quantizing costs a compilation per (Gw, symmetric)."""
+  return testlib.int4_weights(group_size + 2 * symmetric, k, n, group_size, symmetric)
 
 
 def _activations(rng, shape):
   """Rows over different binades, with exact zeros, so E and m vary across groups."""
-  x = rng.normal(size=shape) * np.exp2(rng.integers(-8, 9, size=shape[:-1] + (1,)))
-  return np.where(rng.random(shape) < 0.1, 0.0, x).astype(np.float32)
+  return testlib.binade_rows(rng, shape, (-8, 9))
 
 
 def _reference(enc, w, m_prime):
@@ -62,8 +53,7 @@ def _reference(enc, w, m_prime):
   signed = (signs * m).reshape(*batch, -1)[..., :k]  # +-m'_i along K, padding dropped
   e = np.repeat(np.asarray(enc.exponent, np.int64), g, axis=-1)[..., :k]
 
-  packed = np.asarray(w.packed, np.int64)  # codes straight from the nibbles, in numpy
-  q = np.stack([packed & 15, packed >> 4], axis=1).reshape(k, n) - (8 if w.symmetric else 0)
+  q, d, z = testlib.int4_float64(w)  # codes straight from the nibbles, in numpy
   block = min(g, w.group_size)
   nb = k // block
   blocks = signed.reshape(*batch, nb, block)
@@ -71,8 +61,6 @@ def _reference(enc, w, m_prime):
   s = blocks.sum(-1)
 
   x_hat = np.ldexp(signed.astype(np.float64), e - m_prime + 1)  # exact in float64
-  d = np.repeat(np.asarray(w.scale, np.float64), w.group_size, axis=0)
-  z = 0.0 if w.symmetric else np.repeat(np.asarray(w.offset, np.float64), w.group_size, axis=0)
   y = x_hat @ (d * q + z)  # decode(x) @ dequantize(W), in float64 (error ~1e-16)
   # Error scale: sum_k |x_k| (|d q_k| + |z|). fp32 error of the bit-serial result
   # relative to it: the int32 -> fp32 conversion of A (and S), d*A, z*S and their sum
@@ -96,13 +84,21 @@ class BitSerialTest(parameterized.TestCase):
     err = np.abs(np.asarray(y, np.float64) - y_ref)
     self.assertTrue(np.all(err <= tol), msg=f"M'={m_prime} max err/tol {np.max(err / tol)}")
 
-  def test_cases_cover_every_setting(self):
-    # The covering design's claim: every M with each weight kind, each G and each Gw.
-    for key, values in (("symmetric", (True, False)), ("group_size", _SIZES),
-                        ("weight_group_size", _SIZES)):
-      for v in values:
-        seen = {c["mantissa_bits"] for c in _CASES if c[key] == v}
-        self.assertEqual(seen, set(_MANTISSA_BITS), msg=f"{key}={v}")
+  def test_streaming_m_prime_planes_equals_the_m_prime_bit_encoding(self):
+    # Spec section 4: streaming the first M' planes of a truncate-rounded M-bit encoding
+    # gives the truncate-rounded M'-bit result, so it must equal, bit for bit, the product
+    # of the M'-bit encoding of the same activations with all of its planes.
+    rng = np.random.default_rng(10)
+    w = _weights(32, False, k=128)
+    x = _activations(rng, (4, 128))
+    fmt = anda_format.AndaFormat(group_size=64)  # truncate
+    bp = bitplane.pack(testlib.encode(x, fmt, 12))
+    for m_prime in (1, 5, 11):
+      short = bitplane.pack(testlib.encode(x, fmt, m_prime))
+      chex.assert_trees_all_equal(bitserial.partial_sums(bp, w, num_planes=m_prime),
+                                  bitserial.partial_sums(short, w), custom_message=f"M'={m_prime}")
+      chex.assert_trees_all_equal(bitserial.matmul(bp, w, num_planes=m_prime),
+                                  bitserial.matmul(short, w), custom_message=f"M'={m_prime}")
 
   @parameterized.parameters(*_CASES)
   def test_matches_integer_and_float_references(
@@ -110,7 +106,7 @@ class BitSerialTest(parameterized.TestCase):
     w = _weights(weight_group_size, symmetric)
     rng = np.random.default_rng(group_size * 7 + weight_group_size + symmetric)
     x = _activations(rng, (3, w.shape[0]))
-    enc = _encode(x, anda_format.AndaFormat(group_size=group_size), mantissa_bits)
+    enc = testlib.encode(x, anda_format.AndaFormat(group_size=group_size), mantissa_bits)
     bp = bitplane.pack(enc)
     self.assertEqual(bitserial.block_size(group_size, weight_group_size),
                      min(group_size, weight_group_size))
@@ -124,9 +120,9 @@ class BitSerialTest(parameterized.TestCase):
     # K = 160: weights in groups of 32, activations in groups of 128 (the second one
     # ragged and zero padded), blocks of 32; leading batch dims [2, 2].
     rng = np.random.default_rng(5)
-    w = _quantize_rtn(rng.normal(size=(160, 3)).astype(np.float32), 32, False)
+    w = testlib.quantize_rtn(rng.normal(size=(160, 3)).astype(np.float32), 32, False)
     x = _activations(rng, (2, 2, 160))
-    enc = _encode(x, anda_format.AndaFormat(group_size=128), 6)
+    enc = testlib.encode(x, anda_format.AndaFormat(group_size=128), 6)
     bp = bitplane.pack(enc)
     for m_prime in (2, 6):
       self.check(bp, enc, w, m_prime)
@@ -134,19 +130,19 @@ class BitSerialTest(parameterized.TestCase):
   def test_tiny_activations_are_not_flushed(self):
     # E = -120 and M = 16: one unit in the last place is 2^-135, a float32 subnormal.
     rng = np.random.default_rng(6)
-    w = _quantize_rtn(rng.normal(size=(64, 4)).astype(np.float32), 32, True)
+    w = testlib.quantize_rtn(rng.normal(size=(64, 4)).astype(np.float32), 32, True)
     x = (rng.uniform(1, 2, size=(2, 64)) * 2.0**-120).astype(np.float32)
-    enc = _encode(x, anda_format.AndaFormat(group_size=32), 16)
+    enc = testlib.encode(x, anda_format.AndaFormat(group_size=32), 16)
     bp = bitplane.pack(enc)
     self.check(bp, enc, w, 16)
     self.assertTrue(np.all(np.asarray(bitserial.matmul(bp, w)) != 0))
 
   def test_nonfinite_group_gives_nan_row(self):
     rng = np.random.default_rng(7)
-    w = _quantize_rtn(rng.normal(size=(64, 4)).astype(np.float32), 32, False)
+    w = testlib.quantize_rtn(rng.normal(size=(64, 4)).astype(np.float32), 32, False)
     x = _activations(rng, (3, 64))
     x[1, 40] = np.inf
-    enc = _encode(x, anda_format.AndaFormat(group_size=32), 8)
+    enc = testlib.encode(x, anda_format.AndaFormat(group_size=32), 8)
     y = np.asarray(bitserial.matmul(bitplane.pack(enc), w))
     self.assertTrue(np.all(np.isnan(y[1])))
     self.assertTrue(np.all(np.isfinite(y[[0, 2]])))
@@ -155,8 +151,8 @@ class BitSerialTest(parameterized.TestCase):
 
   def test_traced_num_planes(self):
     rng = np.random.default_rng(8)
-    w = _quantize_rtn(rng.normal(size=(64, 4)).astype(np.float32), 32, True)
-    bp = bitplane.pack(_encode(_activations(rng, (2, 64)), anda_format.AndaFormat(32), 8))
+    w = testlib.quantize_rtn(rng.normal(size=(64, 4)).astype(np.float32), 32, True)
+    bp = bitplane.pack(testlib.encode(_activations(rng, (2, 64)), anda_format.AndaFormat(32), 8))
     traced = jax.jit(bitserial.matmul)
     for m_prime in (1, 5, 8):
       chex.assert_trees_all_equal(traced(bp, w, jnp.int32(m_prime)),
@@ -171,16 +167,16 @@ class BitSerialTest(parameterized.TestCase):
       bitserial.block_size(32, 0)
 
     rng = np.random.default_rng(9)
-    w = _quantize_rtn(rng.normal(size=(96, 2)).astype(np.float32), 32, True)
+    w = testlib.quantize_rtn(rng.normal(size=(96, 2)).astype(np.float32), 32, True)
     x = _activations(rng, (2, 96))
-    bp48 = bitplane.pack(_encode(x, anda_format.AndaFormat(group_size=48), 4))
+    bp48 = bitplane.pack(testlib.encode(x, anda_format.AndaFormat(group_size=48), 4))
     with self.assertRaisesRegex(ValueError, "group_size=48 .* weight_group_size=32"):
       bitserial.matmul(bp48, w)
-    bp = bitplane.pack(_encode(x, anda_format.AndaFormat(group_size=32), 4))
+    bp = bitplane.pack(testlib.encode(x, anda_format.AndaFormat(group_size=32), 4))
     for bad in (0, 5, 2.5):
       with self.assertRaisesRegex(ValueError, rf"num_planes={bad!r} is invalid.*\[1, 4\]"):
         bitserial.partial_sums(bp, w, num_planes=bad)
-    w64 = _quantize_rtn(rng.normal(size=(64, 2)).astype(np.float32), 32, True)
+    w64 = testlib.quantize_rtn(rng.normal(size=(64, 2)).astype(np.float32), 32, True)
     with self.assertRaisesRegex(ValueError, "activation length=96, weight K=64"):
       bitserial.matmul(bp, w64)
     with self.assertRaisesRegex(ValueError, "Int4Weights"):

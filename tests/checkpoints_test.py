@@ -1,20 +1,32 @@
 """GGUF and safetensors loading: tiny GGUF files written here with the gguf package (Q4_0, Q4_1,
 Q8_0, F16, F32 tensors, llama.cpp's Q/K row permutation, tied and untied heads) against a
-transformers model holding the same dequantized weights, and broken files -> ValueError."""
+transformers model holding the same dequantized weights, broken files -> ValueError, and
+memory-lean loading: float16 / bfloat16 weights stay so in the model, and INT4 loading quantizes
+one tensor at a time without ever holding the model in float32."""
 
 import os
 import pathlib
+import shutil
 import tempfile
+import tracemalloc
+from unittest import mock
+import weakref
 
 from absl.testing import absltest
 from absl.testing import parameterized
+import chex
+from flax import nnx
 import gguf
 import jax
+import jax.numpy as jnp
 import numpy as np
 
+from anda_jax import AndaFormat
 from anda_jax import int4
 from anda_jax import models
+from anda_jax.matmul import ProductSpec
 from anda_jax.models import tokenizer as tokenizer_lib
+import testlib
 
 Q = gguf.GGMLQuantizationType
 D, F, HEADS, KV, LAYERS = 64, 128, 4, 2, 2
@@ -52,7 +64,8 @@ def _llama_cpp_unpermute(w, n_head):
   return w.reshape(n_head, w.shape[0] // n_head // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-def write_gguf(path, hf, types, arch="llama", omit=(), tied=False):
+def write_gguf(path, hf, types, arch="llama", omit=(), tied=False, head_count=HEADS,
+               merges=("Ġ t", "h e", "Ġt he")):
   """Writes hf's weights as a GGUF like llama.cpp's converter; sets hf's weights to the values the
   file holds (dequantized by the gguf package, an independent decoder) and returns hf."""
   import torch  # pylint: disable=g-import-not-at-top
@@ -62,7 +75,7 @@ def write_gguf(path, hf, types, arch="llama", omit=(), tied=False):
   writer.add_context_length(256)
   writer.add_embedding_length(D)
   writer.add_feed_forward_length(F)
-  writer.add_head_count(HEADS)
+  writer.add_head_count(head_count)
   writer.add_head_count_kv(KV)
   writer.add_rope_dimension_count(DH)
   writer.add_rope_freq_base(10000.0)
@@ -71,7 +84,7 @@ def write_gguf(path, hf, types, arch="llama", omit=(), tied=False):
   writer.add_tokenizer_pre("default")
   writer.add_token_list(BYTE_TOKENS + EXTRA_TOKENS)
   writer.add_token_types([1] * (VOCAB - 1) + [3])
-  writer.add_token_merges(["Ġ t", "h e", "Ġt he"])
+  writer.add_token_merges(list(merges))
   writer.add_eos_token_id(VOCAB - 1)
 
   params = dict(hf.named_parameters())
@@ -150,6 +163,10 @@ class GGUFTest(parameterized.TestCase):
       self.assertIsInstance(layers["o"], int4.Int4Weights)
       self.assertFalse(layers["o"].symmetric)
       self.assertNotIsInstance(layers["up"], int4.Int4Weights)
+      # F16 tensors stay float16 (upcast where used); Q8_0 ones are float32 (d * q).
+      self.assertEqual(layers["down"].dtype, np.float16)
+      self.assertEqual(model.lm_head[...].dtype, np.float16)
+      self.assertEqual(layers["up"].dtype, np.float32)
     np.testing.assert_allclose(np.asarray(_FORWARD(model, TOKENS)), _hf_logits(hf, TOKENS), atol=1e-4, rtol=0)
     # The byte-level BPE tokenizer from the metadata, merges and specials included.
     ids = tokenizer.encode(" the cat<|endoftext|>")
@@ -198,6 +215,16 @@ class GGUFTest(parameterized.TestCase):
     with self.assertRaisesRegex(ValueError, f"{path}: tensor 'blk.0.attn_v.weight' has unsupported type Q5_0"):
       models.load(path)
 
+  def test_zero_heads(self):
+    path = self._tiny(head_count=0)
+    with self.assertRaisesRegex(ValueError, f"{path}: setting 'llama.attention.head_count' = 0 is invalid"):
+      models.load(path)
+
+  def test_merge_outside_the_vocabulary(self):
+    path = self._tiny(merges=("Ġ t", "x yz"))
+    with self.assertRaisesRegex(ValueError, rf"{path}: tokenizer.ggml.merges\[1\]='x yz' is invalid"):
+      models.load(path)
+
   def test_missing_tensor(self):
     path = self._tiny(omit=("blk.1.ffn_down.weight",))
     with self.assertRaisesRegex(ValueError, f"{path}: missing tensor 'blk.1.ffn_down.weight'"):
@@ -242,6 +269,17 @@ class SafetensorsTest(absltest.TestCase):
     with self.assertRaisesRegex(ValueError, f"{directory}: missing tensor 'model.decoder.layers.1.fc2.weight'"):
       models.load(directory)
 
+  def test_missing_or_zero_size_setting(self):
+    directory, _ = self._checkpoint()
+    config = directory / "config.json"
+    text = config.read_text()
+    config.write_text(text.replace('"hidden_size": 32,', ''))
+    with self.assertRaisesRegex(ValueError, f"{config}: missing setting 'hidden_size'"):
+      models.load(directory)
+    config.write_text(text.replace('"num_attention_heads": 4', '"num_attention_heads": 0'))
+    with self.assertRaisesRegex(ValueError, f"{config}: setting 'num_attention_heads' = 0 is invalid"):
+      models.load(directory)
+
   def test_unsupported_model_type(self):
     directory, _ = self._checkpoint()
     config = directory / "config.json"
@@ -252,6 +290,129 @@ class SafetensorsTest(absltest.TestCase):
   def test_no_such_path(self):
     with self.assertRaisesRegex(ValueError, "neither a registry name"):
       models.load(os.path.join(tempfile.mkdtemp(), "nope"))
+
+
+def _recast(src, dst, dtype, then=None):
+  """A copy of the HF checkpoint directory `src` with every tensor cast to the torch `dtype`
+  (and then to `then`, if given: e.g. float16 values stored as float32)."""
+  import torch  # pylint: disable=g-import-not-at-top
+  from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
+  from safetensors.torch import save_file  # pylint: disable=g-import-not-at-top
+
+  dst = pathlib.Path(dst)
+  dst.mkdir()
+  for name in ("config.json", "tokenizer.json"):
+    shutil.copy(pathlib.Path(src) / name, dst / name)
+  tensors = {k: torch.from_numpy(v).to(dtype) for k, v in load_file(str(pathlib.Path(src) / "model.safetensors")).items()}
+  if then is not None:
+    tensors = {k: v.to(then) for k, v in tensors.items()}
+  save_file(tensors, str(dst / "model.safetensors"))
+  return dst
+
+
+def _float_leaves(model):
+  """{path: dtype} of the model's float weights outside INT4 (whose scales are float32)."""
+  state = nnx.state(model)
+  out = {}
+  for path, leaf in jax.tree_util.tree_flatten_with_path(state, is_leaf=lambda x: isinstance(x, int4.Int4Weights))[0]:
+    if not isinstance(leaf, int4.Int4Weights) and jnp.issubdtype(leaf.dtype, jnp.floating):
+      out[jax.tree_util.keystr(path)] = leaf.dtype
+  return out
+
+
+_SPEC = ProductSpec(AndaFormat(group_size=32))
+_FORWARD_P = jax.jit(lambda m, t, p: m(t, p, _SPEC))
+
+
+class LowPrecisionCheckpointTest(parameterized.TestCase):
+  """A float16 / bfloat16 checkpoint keeps its dtype in the model and gives the logits of the
+  same values stored as float32 (upcasting is exact), bit for bit, with and without INT4."""
+
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    cls.dir = testlib.tempdir(cls)
+    cls.f32 = testlib.make_checkpoint(cls.dir / "f32", n_layers=2, d_model=64, n_heads=4, n_kv_heads=2,
+                                      d_ff=128, vocab=200, seed=3)
+    cls.tokens = np.random.RandomState(0).randint(0, 200, (2, 24)).astype(np.int32)
+
+  @parameterized.named_parameters(("float16", "float16"), ("bfloat16", "bfloat16"))
+  def test_weights_stay_in_checkpoint_dtype_with_the_same_logits(self, dtype):
+    import torch  # pylint: disable=g-import-not-at-top
+
+    low = _recast(self.f32, self.dir / dtype, getattr(torch, dtype))
+    upcast = _recast(self.f32, self.dir / f"{dtype}_as_f32", getattr(torch, dtype), torch.float32)
+    model_low, _ = models.load(low)
+    model_32, _ = models.load(upcast)
+    for w in (model_low.embedding, model_low.lm_head, model_low.final_norm):
+      self.assertEqual(w[...].dtype, jnp.dtype(dtype))
+    self.assertEqual(model_low.layers.get_value()["qkv"].dtype, jnp.dtype(dtype))
+    dtypes = _float_leaves(model_low)
+    self.assertEqual(set(dtypes.values()), {jnp.dtype(dtype)}, dtypes)
+    self.assertEqual(set(_float_leaves(model_32).values()), {jnp.dtype("float32")})
+    m8 = np.full(4, 8, np.int32)
+    for precision in (None, m8):
+      np.testing.assert_array_equal(np.asarray(_FORWARD_P(model_low, self.tokens, precision)),
+                                    np.asarray(_FORWARD_P(model_32, self.tokens, precision)))
+    # RTN INT4 from float16 values or from the same values in float32: the same codes and scales.
+    q_low, _ = models.load(low, int4_group_size=32)
+    q_32, _ = models.load(upcast, int4_group_size=32)
+    for site in ("qkv", "o", "up", "down"):
+      chex.assert_trees_all_equal(q_low.layers.get_value()[site], q_32.layers.get_value()[site])
+    np.testing.assert_array_equal(np.asarray(_FORWARD_P(q_low, self.tokens, m8)),
+                                  np.asarray(_FORWARD_P(q_32, self.tokens, m8)))
+
+
+class StreamingLoadTest(absltest.TestCase):
+  """INT4 loading reads and quantizes one matrix at a time: the quantizer sees each checkpoint
+  tensor alone, in its stored dtype, after the previous one is gone; and the loader's peak of
+  numpy memory stays well below the model's matrices in float32 (what reading the whole
+  checkpoint into float32 first, as the loader once did, costs at least)."""
+
+  N_LAYERS, D, F = 6, 256, 512
+
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    import torch  # pylint: disable=g-import-not-at-top
+
+    cls.dir = testlib.tempdir(cls)
+    f32 = testlib.make_checkpoint(cls.dir / "f32", n_layers=cls.N_LAYERS, d_model=cls.D, n_heads=4,
+                                  n_kv_heads=4, d_ff=cls.F, vocab=200, seed=5)
+    cls.f16 = _recast(f32, cls.dir / "f16", torch.float16)
+    # float32 bytes of the FP-INT matrices (q, k, v, o: D x D; gate, up, down: D x F)
+    cls.f32_matrix_bytes = cls.N_LAYERS * (4 * cls.D * cls.D + 3 * cls.D * cls.F) * 4
+
+  def test_quantizer_sees_one_stored_tensor_at_a_time(self):
+    seen, alive = [], []
+    real = int4.quantize_rtn
+
+    def recording(w, *args, **kwargs):
+      alive.append(sum(r() is not None for r in seen))  # earlier inputs still referenced
+      seen.append(weakref.ref(w))
+      self.assertIsInstance(w, np.ndarray)
+      self.assertEqual((w.ndim, w.dtype), (2, np.float16), "one tensor as stored")
+      return real(w, *args, **kwargs)
+
+    with mock.patch.object(int4, "quantize_rtn", recording):
+      model, _ = models.load(self.f16, int4_group_size=32)
+    self.assertLen(seen, 7 * self.N_LAYERS)  # q, k, v, o, gate, up, down of every layer
+    self.assertEqual(max(alive), 0, alive)
+    self.assertIsInstance(model.layers.get_value()["up"], int4.Int4Weights)
+
+  def test_peak_numpy_memory_below_the_model_in_float32(self):
+    models.load(self.f16, int4_group_size=32)  # compiles, fills caches: not what is measured
+    tracemalloc.start()
+    try:
+      model, _ = models.load(self.f16, int4_group_size=32)
+      _, peak = tracemalloc.get_traced_memory()
+    finally:
+      tracemalloc.stop()
+    self.assertIsInstance(model.layers.get_value()["down"], int4.Int4Weights)
+    # Expected: the packed stack (1/8 of float32) with its scales, one layer's float16 tensors,
+    # the embedding and head: about 1/4 of the float32 matrices.
+    self.assertLess(peak, 0.5 * self.f32_matrix_bytes,
+                    f"peak {peak / 1e6:.1f} MB vs {self.f32_matrix_bytes / 1e6:.1f} MB of float32 matrices")
 
 
 if __name__ == "__main__":

@@ -7,6 +7,9 @@ from absl.testing import parameterized
 import numpy as np
 
 from anda_jax import cost
+from anda_jax import formats
+from anda_jax.anda_format import AndaFormat
+from anda_jax.formats import MXFormat, NVFP4Format, PerTokenFormat
 
 # A small LLaMA: 2 layers, d_model 8, 4 heads of 2 (2 kv heads), d_ff 16.
 # Per layer:  qkv = 8 * (4*2 + 2 * 2*2) = 128   o = 8*8 = 64
@@ -152,7 +155,7 @@ class AcceleratorTest(parameterized.TestCase):
     figna = self.HW.figna(LLAMA)
     self.assertAlmostEqual(figna["compute_cycles"], 1152 * 16 / 64)
     mx = self.HW.mxint8(LLAMA)
-    self.assertAlmostEqual(mx["compute_cycles"], 1152 * 8 / 64)
+    self.assertAlmostEqual(mx["compute_cycles"], 1152 * 7 / 64)  # sign and 7 magnitude planes
     self.assertAlmostEqual(mx["memory_bits"], 2 * 80 * 8.25 + weight_bits)
     # BFP with uniform M is Anda with every type at M.
     self.assertEqual(self.HW.bfp(LLAMA, 5), self.HW.anda(LLAMA, np.full(4, 5)))
@@ -175,9 +178,138 @@ class AcceleratorTest(parameterized.TestCase):
     self.assertLen(rows, 5)
     self.assertEqual(rows[0]["speedup_vs_fp16"], 1.0)
     self.assertIn("BFP, uniform M=6", rows[3]["format"])  # ceil(3072 / 576)
+    self.assertEqual(rows[2]["format"], "mxint8")  # the default other format
+    self.assertEqual(rows[2]["cycles"], self.HW.mxint8(LLAMA)["cycles"])
     table = cost.format_table(rows)
     self.assertEqual(table.count("\n"), 6)
-    self.assertIn("MXINT8", table)
+    self.assertIn("| mxint8 | 7.00 | 8.25 | ", table)
+
+
+# Elements per layer and type of LLAMA (the contraction lengths K): qkv 8, o 8, up 8, down 16.
+MIXED = (MXFormat("fp4_e2m1"), NVFP4Format(), AndaFormat(64), PerTokenFormat("int8"))
+
+
+class FormatsTest(parameterized.TestCase):
+  """Every format's storage bits, compute and traffic, by hand on LLAMA's shapes."""
+
+  HW = AcceleratorTest.HW
+
+  def test_storage_bits_of_each_format_by_hand(self):
+    on = np.ones(4, np.int32)
+    self.assertAlmostEqual(cost.format_storage_bits(LLAMA, on, MXFormat("fp4_e2m1")), 4.25)
+    self.assertAlmostEqual(cost.format_storage_bits(LLAMA, on, MXFormat("int8", 16)), 8.5)
+    # NVFP4: 4 + 8/16 + 32/K: 8.5 at K = 8 (qkv, o, up), 6.5 at K = 16 (down).
+    np.testing.assert_allclose(cost.activation_bits(LLAMA, on, NVFP4Format()),
+                               [[8.5, 8.5, 8.5, 6.5]] * 2)
+    self.assertAlmostEqual(cost.format_storage_bits(LLAMA, on, NVFP4Format()),
+                           (3 * 8 * 8.5 + 16 * 6.5) / 40)
+    self.assertAlmostEqual(cost.format_storage_bits(LLAMA, on, PerTokenFormat("int8")),
+                           (3 * 8 * 12 + 16 * 10) / 40)
+    # One format per type; M = 0 keeps FP16 (16 bits); Anda reads M from the configuration.
+    p = np.array([1, 0, 5, 1])
+    self.assertAlmostEqual(cost.format_storage_bits(LLAMA, p, MIXED),
+                           (8 * 4.25 + 8 * 16 + 8 * 6.125 + 16 * 10) / 40)
+    self.assertAlmostEqual(cost.format_storage_bits(LLAMA, p, MIXED, quantized_only=True),
+                           (8 * 4.25 + 8 * 6.125 + 16 * 10) / 32)
+    self.assertTrue(np.isnan(cost.format_storage_bits(LLAMA, np.zeros(4, np.int32), MIXED,
+                                                      quantized_only=True)))
+    # Anda's own storage_bits is the same computation.
+    self.assertEqual(cost.storage_bits(LLAMA, np.array([8, 4, 6, 0])),
+                     cost.format_storage_bits(LLAMA, np.array([8, 4, 6, 0]), AndaFormat(64)))
+
+  @parameterized.parameters(
+      # element, aligned integer bits m + 1 + emax - emin, significand bits m + 1, exponent bits
+      ("fp4_e2m1", 4, 2, 2), ("fp6_e2m3", 6, 4, 2), ("fp6_e3m2", 9, 3, 3),
+      ("fp8_e4m3", 18, 4, 4), ("fp8_e5m2", 32, 3, 5))
+  def test_element_lanes(self, element, aligned, significand, exponent):
+    self.assertEqual(cost.Accelerator().element_lanes(element), aligned)
+    self.assertEqual(cost.Accelerator(fp_elements="parallel").element_lanes(element),
+                     significand + exponent)
+    half = cost.Accelerator(fp_elements="parallel", fp_shift_lanes_per_exponent_bit=0.5)
+    self.assertEqual(half.element_lanes(element), significand + 0.5 * exponent)
+
+  def test_integer_elements_are_seven_planes_in_either_model(self):
+    for fp_elements in cost.FP_ELEMENT_MODELS:
+      self.assertEqual(cost.Accelerator(fp_elements=fp_elements).element_lanes("int8"), 7)
+
+  def test_mixed_formats_by_hand(self):
+    got = self.HW.run(LLAMA, np.array([1, 0, 5, 1]), MIXED)
+    # Lanes per MAC: MXFP4 4 planes, o in FP16 (FIGNA-like, 16), Anda M = 5, INT8 7 planes.
+    lane_cycles = 2 * (128 * 4 + 64 * 16 + 256 * 5 + 128 * 7)  # 7424
+    act_bits = 2 * 2 * (8 * 4.25 + 8 * 16 + 8 * 6.125 + 16 * 10)  # two layers, written + read
+    weight_bits = 1152 * (4 + 32 / 32) / 8
+    # Compressor on the three quantized sites: compare + sign + magnitude bits (3, 5, 7).
+    comp_ops = 2 * (8 * (2 + 3) + 8 * (2 + 5) + 16 * (2 + 7))
+    self.assertAlmostEqual(got["lane_cycles"], lane_cycles)
+    self.assertAlmostEqual(got["compute_cycles"], lane_cycles / 64)
+    self.assertAlmostEqual(got["memory_bits"], act_bits + weight_bits)
+    self.assertAlmostEqual(got["compressor_cycles"], 2 * (8 + 8 + 16) / 4)
+    self.assertAlmostEqual(got["cycles"], max(lane_cycles / 64, (act_bits + weight_bits) / 32, 16))
+    self.assertAlmostEqual(got["energy"], lane_cycles + 2 * (act_bits + weight_bits) + comp_ops)
+    # FP16 everywhere passes no compressor.
+    self.assertEqual(self.HW.run(LLAMA, np.zeros(4, np.int32), MIXED)["compressor_cycles"], 0)
+
+  def test_memory_bound_when_weights_are_read_per_token(self):
+    hw = dataclasses.replace(self.HW, tokens_per_weight_read=1)
+    got = hw.run(LLAMA, np.ones(4, np.int32), MXFormat("fp4_e2m1"))
+    self.assertAlmostEqual(got["memory_bits"], 2 * 2 * 40 * 4.25 + 1152 * 5)
+    self.assertEqual(got["cycles"], got["memory_cycles"])
+    self.assertGreater(got["memory_cycles"], got["compute_cycles"])
+
+  def test_compare_formats_puts_other_formats_at_the_quantized_sites(self):
+    p = np.array([8, 0, 6, 2])
+    others = [formats.parse_format(n) for n in ("mxfp4", "nvfp4", "fp8_token")]
+    rows = cost.compare_formats(LLAMA, p, hw=self.HW, other_formats=others)
+    self.assertEqual([r["format"] for r in rows[2:5]], ["mxfp4", "nvfp4", "fp8_token"])
+    on = np.array([1, 0, 1, 1])
+    for row, fmt in zip(rows[2:5], others):
+      want = self.HW.run(LLAMA, on, fmt)
+      self.assertAlmostEqual(row["cycles"], want["cycles"])
+      self.assertAlmostEqual(row["memory_bits"], want["memory_bits"])
+      self.assertAlmostEqual(row["storage_bits"], cost.format_storage_bits(LLAMA, on, fmt))
+      self.assertAlmostEqual(row["lane_cycles_per_mac"], want["lane_cycles"] / 1152)
+    # FP8 per token: 18 planes where quantized, 16 (FIGNA-like) at o.
+    self.assertAlmostEqual(rows[4]["lane_cycles_per_mac"], (2 * (128 + 256 + 128) * 18 + 2 * 64 * 16) / 1152)
+    self.assertIn("| nvfp4 | ", cost.format_table(rows))
+
+  @parameterized.named_parameters(
+      ("lanes", dict(lanes=0), "lanes=0"),
+      ("bandwidth", dict(memory_bits_per_cycle=0.0), "memory_bits_per_cycle=0.0"),
+      ("energy", dict(energy_per_memory_bit=-1.0), "energy_per_memory_bit=-1.0"),
+      ("nan", dict(fp16_fma_lanes=float("nan")), "fp16_fma_lanes=nan"),
+      ("model", dict(fp_elements="serial"), "fp_elements='serial'.*aligned"))
+  def test_invalid_accelerator_names_the_field(self, change, message):
+    with self.assertRaisesRegex(ValueError, message):
+      cost.Accelerator(**change)
+    with self.assertRaisesRegex(ValueError, "cost." + message):
+      cost.accelerator(change)
+
+  def test_accelerator_from_settings(self):
+    self.assertEqual(cost.accelerator(None), cost.Accelerator())
+    self.assertEqual(cost.accelerator(dict(lanes=None, fp16_fma_lanes=16.0)),
+                     cost.Accelerator(fp16_fma_lanes=16.0))
+    with self.assertRaisesRegex(ValueError, r"\['lane'\] are invalid.*'lanes'"):
+      cost.accelerator(dict(lane=3))
+    with self.assertRaisesRegex(ValueError, "fmt=.*is invalid"):
+      cost.format_storage_bits(LLAMA, np.ones(4, np.int32), (MXFormat(),) * 3)
+
+  def test_what_if_changes_one_assumption_at_a_time(self):
+    p = np.array([8, 4, 6, 2])
+    variants = (("narrow", dict(compressor_elements_per_cycle=0.5)),
+                ("decode", dict(tokens_per_weight_read=1, memory_bits_per_cycle=1.0)))
+    rows = cost.what_if(LLAMA, p, hw=self.HW, variants=variants)
+    self.assertEqual([r["assumption"] for r in rows], ["as configured", "narrow", "decode"])
+    for row, hw in zip(rows, (self.HW, dataclasses.replace(self.HW, **variants[0][1]),
+                              dataclasses.replace(self.HW, **variants[1][1]))):
+      want = cost.summarize(LLAMA, p, hw=hw)
+      self.assertEqual(row["speedup_vs_fp16"], want["speedup_vs_fp16"])
+      self.assertEqual(row["energy_saving_vs_fp16"], want["energy_saving_vs_fp16"])
+    # By hand: compute 6144 / 64 = 96 cycles; 80 elements / 0.5 = 160 compressor cycles; with
+    # one bit per cycle and weights read per token, memory (> 1152 * 5 bits) bounds both.
+    self.assertEqual([(r["anda_bound"], r["fp16_bound"]) for r in rows],
+                     [("compute", "compute"), ("compressor", "compute"), ("memory", "memory")])
+    self.assertAlmostEqual(rows[1]["speedup_vs_fp16"], (1152 * 30.25 / 64) / 160)
+    self.assertLen(cost.what_if(LLAMA, p), 1 + len(cost.ASSUMPTION_VARIANTS))
 
 
 if __name__ == "__main__":

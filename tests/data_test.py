@@ -1,16 +1,13 @@
 """Tests for anda_jax.data: text extraction, article splits, token windows and their cache."""
 
 import bz2
-import os
-import pathlib
-import shutil
-import tempfile
-from unittest import mock
 
 from absl.testing import absltest
 import numpy as np
+import pytest
 
 from anda_jax import data
+import testlib
 
 
 def _page(title, text, ns=0, redirect=False):
@@ -39,9 +36,8 @@ class DataTest(absltest.TestCase):
 
   def setUp(self):
     super().setUp()
-    self.tmp = pathlib.Path(tempfile.mkdtemp())
-    self.addCleanup(shutil.rmtree, self.tmp, ignore_errors=True)
-    self.enter_context(mock.patch.dict(os.environ, {"ANDA_JAX_CACHE": str(self.tmp / "cache")}))
+    self.tmp = testlib.tempdir(self)
+    self.cache = testlib.asset_cache(self)
 
   def test_wikitext_to_plain(self):
     wiki = ("'''Albedo''' is [[File:A.png|thumb|caption]] the [[reflection|reflect]]ion"
@@ -131,13 +127,16 @@ class DataTest(absltest.TestCase):
     np.testing.assert_array_equal(data.token_ids(["some text"], other), a + 1)
     data.token_ids(["other text"], tok)
     self.assertEqual(tok.calls, 5)
-    # A damaged cache entry is rebuilt, not trusted.
-    for f in (self.tmp / "cache" / "tokens").glob("*.npy"):
+    # A damaged cache entry is rebuilt, not trusted (whatever the entries' file format).
+    entries = list((self.cache / "tokens").iterdir())
+    self.assertLen(entries, 3)  # one per (text, tokenizer)
+    for f in entries:
       f.write_bytes(b"junk")
     np.testing.assert_array_equal(data.token_ids(["some text"], tok), a)
     self.assertEqual(tok.calls, 7)
 
 
+@pytest.mark.download
 class EnwikiTest(absltest.TestCase):
   """The real corpus through the asset registry (the default cache; ~20 s the first time)."""
 

@@ -1,27 +1,17 @@
 """Tests for anda_jax.evaluate: perplexity vs a float64 reference and transformers, vmapped vs
 looped, sharded vs unsharded, compile counts, validation."""
 
-import json
-import os
-import pathlib
-import shutil
-import subprocess
-import sys
-import tempfile
-import textwrap
-
 from absl.testing import absltest
 import jax
 import numpy as np
+import pytest
 
 from anda_jax import evaluate
-from anda_jax import format as anda_format
+from anda_jax import anda_format
 from anda_jax import models
+from anda_jax.matmul import ProductSpec
+import testlib
 
-sys.path.insert(0, os.path.dirname(__file__))
-import eval_testlib  # pylint: disable=g-import-not-at-top,wrong-import-position
-
-_REPO = pathlib.Path(__file__).resolve().parents[1]
 # Every call uses these batch shapes (the last batches padded), so the tests share compilations.
 _KW = dict(batch_size=2, config_batch=4)
 _CONFIGS = np.array([[0, 0, 0, 0], [4, 4, 4, 4], [2, 0, 0, 0], [0, 0, 0, 3], [8, 8, 8, 8],
@@ -52,16 +42,11 @@ class EvaluateTest(absltest.TestCase):
   @classmethod
   def setUpClass(cls):
     super().setUpClass()
-    cls.tmp = tempfile.mkdtemp()
-    cls.ckpt = eval_testlib.make_checkpoint(pathlib.Path(cls.tmp) / "ckpt")
+    cls.tmp = testlib.tempdir(cls)
+    cls.ckpt = testlib.make_checkpoint(cls.tmp / "ckpt")
     cls.model, tok = models.load(str(cls.ckpt))
-    ids = np.asarray(tok.encode(eval_testlib.corpus_text()), np.int32)
+    ids = np.asarray(tok.encode(testlib.corpus_text()), np.int32)
     cls.windows = ids[:5 * 24].reshape(5, 24)
-
-  @classmethod
-  def tearDownClass(cls):
-    shutil.rmtree(cls.tmp, ignore_errors=True)
-    super().tearDownClass()
 
   def test_matches_float64_reference_with_padding_and_score_from(self):
     # 5 windows in batches of 2: the last batch is padded and must not count.
@@ -82,21 +67,21 @@ class EvaluateTest(absltest.TestCase):
   def test_one_compile_per_format_and_window_shape_and_stochastic_rounding(self):
     # One test, so that the stochastic format is both the "second format" of the compile
     # count and the subject of the key checks (each compilation costs seconds).
-    fmt = anda_format.AndaFormat(group_size=8)
-    before = evaluate.total_compiles()
+    fmt = ProductSpec(anda_format.AndaFormat(group_size=8))
+    compiled = self.enterContext(evaluate.count_compilations())
     # 7 configs in chunks of 3 (last one padded), 5 windows in batches of 2 (last one padded).
     evaluate.perplexity(self.model, self.windows, _CONFIGS, fmt, batch_size=2, config_batch=3)
-    self.assertEqual(evaluate.total_compiles() - before, 1)
+    self.assertLen(compiled, 1)
     evaluate.perplexity(self.model, self.windows[:3], _CONFIGS[:5], fmt, batch_size=2, config_batch=3)
-    self.assertEqual(evaluate.total_compiles() - before, 1)
+    self.assertLen(compiled, 1)
 
-    stochastic = anda_format.AndaFormat(group_size=8, rounding="stochastic")
+    stochastic = ProductSpec(anda_format.AndaFormat(group_size=8, rounding="stochastic"))
     with self.assertRaisesRegex(ValueError, "stochastic.*key"):
       evaluate.perplexity(self.model, self.windows, _CONFIGS[:2], stochastic)
     key = jax.random.key(0)
     kw = dict(batch_size=2, config_batch=3)
     a = evaluate.perplexity(self.model, self.windows, _CONFIGS[1:3], stochastic, key=key, **kw)
-    self.assertEqual(evaluate.total_compiles() - before, 2)
+    self.assertLen(compiled, 2)
     b = evaluate.perplexity(self.model, self.windows, _CONFIGS[1:3], stochastic, key=key, **kw)
     np.testing.assert_array_equal(a, b)
     c = evaluate.perplexity(self.model, self.windows, _CONFIGS[1:3], stochastic, key=jax.random.key(1), **kw)
@@ -104,7 +89,7 @@ class EvaluateTest(absltest.TestCase):
     # A configuration's uniforms come from its contents, not from where it sits in a batch.
     d = evaluate.perplexity(self.model, self.windows, _CONFIGS[2:0:-1], stochastic, key=key, **kw)
     np.testing.assert_allclose(d[::-1], a, rtol=1e-6)
-    self.assertEqual(evaluate.total_compiles() - before, 2)
+    self.assertLen(compiled, 2)
 
   def test_per_layer_configs(self):
     per_layer = np.zeros((2, 2, 4), np.int32)
@@ -130,60 +115,43 @@ class EvaluateTest(absltest.TestCase):
     import torch  # pylint: disable=g-import-not-at-top
     import transformers  # pylint: disable=g-import-not-at-top
 
-    hf = transformers.AutoModelForCausalLM.from_pretrained(str(self.ckpt), torch_dtype=torch.float32)
-    hf.eval()
-    with torch.no_grad():
-      tokens = torch.tensor(self.windows, dtype=torch.long)
-      loss = hf(input_ids=tokens, labels=tokens).loss.item()  # mean over all windows' targets
+    hf = transformers.AutoModelForCausalLM.from_pretrained(str(self.ckpt), dtype=torch.float32)
     ppl = evaluate.perplexity(self.model, self.windows, np.zeros((1, 4), np.int32), **_KW)[0]
-    np.testing.assert_allclose(ppl, np.exp(loss), rtol=1e-3)
+    np.testing.assert_allclose(ppl, testlib.hf_perplexity(hf.eval(), self.windows), rtol=1e-3)
 
   def test_sharded_equals_unsharded(self):
-    script = textwrap.dedent(f"""
-        import json, sys
+    np.save(self.tmp / "windows.npy", self.windows)
+    script = f"""
+        import json
         import numpy as np
-        sys.path.insert(0, {str(_REPO / 'tests')!r})
-        import jax
-        from anda_jax import evaluate, models
-        import eval_testlib
-        model, tok = models.load({str(self.ckpt)!r})
-        ids = np.asarray(tok.encode(eval_testlib.corpus_text()), np.int32)
-        w = ids[:5 * 24].reshape(5, 24)
+        from anda_jax import evaluate, models, sharding
+        model, _ = models.load({str(self.ckpt)!r})
+        w = np.load({str(self.tmp / 'windows.npy')!r})
         configs = np.array({_CONFIGS.tolist()})
-        mesh = evaluate.config_mesh()
+        mesh = sharding.make_mesh()  # what mesh="auto" uses: every device on "config"
         sharded = evaluate.perplexity(model, w, configs, batch_size=2)  # 7 configs padded to 8
         plain = evaluate.perplexity(model, w, configs, batch_size=2, mesh=None)
         print(json.dumps(dict(devices=mesh.size, sharded=sharded.tolist(), plain=plain.tolist())))
-        """)
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
-    out = subprocess.run([sys.executable, "-c", script], env=env, cwd=_REPO, capture_output=True,
-                         text=True, timeout=300)
-    self.assertEqual(out.returncode, 0, out.stderr[-3000:])
-    res = json.loads(out.stdout.strip().splitlines()[-1])
+        """
+    res = testlib.run_with_cpu_devices(self, script, 4)
     self.assertEqual(res["devices"], 4)
     assert_agree_to_fp32_rounding(res["sharded"], res["plain"])
 
 
+@pytest.mark.real_model
 class SmolLM2BaselineTest(absltest.TestCase):
   """The real model: our FP-activation perplexity vs transformers' (which dequantizes the same
   GGUF to float32) on 2 test windows of 128 tokens. Downloads ~93 MB on first use."""
 
   def test_smollm2_baseline_matches_transformers(self):
-    import torch  # pylint: disable=g-import-not-at-top
-    import transformers  # pylint: disable=g-import-not-at-top
-    from anda_jax import assets, data  # pylint: disable=g-import-not-at-top
+    from anda_jax import data  # pylint: disable=g-import-not-at-top
 
     model, tok = models.load("smollm2-135m")
     windows = data.token_windows(data.load_corpus("enwiki-excerpt").test, tok, 128, max_windows=2)
     ppl = evaluate.perplexity(model, windows, np.zeros((1, 4), np.int32))[0]
-    path = assets.fetch("smollm2-135m")
-    hf = transformers.AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name,
-                                                           torch_dtype=torch.float32)
-    with torch.no_grad():
-      tokens = torch.tensor(windows, dtype=torch.long)
-      loss = hf(input_ids=tokens, labels=tokens).loss.item()
-    print(f"SmolLM2-135M FP-activation perplexity: ours {ppl:.5f}, transformers {np.exp(loss):.5f}")
-    np.testing.assert_allclose(ppl, np.exp(loss), rtol=1e-3)
+    ref = testlib.hf_perplexity(testlib.hf_smollm2(), windows)
+    print(f"SmolLM2-135M FP-activation perplexity: ours {ppl:.5f}, transformers {ref:.5f}")
+    np.testing.assert_allclose(ppl, ref, rtol=1e-3)
 
 
 if __name__ == "__main__":

@@ -7,21 +7,12 @@ from absl.testing import absltest
 from absl.testing import parameterized
 
 from anda_jax import bitplane
-from anda_jax import format as anda_format
-from kernels import bitplane as pack_kernel
+from anda_jax import anda_format
+from anda_jax.kernels import bitplane_kernel
+import testlib
 
 MANTISSAS = (1, 4, 8, 16)
 NUM_PLANES = 16  # a traced M is packed into 16 static planes
-
-
-def _activations(seed, shape):
-  """Heavy-tailed values with zeros, a -0.0 and one Inf (so one NaN group)."""
-  rng = np.random.default_rng(seed)
-  x = rng.standard_t(2.0, shape) * np.where(rng.random(shape[-1:]) < 0.05, 30.0, 1.0)
-  x = np.where(rng.random(shape) < 0.1, 0.0, x).astype(np.float32)
-  x.reshape(-1)[1] = -0.0
-  x.reshape(-1)[-1] = np.inf
-  return jnp.asarray(x)
 
 
 def _reference(x, fmt, m, num_planes):
@@ -42,13 +33,14 @@ class BitplanePackKernelTest(parameterized.TestCase):
   @parameterized.parameters((32, "truncate"), (64, "nearest"), (128, "truncate"))
   def test_pack_bit_exact_one_compile(self, group_size, rounding):
     fmt = anda_format.AndaFormat(group_size=group_size, rounding=rounding)
-    x = _activations(group_size, (11, 300))  # ragged rows, ragged last group
+    # Ragged rows, ragged last group.
+    x = testlib.heavy_tailed(group_size, (11, 300), special_values=True)
     traces = []
 
     @jax.jit
     def kernel(x, m):
       traces.append(m)
-      return pack_kernel.bitplane_pack(x, fmt, m, NUM_PLANES, block_rows=8, block_groups=2)
+      return bitplane_kernel.bitplane_pack(x, fmt, m, NUM_PLANES, block_rows=8, block_groups=2)
 
     reference = jax.jit(lambda x, m: _reference(x, fmt, m, NUM_PLANES))
     for m in MANTISSAS:
@@ -58,25 +50,25 @@ class BitplanePackKernelTest(parameterized.TestCase):
   def test_traced_m_above_planes_keeps_top_bits(self):
     # As anda_jax.bitplane.pack: M = 8 (nearest) into 4 planes keeps the top 4 bits.
     fmt = anda_format.AndaFormat(group_size=32, rounding="nearest")
-    x = _activations(4, (6, 64))
-    kernel = jax.jit(lambda x, m: pack_kernel.bitplane_pack(x, fmt, m, 4))
+    x = testlib.heavy_tailed(4, (6, 64), special_values=True)
+    kernel = jax.jit(lambda x, m: bitplane_kernel.bitplane_pack(x, fmt, m, 4))
     reference = jax.jit(lambda x, m: _reference(x, fmt, m, 4))
     _assert_same_planes(self, kernel(x, 8), reference(x, 8))
 
   def test_pack_static_m_other_axis(self):
     # Concrete M packs into M planes; grouping along axis 0 of a 3-D input.
     fmt = anda_format.AndaFormat(group_size=32, axis=0)
-    x = _activations(5, (70, 3, 4))
-    got = pack_kernel.bitplane_pack(x, fmt, 5)
+    x = testlib.heavy_tailed(5, (70, 3, 4), special_values=True)
+    got = bitplane_kernel.bitplane_pack(x, fmt, 5)
     self.assertEqual(got.num_planes, 5)
-    enc = jax.jit(anda_format.encode, static_argnums=1)(x, fmt, 5)
+    enc = testlib.encode(x, fmt, 5)
     _assert_same_planes(self, got, bitplane.pack(enc))
 
   def test_unpack_inverts_pack(self):
     fmt = anda_format.AndaFormat(group_size=64, rounding="nearest")
-    x = _activations(3, (9, 200))
-    bp = pack_kernel.bitplane_pack(x, fmt, 6)
-    got = pack_kernel.bitplane_unpack(bp, block_rows=4, block_groups=2)
+    x = testlib.heavy_tailed(3, (9, 200), special_values=True)
+    bp = bitplane_kernel.bitplane_pack(x, fmt, 6)
+    got = bitplane_kernel.bitplane_unpack(bp, block_rows=4, block_groups=2)
     want = jax.jit(lambda bp: anda_format.decode(bitplane.unpack(bp)))(bp)
     self.assertEqual(got.shape, x.shape)
     np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
@@ -86,17 +78,17 @@ class BitplanePackKernelTest(parameterized.TestCase):
     fmt = anda_format.AndaFormat(group_size=32)
     x = jnp.ones((4, 64))
     with self.assertRaisesRegex(ValueError, "dtype int8"):
-      pack_kernel.bitplane_pack(jnp.ones((4, 64), jnp.int8), fmt, 4)
+      bitplane_kernel.bitplane_pack(jnp.ones((4, 64), jnp.int8), fmt, 4)
     with self.assertRaisesRegex(ValueError, "rank 0"):
-      pack_kernel.bitplane_pack(jnp.float32(2.0), fmt, 4)
+      bitplane_kernel.bitplane_pack(jnp.float32(2.0), fmt, 4)
     with self.assertRaisesRegex(ValueError, "num_planes=3"):
-      pack_kernel.bitplane_pack(x, fmt, 4, num_planes=3)
+      bitplane_kernel.bitplane_pack(x, fmt, 4, num_planes=3)
     with self.assertRaisesRegex(ValueError, "mantissa_bits=17"):
-      pack_kernel.bitplane_pack(x, fmt, 17)
+      bitplane_kernel.bitplane_pack(x, fmt, 17)
     with self.assertRaisesRegex(ValueError, "num_planes=None"):
-      jax.jit(lambda x, m: pack_kernel.bitplane_pack(x, fmt, m))(x, 4)
+      jax.jit(lambda x, m: bitplane_kernel.bitplane_pack(x, fmt, m))(x, 4)
     with self.assertRaisesRegex(ValueError, "BitPlanes"):
-      pack_kernel.bitplane_unpack(x)
+      bitplane_kernel.bitplane_unpack(x)
 
 
 if __name__ == "__main__":

@@ -7,42 +7,29 @@ import jax.numpy as jnp
 import numpy as np
 from absl.testing import absltest
 from absl.testing import parameterized
+import pytest
 
 import anda_jax
 from anda_jax import bitplane
 from anda_jax import bitserial
-from anda_jax import format as anda_format
-from anda_jax import int4
-from kernels import bitserial as bitserial_kernel
+from anda_jax import anda_format
+from anda_jax.kernels import bitserial_kernel
+import testlib
 
 _EPS32 = 2.0 ** -23
 
 
-def _activations(seed, shape):
-  """Student-t(2) values with a few 30x outlier channels, like LLM layer inputs."""
-  rng = np.random.default_rng(seed)
-  x = rng.standard_t(2.0, shape) * np.where(rng.random(shape[-1:]) < 0.05, 30.0, 1.0)
-  return jnp.asarray(x, jnp.float32)
-
-
 def _weights(seed, k, n, group_size, symmetric):
-  w = np.random.default_rng(seed).normal(size=(k, n)) * 0.05
-  return int4.quantize_rtn(jnp.asarray(w, jnp.float32), group_size, symmetric)
-
-
-_encode = jax.jit(anda_format.encode, static_argnums=1)
+  return testlib.int4_weights(seed, k, n, group_size, symmetric, std=0.05)
 
 
 def _exact_and_bound(x, fmt, m, qw):
   """decode(x) @ dequantize(W) in float64 from the exact integer codes, and a float32
   rounding bound: (blocks + 4) ulps of sum |x_i| |w_i| (blocks are added one by one)."""
-  xq = np.asarray(anda_format.decode(_encode(x, fmt, m)), np.float64)
-  q = np.asarray(int4.codes(qw), np.float64)
-  gw = qw.group_size
-  d = np.repeat(np.asarray(qw.scale, np.float64), gw, axis=0)
-  z = 0.0 if qw.symmetric else np.repeat(np.asarray(qw.offset, np.float64), gw, axis=0)
+  xq = np.asarray(anda_format.decode(testlib.encode(x, fmt, m)), np.float64)
+  q, d, z = testlib.int4_float64(qw)
   exact = xq @ (d * q + z)
-  n_blocks = qw.shape[0] // min(fmt.group_size, gw)
+  n_blocks = qw.shape[0] // min(fmt.group_size, qw.group_size)
   bound = (n_blocks + 4) * _EPS32 * (np.abs(xq) @ (np.abs(d * q) + np.abs(z)))
   return exact, bound
 
@@ -60,9 +47,9 @@ class BitserialKernelTest(parameterized.TestCase):
   def test_sums_exact_and_matmul_within_rounding(self, g, gw, symmetric, m, num_planes):
     rows, k, n = 13, 256, 40  # ragged rows and N for the 8 x 16 tiles below
     fmt = anda_format.AndaFormat(group_size=g, rounding="nearest" if m > 4 else "truncate")
-    x = _activations(g + m, (rows, k))
+    x = testlib.heavy_tailed(g + m, (rows, k))
     qw = _weights(gw, k, n, gw, symmetric)
-    bp = bitplane.pack(_encode(x, fmt, m))
+    bp = bitplane.pack(testlib.encode(x, fmt, m))
     tiles = dict(block_rows=8, block_n=16, block_k=2 * max(g, gw))
 
     got_a, got_s = bitserial_kernel.bitserial_partial_sums(bp, qw, num_planes, **tiles)
@@ -76,7 +63,7 @@ class BitserialKernelTest(parameterized.TestCase):
     # Streaming M' planes is the truncate-rounded M'-bit encoding (spec section 4).
     m_eff = m if num_planes is None else num_planes
     fmt_eff = fmt if num_planes is None else anda_format.AndaFormat(group_size=g)
-    x_eff = x if num_planes is None else anda_format.decode(_encode(x, fmt, m))
+    x_eff = x if num_planes is None else anda_format.decode(testlib.encode(x, fmt, m))
     exact, bound = _exact_and_bound(x_eff, fmt_eff, m_eff, qw)
     np.testing.assert_array_less(np.abs(np.asarray(y, np.float64) - exact), bound + 1e-30)
     ref = np.asarray(bitserial.matmul(bp, qw, num_planes), np.float64)
@@ -88,7 +75,7 @@ class BitserialKernelTest(parameterized.TestCase):
     g, gw, k, n = 32, 32, 128, 16
     fmt = anda_format.AndaFormat(group_size=g)
     qw = _weights(3, k, n, gw, symmetric=False)
-    bp = bitplane.pack(_encode(_activations(3, (8, k)), fmt, 12))
+    bp = bitplane.pack(testlib.encode(testlib.heavy_tailed(3, (8, k)), fmt, 12))
     sums = jax.jit(lambda p: bitserial_kernel.bitserial_partial_sums(bp, qw, p, block_rows=8, block_n=16))
     for m_prime in (1, 3, 12):
       want_a, want_s = bitserial.partial_sums(bp, qw, m_prime)
@@ -101,7 +88,7 @@ class BitserialKernelTest(parameterized.TestCase):
     # A layer-shaped product on heavy-tailed activations, with a leading batch axis; M is
     # traced, so one compiled program serves every M (including M = 0: stay float).
     fmt = anda_format.AndaFormat(group_size=64, rounding="nearest")
-    x = _activations(1, (2, 5, 192))
+    x = testlib.heavy_tailed(1, (2, 5, 192))
     qw = _weights(2, 192, 48, 32, symmetric)
     traces = []
 
@@ -118,6 +105,7 @@ class BitserialKernelTest(parameterized.TestCase):
       np.testing.assert_array_less(np.abs(got - want).reshape(10, 48), 2 * bound + 1e-30, err_msg=f"M={m}")
     self.assertLen(traces, 1)
 
+  @pytest.mark.real_model
   def test_anda_matmul_agrees_on_a_smollm2_layer_input(self):
     # A real layer's activations: the qkv input (RMSNorm of the embeddings) of SmolLM2-135M's
     # first layer, times its real Q4_1 (asymmetric, Gw = 32) qkv weights (fetched into the
@@ -140,15 +128,15 @@ class BitserialKernelTest(parameterized.TestCase):
 
   def test_nonfinite_group_gives_nan_row(self):
     fmt = anda_format.AndaFormat(group_size=32)
-    x = _activations(3, (3, 64)).at[1, 40].set(jnp.inf)
+    x = testlib.heavy_tailed(3, (3, 64)).at[1, 40].set(jnp.inf)
     qw = _weights(4, 64, 16, 32, True)
-    y = np.asarray(bitserial_kernel.bitserial_matmul(bitplane.pack(_encode(x, fmt, 4)), qw))
+    y = np.asarray(bitserial_kernel.bitserial_matmul(bitplane.pack(testlib.encode(x, fmt, 4)), qw))
     self.assertTrue(np.isnan(y[1]).all())
     self.assertFalse(np.isnan(y[[0, 2]]).any())
 
   def test_rejects_bad_input_before_tracing(self):
     fmt = anda_format.AndaFormat(group_size=32)
-    bp = bitplane.pack(_encode(jnp.ones((4, 64)), fmt, 4))
+    bp = bitplane.pack(testlib.encode(jnp.ones((4, 64)), fmt, 4))
     qw = _weights(0, 64, 16, 32, True)
     with self.assertRaisesRegex(ValueError, "num_planes=5"):
       bitserial_kernel.bitserial_matmul(bp, qw, num_planes=5)
@@ -162,7 +150,7 @@ class BitserialKernelTest(parameterized.TestCase):
           exponent=bp.exponent.astype(jnp.int32), sign=bp.sign, planes=bp.planes,
           fmt=bp.fmt, length=bp.length), qw)
     with self.assertRaisesRegex(ValueError, "rank 1"):
-      bitserial_kernel.bitserial_matmul(bitplane.pack(_encode(jnp.ones((64,)), fmt, 4)), qw)
+      bitserial_kernel.bitserial_matmul(bitplane.pack(testlib.encode(jnp.ones((64,)), fmt, 4)), qw)
     with self.assertRaisesRegex(ValueError, "Int4Weights"):
       bitserial_kernel.bitserial_matmul(bp, jnp.ones((64, 16)))
     with self.assertRaisesRegex(ValueError, "Int4Weights"):

@@ -1,4 +1,4 @@
-"""kernels.anda_quantize (interpret mode) vs anda_jax.format.quantize, bit for bit."""
+"""kernels.anda_quantize (interpret mode) vs anda_jax.anda_format.quantize, bit for bit."""
 
 import jax
 import jax.numpy as jnp
@@ -6,22 +6,11 @@ import numpy as np
 from absl.testing import absltest
 from absl.testing import parameterized
 
-from anda_jax import format as anda_format
-from kernels import quantize as quantize_kernel
+from anda_jax import anda_format
+from anda_jax.kernels import quantize_kernel
+import testlib
 
 MANTISSAS = (1, 4, 8, 16)
-
-
-def _heavy_tailed(seed, shape):
-  """Student-t(2) values with a few outlier channels, like LLM layer inputs. (numpy: jax's
-  t sampler takes seconds to compile for every new shape.)"""
-  rng = np.random.default_rng(seed)
-  x = rng.standard_t(2.0, shape) * np.where(rng.random(shape[-1:]) < 0.05, 30.0, 1.0)
-  return jnp.asarray(x, jnp.float32)
-
-
-def _bits(a):
-  return np.asarray(a, np.float32).view(np.int32)
 
 
 class QuantizeKernelTest(parameterized.TestCase):
@@ -32,7 +21,7 @@ class QuantizeKernelTest(parameterized.TestCase):
     fmt = anda_format.AndaFormat(group_size=group_size, rounding=rounding)
     # 13 rows and L=200 are ragged for every tile and group size; small blocks force a
     # multi-program grid with ragged edge tiles.
-    x = _heavy_tailed(group_size, (13, 200))
+    x = testlib.heavy_tailed(group_size, (13, 200))
     traces = []
 
     @jax.jit
@@ -45,14 +34,14 @@ class QuantizeKernelTest(parameterized.TestCase):
     for m in MANTISSAS:
       got = kernel(x, m)
       want = reference(x, m)
-      np.testing.assert_array_equal(_bits(got), _bits(want), err_msg=f"M={m}")
+      testlib.assert_bit_exact(got, want, err_msg=f"M={m}")
     self.assertLen(traces, 1)
 
   @parameterized.parameters("truncate", "nearest")
   def test_matches_float64_spec_formula(self, rounding):
     # An independent reference written straight from spec section 2, in float64.
     fmt = anda_format.AndaFormat(group_size=32, rounding=rounding)
-    x = np.asarray(_heavy_tailed(7, (6, 64)), np.float64)
+    x = np.asarray(testlib.heavy_tailed(7, (6, 64)), np.float64)
     m = 5
     got = np.asarray(quantize_kernel.anda_quantize(x.astype(np.float32), fmt, m), np.float64)
     g = x.reshape(6, 2, 32)
@@ -65,15 +54,15 @@ class QuantizeKernelTest(parameterized.TestCase):
 
   def test_stochastic_bit_exact(self):
     fmt = anda_format.AndaFormat(group_size=32, rounding="stochastic")
-    x = _heavy_tailed(1, (5, 70))
+    x = testlib.heavy_tailed(1, (5, 70))
     key = jax.random.key(3)
     got = jax.jit(lambda x, k: quantize_kernel.anda_quantize(x, fmt, 4, k))(x, key)
     want = jax.jit(lambda x, k: anda_format.quantize(x, fmt, 4, k))(x, key)
-    np.testing.assert_array_equal(_bits(got), _bits(want))
+    testlib.assert_bit_exact(got, want)
 
   def test_bfloat16_other_axis_and_nonfinite(self):
     fmt = anda_format.AndaFormat(group_size=32, rounding="nearest", axis=0)
-    x = _heavy_tailed(2, (40, 3, 5)).astype(jnp.bfloat16)
+    x = testlib.heavy_tailed(2, (40, 3, 5)).astype(jnp.bfloat16)
     x = x.at[1, 2, 4].set(jnp.inf)
     got = quantize_kernel.anda_quantize(x, fmt, 6)
     want = jax.jit(lambda x: anda_format.quantize(x, fmt, 6))(x)

@@ -1,8 +1,6 @@
 """LLaMA and OPT models against Hugging Face transformers (torch CPU, float32) on tiny random
 checkpoints this test builds with `save_pretrained`, and the precision semantics of the models."""
 
-import tempfile
-
 from absl.testing import absltest
 from absl.testing import parameterized
 import chex
@@ -12,47 +10,18 @@ import numpy as np
 
 from anda_jax import int4
 from anda_jax import models
-from anda_jax.format import AndaFormat
+from anda_jax import AndaFormat
+from anda_jax.matmul import ProductSpec
+import testlib
 
-VOCAB = 96
-
-
-def _hf_model(kind: str, **overrides):
-  import torch  # pylint: disable=g-import-not-at-top
-  import transformers  # pylint: disable=g-import-not-at-top
-
-  torch.manual_seed(0)
-  if kind == "llama":
-    cfg = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=3,
-               num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True, rope_theta=500.0)
-    cfg.update(overrides)
-    model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**cfg))
-  else:
-    cfg = dict(vocab_size=VOCAB, hidden_size=64, ffn_dim=96, num_hidden_layers=3, num_attention_heads=4,
-               max_position_embeddings=64, do_layer_norm_before=True)
-    cfg.update(overrides)
-    model = transformers.OPTForCausalLM(transformers.OPTConfig(**cfg))
-  # The default init (std 0.02) leaves logits near zero; wider weights make the parity check bite.
-  with torch.no_grad():
-    for name, p in model.named_parameters():
-      if "norm" in name and name.endswith("weight"):
-        p.copy_(1.0 + 0.2 * torch.randn_like(p))
-      else:
-        p.copy_(0.15 * torch.randn_like(p))
-  return model.eval()
+VOCAB = testlib.HF_TINY_VOCAB
 
 
-def _hf_logits(model, tokens):
-  import torch  # pylint: disable=g-import-not-at-top
-
-  with torch.no_grad():
-    return model(torch.tensor(np.asarray(tokens), dtype=torch.long)).logits.numpy()
-
-
-def _save(model):
-  directory = tempfile.mkdtemp()
-  model.save_pretrained(directory)
-  return directory
+def _save(test, hf):
+  """hf saved with save_pretrained into a folder removed after `test` (a TestCase or class)."""
+  directory = testlib.tempdir(test)
+  hf.save_pretrained(directory)
+  return str(directory)
 
 
 TOKENS = np.random.RandomState(0).randint(0, VOCAB, (2, 40)).astype(np.int32)
@@ -65,18 +34,18 @@ CASES = (
     ("opt_pre_ln_project_untied", "opt", dict(word_embed_proj_dim=32, tie_word_embeddings=False)),
 )
 
-_FORWARD = jax.jit(lambda m, t, p: m(t, p, AndaFormat(group_size=32)))
+_FORWARD = jax.jit(lambda m, t, p: m(t, p, ProductSpec(AndaFormat(group_size=32))))
 
 
 class HFParityTest(parameterized.TestCase):
 
   @parameterized.named_parameters(*CASES)
   def test_logits_match_transformers(self, kind, overrides):
-    hf = _hf_model(kind, **overrides)
-    model, tokenizer = models.load(_save(hf))
+    hf = testlib.hf_tiny_model(kind, **overrides)
+    model, tokenizer = models.load(_save(self, hf))
     self.assertIsNone(tokenizer)  # no tokenizer.json in these directories
     self.assertIsInstance(model, models.Llama if kind == "llama" else models.OPT)
-    ref = _hf_logits(hf, TOKENS)
+    ref = testlib.hf_logits(hf, TOKENS)
     self.assertGreater(np.abs(ref).max(), 1.0)
     np.testing.assert_allclose(np.asarray(_FORWARD(model, TOKENS, None)), ref, atol=1e-4, rtol=0)
 
@@ -85,8 +54,8 @@ class HFParityTest(parameterized.TestCase):
     """RTN INT4 loading: the model computes with exactly the dequantized weights."""
     import torch  # pylint: disable=g-import-not-at-top
 
-    hf = _hf_model(kind)
-    directory = _save(hf)
+    hf = testlib.hf_tiny_model(kind)
+    directory = _save(self, hf)
     model, _ = models.load(directory, int4_group_size=32)
     self.assertIsInstance(model.layers.get_value()["up"], int4.Int4Weights)
     # Reference: HF with every FP-INT weight replaced by its RTN-dequantized value.
@@ -94,12 +63,12 @@ class HFParityTest(parameterized.TestCase):
       for name, p in hf.named_parameters():
         if p.ndim == 2 and ("proj" in name or "fc" in name) and "project_" not in name:
           w = p.numpy().T  # [K, N], grouped along K like ours
-          p.copy_(torch.from_numpy(np.asarray(int4.dequantize(int4.quantize_rtn(w, 32, symmetric=False))).T))
-    np.testing.assert_allclose(np.asarray(_FORWARD(model, TOKENS, None)), _hf_logits(hf, TOKENS),
-                               atol=1e-4, rtol=0)
+          p.copy_(torch.from_numpy(np.array(int4.dequantize(int4.quantize_rtn(w, 32, symmetric=False))).T))
+    np.testing.assert_allclose(np.asarray(_FORWARD(model, TOKENS, None)),
+                               testlib.hf_logits(hf, TOKENS), atol=1e-4, rtol=0)
 
   def test_bad_int4_group_size(self):
-    directory = _save(_hf_model("llama"))
+    directory = _save(self, testlib.hf_tiny_model("llama"))
     with self.assertRaisesRegex(ValueError, "int4_group_size=48"):
       models.load(directory, int4_group_size=48)
     with self.assertRaisesRegex(ValueError, "int4_group_size"):
@@ -111,7 +80,7 @@ class PrecisionTest(parameterized.TestCase):
   @classmethod
   def setUpClass(cls):
     super().setUpClass()
-    cls.models = {kind: models.load(_save(_hf_model(kind)), int4_group_size=32)[0]
+    cls.models = {kind: models.load(_save(cls, testlib.hf_tiny_model(kind)), int4_group_size=32)[0]
                   for kind in ("llama", "opt")}
 
   @parameterized.parameters("llama", "opt")
@@ -143,9 +112,9 @@ class PrecisionTest(parameterized.TestCase):
     @jax.jit
     def from_start(model, h, start, prec):
       traces.append(1)
-      return model.run_layers(h, prec, AndaFormat(group_size=32), start=start)
+      return model.run_layers(h, prec, ProductSpec(AndaFormat(group_size=32)), start=start)
 
-    prefix = model.run_layers(h0, None, None, start=0, stop=1)
+    prefix = model.run_layers(h0, None, start=0, stop=1)
     full = model.head(from_start(model, h0, jnp.int32(0), prec))
     resumed = model.head(from_start(model, prefix, jnp.int32(1), prec))
     np.testing.assert_allclose(resumed, full, atol=1e-5, rtol=0)
@@ -157,7 +126,7 @@ class PrecisionTest(parameterized.TestCase):
   def test_vmap_over_precisions(self):
     model = self.models["llama"]
     precisions = jnp.asarray([[0, 0, 0, 0], [4, 5, 6, 7], [3, 3, 3, 3]], jnp.int32)
-    batched = jax.jit(jax.vmap(lambda p: model(jnp.asarray(TOKENS), p, AndaFormat(group_size=32))))(precisions)
+    batched = jax.jit(jax.vmap(lambda p: model(jnp.asarray(TOKENS), p, ProductSpec(AndaFormat(group_size=32)))))(precisions)
     for i in range(3):
       np.testing.assert_allclose(batched[i], _FORWARD(model, TOKENS, precisions[i]), atol=1e-5, rtol=0)
 
@@ -175,7 +144,7 @@ class PrecisionTest(parameterized.TestCase):
     with self.assertRaisesRegex(ValueError, "precision"):
       model(jnp.asarray(TOKENS), np.full(4, 25, np.int32))
     with self.assertRaisesRegex(ValueError, "start=4"):
-      model.run_layers(model.embed(jnp.asarray(TOKENS)), None, None, start=4)
+      model.run_layers(model.embed(jnp.asarray(TOKENS)), None, start=4)
 
 
 if __name__ == "__main__":

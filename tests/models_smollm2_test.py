@@ -7,11 +7,13 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from anda_jax import assets
 from anda_jax import data
 from anda_jax import int4
 from anda_jax import models
+import testlib
 
 PARAGRAPHS = (
     "The lighthouse stood at the end of a narrow spit of land, where the sea had worn the rocks "
@@ -35,19 +37,18 @@ PARAGRAPHS = (
 _FORWARD = jax.jit(lambda m, t, p: m(t, p))
 
 
+@pytest.mark.real_model
 class SmolLM2Test(absltest.TestCase):
 
   @classmethod
   def setUpClass(cls):
     super().setUpClass()
-    import torch  # pylint: disable=g-import-not-at-top
-    from transformers import AutoModelForCausalLM, AutoTokenizer  # pylint: disable=g-import-not-at-top
+    from transformers import AutoTokenizer  # pylint: disable=g-import-not-at-top
 
     path = assets.fetch("smollm2-135m")
     cls.model, cls.tokenizer = models.load("smollm2-135m")
     cls.hf_tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
-    cls.hf_model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name,
-                                                        dtype=torch.float32).eval()
+    cls.hf_model = testlib.hf_smollm2()
     ids = cls.tokenizer.encode("\n\n".join(PARAGRAPHS))
     assert len(ids) >= 128, len(ids)
     cls.window = np.asarray(ids[:128], np.int32)[None]
@@ -81,10 +82,7 @@ class SmolLM2Test(absltest.TestCase):
                        msg=article[:60])
 
   def test_logits_match_transformers(self):
-    import torch  # pylint: disable=g-import-not-at-top
-
-    with torch.no_grad():
-      ref = self.hf_model(torch.tensor(self.window, dtype=torch.long)).logits.numpy()
+    ref = testlib.hf_logits(self.hf_model, self.window)
     np.testing.assert_allclose(np.asarray(self.float_logits), ref, atol=2e-3, rtol=0)
     # And the model predicts real text: most next tokens rank in its top 10.
     top10 = np.argsort(-ref[0, :-1], axis=-1)[:, :10]

@@ -1,11 +1,10 @@
 """Tests for experiments/sensitivity.py and its benchmark on a tiny checkpoint."""
 
+import csv
 import io
 import json
-import os
 import pathlib
 import shutil
-import sys
 import tempfile
 from contextlib import redirect_stdout
 from unittest import mock
@@ -14,15 +13,14 @@ from absl.testing import absltest
 import numpy as np
 
 from anda_jax import evaluate
+from anda_jax import intervals
 from anda_jax import models
-from configs import sensitivity_quick
-from configs import sensitivity_smollm2
+from configs import sensitivity as sensitivity_config
 from experiments import bench_sensitivity
+from experiments import common
 from experiments import sensitivity
-from experiments import sweep
+import testlib
 
-sys.path.insert(0, os.path.dirname(__file__))
-import eval_testlib  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 class SensitivityTest(absltest.TestCase):
@@ -31,8 +29,8 @@ class SensitivityTest(absltest.TestCase):
   def setUpClass(cls):
     super().setUpClass()
     cls.tmp = pathlib.Path(tempfile.mkdtemp())
-    cls.ckpt = eval_testlib.make_checkpoint(cls.tmp / "ckpt", n_layers=3)
-    (cls.tmp / "corpus.txt").write_text(eval_testlib.corpus_text())
+    cls.ckpt = testlib.make_checkpoint(cls.tmp / "ckpt", n_layers=3)
+    (cls.tmp / "corpus.txt").write_text(testlib.corpus_text())
 
   @classmethod
   def tearDownClass(cls):
@@ -40,13 +38,13 @@ class SensitivityTest(absltest.TestCase):
     super().tearDownClass()
 
   def config(self, run_name):
-    c = sensitivity_smollm2.get_config()
+    c = sensitivity_config.get_config()
     c.run_name, c.results_dir = run_name, str(self.tmp / "results")
     c.model.name, c.data.corpus = str(self.ckpt), str(self.tmp / "corpus.txt")
     c.data.seq_len, c.data.windows = 24, 5
-    c.format.group_size = 8
+    c.format.group_sizes = (8,)
     c.mantissa_bits = (2, 5)
-    c.batch_size = 2
+    c.window_batch = 2
     return c
 
   def test_prefix_reuse_equals_full_evaluation_with_one_compile(self):
@@ -60,14 +58,38 @@ class SensitivityTest(absltest.TestCase):
     self.assertLess(np.median(np.abs(rel)), 2e-6)
     self.assertLess(np.abs(rel).max(), 5e-5)
     # And the same as evaluate.perplexity on the full per-layer configuration.
-    model, windows, _ = sweep.load_model_and_windows(self.config("x"))
+    model, windows, _ = common.load_model_and_windows(self.config("x"))
     p = sensitivity.layer_type_configs(3, 2, "up", (2, 5))
-    ppl = evaluate.perplexity(model, windows, p, sensitivity.anda_format.AndaFormat(group_size=8))
+    ppl = evaluate.perplexity(model, windows, p, common.product_spec(self.config("x"), 8))
     np.testing.assert_allclose(ppl, [reused.rows["L2-up-M2"]["ppl"], reused.rows["L2-up-M5"]["ppl"]],
                                rtol=5e-5)
     run_dir = self.tmp / "results" / "reuse"
     for name in ("results.csv", "heatmap.png", "setup.json"):
       self.assertTrue((run_dir / name).exists(), name)
+
+  def test_every_increase_carries_its_paired_interval(self):
+    cfg = self.config("intervals")
+    cfg.layers = (1,)
+    # Three M: a configuration batch that test_prefix_reuse... (which counts compilations) does not use.
+    cfg.mantissa_bits = (2, 5, 7)
+    rows = sensitivity.run(cfg).rows
+    base = rows["fp"]
+    for r in rows.values():  # per-window sums kept, adding up to the row's loss
+      self.assertLen(r["window_nll"], 5)
+      self.assertAlmostEqual(sum(r["window_nll"]) / r["tokens"], r["nll"], places=12)
+    run_dir = self.tmp / "results" / "intervals"
+    with redirect_stdout(io.StringIO()):
+      table = sensitivity.report(run_dir)
+    csv_rows = {r["id"]: r for r in csv.DictReader((run_dir / "results.csv").open())}
+    for name in ("L1-up-M2", "L1-qkv-M5"):
+      # Paired over the same windows, against the float model's sums.
+      want = intervals.relative_increase(rows[name]["window_nll"], base["window_nll"], base["window_tokens"])
+      self.assertAlmostEqual(float(csv_rows[name]["rel_increase_low"]), want.low, places=12)
+      self.assertAlmostEqual(float(csv_rows[name]["rel_increase_high"]), want.high, places=12)
+      self.assertLess(want.low, want.high)
+      self.assertIn(f"M={rows[name]['mantissa_bits']:<2} ppl {rows[name]['ppl']:.4f} ({want.estimate:+.2%} "
+                    f"[{want.low:+.2%}, {want.high:+.2%}])", table)
+    self.assertIn("[low, high]: the 95% paired-bootstrap interval over the windows", table)
 
   def test_float_prefix_matches_the_model(self):
     model, _ = models.load(str(self.ckpt))
@@ -82,7 +104,7 @@ class SensitivityTest(absltest.TestCase):
   def test_resume_and_bad_configs(self):
     cfg = self.config("resume")
     cfg.layers = (0, 2)
-    original = sweep.Results.append
+    original = common.Results.append
     calls = []
 
     def append_then_die(self_, rows):
@@ -91,7 +113,7 @@ class SensitivityTest(absltest.TestCase):
       if len(calls) == 3:  # baseline + 2 (layer, type) pairs
         raise KeyboardInterrupt
 
-    with mock.patch.object(sweep.Results, "append", append_then_die):
+    with mock.patch.object(common.Results, "append", append_then_die):
       with self.assertRaises(KeyboardInterrupt):
         sensitivity.run(cfg)
     sensitivity.run(cfg)
@@ -100,10 +122,10 @@ class SensitivityTest(absltest.TestCase):
     self.assertLen(ids, 1 + 2 * 4 * 2)
     self.assertLen(set(ids), len(ids))
 
-    with mock.patch.object(evaluate, "nll_sums", side_effect=AssertionError("heavy work started")):
+    with mock.patch.object(evaluate, "window_nll_sums", side_effect=AssertionError("heavy work started")):
       bad = self.config("bad")
       bad.layers = (0, 3)
-      with self.assertRaisesRegex(ValueError, "layers holds 3: the model has layers 0..2"):
+      with self.assertRaisesRegex(ValueError, "layers holds 3, which is invalid: the model has layers 0..2"):
         sensitivity.run(bad)
       bad = self.config("bad")
       bad.types = ("all",)
@@ -113,17 +135,57 @@ class SensitivityTest(absltest.TestCase):
       bad.mantissa_bits = (30,)
       with self.assertRaisesRegex(ValueError, "mantissa_bits"):
         sensitivity.run(bad)
-    sweep.check_keys(sensitivity_quick.get_config(), sensitivity_smollm2.get_config())
+      bad = self.config("bad")
+      bad.format.group_sizes = (8, 16)
+      with self.assertRaisesRegex(ValueError, r"group_sizes=\(8, 16\) is invalid: the sensitivity study takes one"):
+        sensitivity.run(bad)
+    common.check_keys(sensitivity_config.get_config("quick"), sensitivity_config.get_config())
 
-  def test_benchmark_prints_both_times(self):
+  def test_report_shows_non_finite_perplexities_and_skips_broken_lines(self):
+    run_dir = self.tmp / "results" / "report_only"
+    run_dir.mkdir(parents=True)
+    rows = [dict(id="fp", layer=None, type="fp", mantissa_bits=0, **common.perplexity_fields(3.0)),
+            dict(id="L0-up-M2", layer=0, type="up", mantissa_bits=2, **common.perplexity_fields(900.0)),
+            dict(id="L0-qkv-M2", layer=0, type="qkv", mantissa_bits=2, **common.perplexity_fields(np.nan)),
+            dict(id="L1-up-M2", layer=1, type="up", mantissa_bits=2, **common.perplexity_fields(3.1))]
+    with (run_dir / "results.jsonl").open("w") as f:
+      f.write("".join(json.dumps(r) + "\n" for r in rows))
+      f.write('{"id": "L1-o-M2"}\n')  # a row without the fields the report reads
+      # An older run's NaN, written as JSON's NaN extension.
+      f.write(json.dumps(dict(rows[3], id="L1-o-M2", type="o", ppl=float("nan"))) + "\n")
+    with redirect_stdout(io.StringIO()):
+      table = sensitivity.report(run_dir)
+    self.assertIn("float model perplexity 20.0855", table)
+    self.assertIn("layer   0    up M=2  ppl inf", table)
+    self.assertIn("layer   0   qkv M=2  ppl nan", table)
+    self.assertIn("layer   1     o M=2  ppl nan", table)
+    self.assertIn("layer   1    up M=2  ppl 22.1980 (+10.52%)", table)
+    self.assertNotIn("[", table)  # rows without per-window sums (older runs): no interval
+    csv_text = (run_dir / "results.csv").read_text()
+    self.assertIn("L0-up-M2,0,up,2,inf,inf,,,False,900.0,", csv_text)
+    self.assertIn("L1-up-M2,1,up,2,22.197951281441636,0.10517091807564771,,,True,", csv_text)
+    self.assertGreater((run_dir / "heatmap.png").stat().st_size, 1000)
+
+  def test_benchmark_times_the_same_study_both_ways_without_compiling(self):
     out = io.StringIO()
     with redirect_stdout(out):
-      bench_sensitivity.run(["sensitivity", f"--model={self.ckpt}", f"--corpus={self.tmp / 'corpus.txt'}",
-                             "--seq_len=16", "--windows=2", "--group_size=8", "--types=qkv,down"])
+      timed = bench_sensitivity.run(["sensitivity", f"--model={self.ckpt}", f"--corpus={self.tmp / 'corpus.txt'}",
+                                     "--seq_len=16", "--windows=2", "--group_size=8", "--types=qkv,down"])
+    reused, full = timed["prefix"], timed["embedding"]
+    # Both timed runs evaluate the whole study (3 layers x 2 types at M = 4, and the baseline) ...
+    ids = {"fp"} | {f"L{l}-{t}-M4" for l in range(3) for t in ("qkv", "down")}
+    self.assertEqual(set(reused.rows), ids)
+    self.assertEqual(set(full.rows), ids)
+    for k in ids:
+      self.assertAlmostEqual(reused.rows[k]["ppl"] / full.rows[k]["ppl"], 1, delta=5e-5)
+    # ... after the warm-up has compiled both paths, so the times hold no compilation.
+    self.assertEqual((reused.compiles, full.compiles), (0, 0))
+    # The printed figures are those of the runs.
     text = out.getvalue()
-    self.assertRegex(text, r"float-prefix reuse : +\d+\.\d s")
-    self.assertRegex(text, r"from the embedding : +\d+\.\d s")
-    self.assertRegex(text, r"ratio +: +\d\.\d\d")
+    self.assertIn(f"sensitivity study, {len(ids) - 1} configurations (2 x 16 tokens", text)
+    self.assertIn(f"float-prefix reuse : {reused.seconds:8.1f} s  (0 compilations)", text)
+    self.assertIn(f"from the embedding : {full.seconds:8.1f} s  (0 compilations)", text)
+    self.assertIn(f"ratio              : {reused.seconds / full.seconds:8.2f}", text)
 
 
 if __name__ == "__main__":

@@ -79,8 +79,14 @@ def from_gguf(gguf_file) -> Tokenizer:
   # re-spelled the way the BPE model looks them up.
   vocab = {(t if set(t) <= alphabet else "".join(spelling[b] for b in t.encode("utf-8"))): i
            for i, t in enumerate(tokens)}
-  bpe = models.BPE(vocab=vocab, merges=[tuple(m.split(" ", 1)) for m in merges],
-                   fuse_unk=False, byte_fallback=False)
+  pairs = [tuple(m.split(" ", 1)) for m in merges]
+  for i, pair in enumerate(pairs):
+    # The Rust BPE builder panics (an uncatchable-looking PanicException) on such merges.
+    if len(pair) != 2 or pair[0] not in vocab or pair[1] not in vocab or "".join(pair) not in vocab:
+      raise ValueError(f"{path}: tokenizer.ggml.merges[{i}]={merges[i]!r} is invalid: a merge must be "
+                       "two tokens of the vocabulary separated by one space, whose concatenation is "
+                       "in the vocabulary too")
+  bpe = models.BPE(vocab=vocab, merges=pairs, fuse_unk=False, byte_fallback=False)
   backend = tokenizers.Tokenizer(bpe)
   backend.pre_tokenizer = _pre_tokenizer(gguf_file.meta("tokenizer.ggml.pre", "default"), path)
   backend.decoder = decoders.ByteLevel()

@@ -20,8 +20,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from anda_jax.checks import check_int
+from anda_jax.precision import MAX_MANTISSA_BITS, MIN_MANTISSA_BITS
+
 ROUNDING_MODES = ("truncate", "nearest", "stochastic")
-MIN_MANTISSA_BITS, MAX_MANTISSA_BITS = 1, 24
 MAX_GROUP_SIZE = 1024
 # Exponent value that marks a group holding NaN or +-Inf; such a group decodes to NaN in
 # every element (like an OCP MX NaN scale). It lies outside [E_min, E_max] for every
@@ -33,16 +35,6 @@ _F32_BIAS = 127
 _F32_EXP_FIELD_INF = 0xFF
 _F32_ABS_MASK = 0x7FFFFFFF
 _F32_FRAC_MASK = 0x7FFFFF
-
-
-def check_int(name: str, value: Any, lo: int, hi: int | None = None, hint: str = "") -> int:
-  """Returns `value` as an int, or raises ValueError naming the parameter, value and range
-  (hi None: no upper bound)."""
-  if (isinstance(value, bool) or not isinstance(value, (int, np.integer))
-      or not lo <= value <= (value if hi is None else hi)):
-    bounds = f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
-    raise ValueError(f"{name}={value!r} is invalid: must be an integer {bounds}{hint}")
-  return int(value)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,16 +109,26 @@ def _normalize_axis(fmt: AndaFormat, ndim: int) -> int:
   return fmt.axis % ndim
 
 
-def _check_input(x) -> jax.Array:
+def check_input(x, fmt: AndaFormat) -> jax.Array:
+  """x as a floating-point array that `fmt` can group (rank >= 1, axis in range), checked
+  before anything is traced; every Anda entry point (pure jnp and Pallas) starts here."""
+  if not isinstance(fmt, AndaFormat):
+    raise ValueError(f"fmt={fmt!r} is invalid: must be an anda_jax.AndaFormat")
+  return check_groupable(x, fmt)
+
+
+def check_groupable(x, fmt) -> jax.Array:
+  """x as a floating-point array of rank >= 1 whose axis `fmt.axis` exists (any block format)."""
   x = jnp.asarray(x)
   if not jnp.issubdtype(x.dtype, jnp.floating):
     raise ValueError(f"x must be a floating-point array, got dtype {x.dtype}")
   if x.ndim == 0:
-    raise ValueError("x must have at least one dimension to group along, got a scalar")
+    raise ValueError("x has rank 0, which is invalid: must have at least one axis to group along")
+  _normalize_axis(fmt, x.ndim)
   return x
 
 
-def _to_groups(x: jax.Array, fmt: AndaFormat) -> jax.Array:
+def to_groups(x: jax.Array, fmt: AndaFormat) -> jax.Array:
   """[..., L, ...] -> [..., n_groups, G] with the grouping axis last, zero padded."""
   x = jnp.moveaxis(x, _normalize_axis(fmt, x.ndim), -1)
   length = x.shape[-1]
@@ -137,9 +139,10 @@ def _to_groups(x: jax.Array, fmt: AndaFormat) -> jax.Array:
   return x.reshape(*x.shape[:-1], n_groups, fmt.group_size)
 
 
-def _from_groups(groups: jax.Array, shape: tuple[int, ...], fmt: AndaFormat) -> jax.Array:
+def from_groups(groups: jax.Array, shape: tuple[int, ...], fmt: AndaFormat) -> jax.Array:
   axis = _normalize_axis(fmt, len(shape))
-  flat = groups.reshape(*groups.shape[:-2], -1)[..., : shape[axis]]
+  # Explicit sizes, not -1: an empty leading axis would make -1 ambiguous.
+  flat = groups.reshape(*groups.shape[:-2], groups.shape[-2] * groups.shape[-1])[..., : shape[axis]]
   return jnp.moveaxis(flat, -1, axis)
 
 
@@ -305,8 +308,7 @@ def quantize_groups(groups: jax.Array, fmt: AndaFormat, mantissa_bits, uniforms=
 
 def _validate(x, fmt: AndaFormat, mantissa_bits, key):
   """Checks the user's input before anything is traced; returns (x, M as int32)."""
-  x = _check_input(x)
-  _normalize_axis(fmt, x.ndim)
+  x = check_input(x, fmt)
   if fmt.rounding == "stochastic" and key is None:
     raise ValueError("rounding='stochastic' needs a PRNG key: pass key=jax.random.key(...)")
   return x, check_mantissa_bits(mantissa_bits)
@@ -326,7 +328,7 @@ def encode(x, fmt: AndaFormat, mantissa_bits, key=None) -> AndaEncoding:
 # do not dispatch dozens of small ops (and inside an outer jit it is simply inlined).
 @functools.partial(jax.jit, static_argnames="fmt")
 def _encode(x, m_bits, fmt, key) -> AndaEncoding:
-  groups = _to_groups(x, fmt)
+  groups = to_groups(x, fmt)
   sign, magnitude, exponent = encode_groups(groups, fmt, m_bits, _uniforms(key, groups.shape))
   return AndaEncoding(sign=sign, magnitude=magnitude, exponent=exponent, mantissa_bits=m_bits,
                       fmt=fmt, shape=tuple(x.shape), dtype=x.dtype)
@@ -336,7 +338,7 @@ def _encode(x, m_bits, fmt, key) -> AndaEncoding:
 def decode(enc: AndaEncoding) -> jax.Array:
   """The values an encoding stands for, in the input's shape and dtype."""
   groups = decode_groups(enc.sign, enc.magnitude, enc.exponent, enc.mantissa_bits)
-  return _from_groups(groups, enc.shape, enc.fmt).astype(enc.dtype)
+  return from_groups(groups, enc.shape, enc.fmt).astype(enc.dtype)
 
 
 @jax.custom_vjp
@@ -366,6 +368,6 @@ def quantize(x, fmt: AndaFormat, mantissa_bits, key=None) -> jax.Array:
 
 @functools.partial(jax.jit, static_argnames="fmt")
 def _quantize(x, m_bits, fmt, key):
-  groups = _to_groups(x, fmt)
+  groups = to_groups(x, fmt)
   quantized = quantize_groups(groups, fmt, m_bits, _uniforms(key, groups.shape))
-  return _from_groups(quantized, x.shape, fmt).astype(x.dtype)
+  return from_groups(quantized, x.shape, fmt).astype(x.dtype)

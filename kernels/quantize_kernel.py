@@ -5,7 +5,7 @@ free reshape when L is a multiple of G). The grid tiles rows and groups; each pr
 encodes and decodes a [block_rows, block_groups, G] tile entirely on chip, so HBM
 traffic is one read and one write of x.
 
-Numerics. The kernel body calls `anda_jax.format.encode_groups` / `decode_groups`, the
+Numerics. The kernel body calls `anda_jax.anda_format.encode_groups` / `decode_groups`, the
 project's single implementation of spec section 2 (integer arithmetic on the float32
 bits, so it is exact and immune to flush-to-zero). The kernel therefore agrees with
 `format.quantize` bit for bit by construction; what the kernel adds is the tiling and the
@@ -32,8 +32,8 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
-from anda_jax import format as anda_format
-from kernels import _common
+from anda_jax import anda_format
+from anda_jax.kernels import _common
 
 BLOCK_ROWS = 32
 BLOCK_GROUPS = 32
@@ -44,33 +44,27 @@ def quantize_reference(x, fmt: anda_format.AndaFormat, mantissa_bits, key=None) 
   return anda_format.quantize(x, fmt, mantissa_bits, key)
 
 
-def check_input(x, fmt) -> jax.Array:
-  """Validates x and fmt at the boundary (before any tracing of the kernel)."""
-  if not isinstance(fmt, anda_format.AndaFormat):
-    raise ValueError(f"fmt={fmt!r} is invalid: must be an anda_jax.AndaFormat")
-  if not hasattr(x, "dtype"):
-    x = jnp.asarray(x)
-  if not jnp.issubdtype(x.dtype, jnp.floating):
-    raise ValueError(f"x has dtype {x.dtype}, which is invalid: must be a floating-point array")
-  if x.ndim == 0:
-    raise ValueError("x has rank 0, which is invalid: must have at least one axis to group along")
-  if not -x.ndim <= fmt.axis < x.ndim:
-    raise ValueError(f"fmt.axis={fmt.axis} is invalid for x of rank {x.ndim}: must be in [{-x.ndim}, {x.ndim - 1}]")
-  return x
+def stochastic_uniforms(x, fmt: anda_format.AndaFormat, key):
+  """The uniforms of stochastic rounding, drawn outside the kernel as the reference draws them
+  (None for the deterministic roundings)."""
+  if fmt.rounding != "stochastic":
+    return None
+  if key is None:
+    raise ValueError("key=None is invalid for rounding='stochastic': pass key=jax.random.key(...)")
+  return anda_format.grouped_uniforms(x.shape, fmt, key)
 
 
-def to_groups(x: jax.Array, fmt: anda_format.AndaFormat):
-  """[..., L, ...] -> ([rows, n_groups, G] with the grouping axis last, zero padded; moved shape)."""
-  x = jnp.moveaxis(x, fmt.axis % x.ndim, -1)
-  moved_shape = x.shape
-  n_groups = -(-moved_shape[-1] // fmt.group_size)
-  x = _common.pad_axis(x, -1, n_groups * fmt.group_size)
-  return x.reshape(-1, n_groups, fmt.group_size), moved_shape
+def as_rows(x: jax.Array, fmt: anda_format.AndaFormat) -> jax.Array:
+  """x grouped as the kernels tile it: [rows, n_groups, G] (anda_format.to_groups, rows flattened)."""
+  groups = anda_format.to_groups(x, fmt)
+  return groups.reshape(-1, *groups.shape[-2:])
 
 
-def from_groups(groups: jax.Array, moved_shape, fmt: anda_format.AndaFormat, ndim: int) -> jax.Array:
-  flat = groups.reshape(*moved_shape[:-1], -1)[..., : moved_shape[-1]]
-  return jnp.moveaxis(flat, -1, fmt.axis % ndim)
+def from_rows(groups: jax.Array, shape, fmt: anda_format.AndaFormat) -> jax.Array:
+  """The inverse of `as_rows` for an input of `shape`."""
+  moved = list(shape)
+  moved.pop(fmt.axis % len(shape))
+  return anda_format.from_groups(groups.reshape(*moved, *groups.shape[-2:]), tuple(shape), fmt)
 
 
 def _quantize_kernel(m_ref, x_ref, *rest, fmt):
@@ -85,7 +79,7 @@ def _quantize_kernel(m_ref, x_ref, *rest, fmt):
 
 @functools.partial(jax.jit, static_argnames=("fmt", "block_rows", "block_groups", "interpret"))
 def _quantize(x, m_bits, uniforms, *, fmt, block_rows, block_groups, interpret):
-  groups, moved_shape = to_groups(x, fmt)
+  groups = as_rows(x, fmt)
   rows, n_groups, g = groups.shape
   tr, tg = _common.tile(rows, block_rows), _common.tile(n_groups, block_groups)
   if tg != n_groups and tg % 8:
@@ -108,7 +102,7 @@ def _quantize(x, m_bits, uniforms, *, fmt, block_rows, block_groups, interpret):
       compiler_params=_common.compiler_params(),
       name="anda_quantize",
   )(*operands)
-  return from_groups(out[:, :n_groups], moved_shape, fmt, x.ndim)
+  return from_rows(out[:, :n_groups], x.shape, fmt)
 
 
 def anda_quantize(x, fmt: anda_format.AndaFormat, mantissa_bits, key=None, *,
@@ -122,14 +116,12 @@ def anda_quantize(x, fmt: anda_format.AndaFormat, mantissa_bits, key=None, *,
   interpret: None = interpret on CPU, compile elsewhere.
   Unlike `anda_jax.quantize` this has no straight-through gradient (inference only).
   """
-  x = check_input(x, fmt)
+  x = anda_format.check_input(x, fmt)
   m_bits = anda_format.check_mantissa_bits(mantissa_bits)
   block_rows = _common.check_block("block_rows", block_rows)
   block_groups = _common.check_block("block_groups", block_groups)
-  uniforms = None
-  if fmt.rounding == "stochastic":
-    if key is None:
-      raise ValueError("key=None is invalid for rounding='stochastic': pass key=jax.random.key(...)")
-    uniforms = anda_format.grouped_uniforms(x.shape, fmt, key)
+  uniforms = stochastic_uniforms(x, fmt, key)
+  if x.size == 0:  # nothing to tile: a grid needs at least one block
+    return quantize_reference(x, fmt, m_bits, key)
   return _quantize(x, m_bits, uniforms, fmt=fmt, block_rows=block_rows,
                    block_groups=block_groups, interpret=_common.resolve_interpret(interpret))

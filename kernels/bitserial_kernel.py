@@ -50,9 +50,11 @@ from jax.experimental import pallas as pl
 
 from anda_jax import bitplane
 from anda_jax import bitserial
-from anda_jax import format as anda_format
+from anda_jax import anda_format
 from anda_jax import int4
-from kernels import _common
+from anda_jax.checks import check_int
+from anda_jax.kernels import _common
+from anda_jax.precision import MAX_PLANES
 
 BLOCK_ROWS = 128
 BLOCK_N = 128
@@ -129,9 +131,10 @@ def _kernel(planes_to_stream_ref, exp_ref, sign_ref, planes_ref, w_ref, scale_re
     a, m_even, m_odd = carry
     plane = planes_ref[:, :, p, :].astype(jnp.int32)
     b_even, b_odd = _half_bits(plane, 0), _half_bits(plane, 1)
-    plane_sums = (
-        jnp.dot((sign_even * b_even).astype(jnp.float32), q_even, preferred_element_type=jnp.float32)
-        + jnp.dot((sign_odd * b_odd).astype(jnp.float32), q_odd, preferred_element_type=jnp.float32))
+    # Exact at any precision (see the module docstring), so the fastest pass, named explicitly.
+    dot = functools.partial(jnp.dot, precision=jax.lax.Precision.DEFAULT, preferred_element_type=jnp.float32)
+    plane_sums = (dot((sign_even * b_even).astype(jnp.float32), q_even)
+                  + dot((sign_odd * b_odd).astype(jnp.float32), q_odd))
     return 2 * a + plane_sums.astype(jnp.int32), 2 * m_even + b_even, 2 * m_odd + b_odd
 
   zeros_half = jnp.zeros((tr, half_k), jnp.int32)
@@ -273,12 +276,12 @@ def _check(planes, weights, num_planes, blocks):
                      "they must be equal")
   bitserial.block_size(planes.fmt.group_size, weights.group_size)  # ValueError if they do not nest
   p_count = planes.num_planes
-  if p_count > bitplane.MAX_PLANES:
-    raise ValueError(f"planes holds {p_count} planes, which is invalid: at most {bitplane.MAX_PLANES}")
+  if p_count > MAX_PLANES:
+    raise ValueError(f"planes holds {p_count} planes, which is invalid: at most {MAX_PLANES}")
   if isinstance(num_planes, jax.core.Tracer):
     num_planes = jnp.clip(num_planes, 1, p_count).astype(jnp.int32)
   else:
-    num_planes = anda_format.check_int("num_planes", p_count if num_planes is None else num_planes,
+    num_planes = check_int("num_planes", p_count if num_planes is None else num_planes,
                                        1, p_count, " (the number of planes the activations hold)")
   if planes.fmt.group_size % 8:
     raise ValueError(f"planes.fmt.group_size={planes.fmt.group_size} is invalid here: the kernel "
@@ -317,41 +320,3 @@ def bitserial_partial_sums(planes, weights, num_planes: int | None = None, *,
   m_prime = _check(planes, weights, num_planes, blocks)
   return _bitserial(planes, weights, m_prime, interpret=_common.resolve_interpret(interpret),
                     emit_sums=True, **blocks)
-
-
-def anda_matmul_bitserial(x, w, fmt: anda_format.AndaFormat, mantissa_bits, key=None, *,
-                          interpret: bool | None = None) -> jax.Array:
-  """`anda_jax.anda_matmul(..., impl="bitserial")`: x [..., K] -> runtime compressor
-  (kernels.bitplane_pack) -> bit-serial kernel -> float32 [..., N].
-
-  mantissa_bits: 0..16, may be traced. 0 keeps x in floating point (x @ dequantize(w)),
-  exactly as impl="fake" does. A concrete M is packed into M planes; a traced M into
-  MAX_PLANES (16) static planes, the zero-padded encoding of the same values, of which the
-  kernel streams only the first M, so one compiled program serves every M with the same
-  result and plane count as a concrete M. A traced M above 16 is clipped to 16.
-  """
-  # Imported here: the compressor is only needed on this path.
-  from kernels import bitplane as bitplane_kernel
-
-  if not isinstance(w, int4.Int4Weights):
-    raise ValueError(f"w={type(w).__name__} is invalid for impl='bitserial': the bit-serial "
-                     "kernel needs anda_jax.int4.Int4Weights (use impl='fake' for float weights)")
-  x = jnp.asarray(x, jnp.float32)
-  if x.ndim == 0:
-    raise ValueError("x has rank 0, which is invalid: must be [..., K]")
-  traced = isinstance(mantissa_bits, jax.core.Tracer)
-  m_bits = anda_format.check_mantissa_bits(mantissa_bits, lo=0, hi=24)
-  if not traced and int(m_bits) > bitplane.MAX_PLANES:
-    raise ValueError(f"mantissa_bits={int(m_bits)} is invalid for impl='bitserial': the bit-plane "
-                     f"path supports at most {bitplane.MAX_PLANES} (spec section 4)")
-  lead, k = x.shape[:-1], x.shape[-1]
-  x2 = x.reshape(-1, k)  # the kernel wants [rows, K]
-  exact = lambda: (x2 @ int4.dequantize(w)).reshape(*lead, -1)
-  if not traced and int(m_bits) == 0:
-    return exact()
-  num_planes = bitplane.MAX_PLANES if traced else int(m_bits)
-  planes = bitplane_kernel.bitplane_pack(x2, fmt, jnp.maximum(m_bits, 1), num_planes, key,
-                                       interpret=interpret)
-  y = bitserial_matmul(planes, w, jnp.maximum(m_bits, 1) if traced else None,
-                       interpret=interpret).reshape(*lead, -1)
-  return jnp.where(m_bits > 0, y, exact()) if traced else y

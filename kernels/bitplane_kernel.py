@@ -3,7 +3,7 @@ in one pass, and its inverse, bit planes -> float activations.
 
 Layout. As in kernels/quantize.py the wrapper views x as [rows, n_groups, G] (grouping
 axis last) and the grid tiles rows and groups. A program encodes its tile with
-`anda_jax.format.encode_groups` (the project's one implementation of spec section 2) and
+`anda_jax.anda_format.encode_groups` (the project's one implementation of spec section 2) and
 then transposes magnitudes into planes on chip: the tile's magnitudes [.., G] are viewed
 as [.., G/8, 8] and each byte is the sum of bit_j << j over its 8 elements (element j of a
 group is bit j mod 8 of byte j div 8). Outputs are written directly in the spec layout:
@@ -42,17 +42,18 @@ import numpy as np
 from jax.experimental import pallas as pl
 
 from anda_jax import bitplane
-from anda_jax import format as anda_format
-from kernels import _common
-from kernels import quantize as quantize_kernel
+from anda_jax import anda_format
+from anda_jax.kernels import _common
+from anda_jax.kernels import quantize_kernel
+from anda_jax.checks import check_int
+from anda_jax.precision import MAX_MANTISSA_BITS, MAX_PLANES
 
 BLOCK_ROWS = 32
 BLOCK_GROUPS = 128  # the exponent's lane axis: TPU wants a multiple of 128 (or the whole axis)
-MAX_PLANES = 16  # spec section 4: the bit-plane path supports M <= 16
 
 
 def pack_reference(x, fmt: anda_format.AndaFormat, mantissa_bits, num_planes=None, key=None):
-  """The pure-jnp reference: encode, then pack (anda_jax.format + anda_jax.bitplane)."""
+  """The pure-jnp reference: encode, then pack (anda_jax.anda_format + anda_jax.bitplane)."""
   return bitplane.pack(anda_format.encode(x, fmt, mantissa_bits, key), num_planes)
 
 
@@ -84,7 +85,7 @@ def _pack_kernel(m_ref, x_ref, *rest, fmt, num_planes):
   else:
     uniforms_ref, (exp_ref, sign_ref, planes_ref) = None, rest
   x = x_ref[...].astype(jnp.float32)  # [tr, tg, G8]
-  m = jnp.clip(m_ref[...], 1, anda_format.MAX_MANTISSA_BITS)  # (1, 1, 1), as encode clips it
+  m = jnp.clip(m_ref[...], 1, MAX_MANTISSA_BITS)  # (1, 1, 1), as encode clips it
   uniforms = None if uniforms_ref is None else uniforms_ref[...]
   sign, magnitude, exponent = anda_format.encode_groups(x, fmt, m, uniforms)
   exp_ref[...] = exponent.astype(exp_ref.dtype)
@@ -117,7 +118,7 @@ def _padded_group(g: int) -> int:
 
 @functools.partial(jax.jit, static_argnames=("fmt", "num_planes", "block_rows", "block_groups", "interpret"))
 def _pack(x, m_bits, uniforms, *, fmt, num_planes, block_rows, block_groups, interpret):
-  groups, moved_shape = quantize_kernel.to_groups(x, fmt)
+  groups = quantize_kernel.as_rows(x, fmt)
   rows, n_groups, g = groups.shape
   g8 = _padded_group(g)
   groups = _common.pad_axis(groups, -1, g8)
@@ -149,12 +150,12 @@ def _pack(x, m_bits, uniforms, *, fmt, num_planes, block_rows, block_groups, int
       name="anda_bitplane_pack",
   )(*operands)
   exponent, sign, planes = exponent[:rows, :n_groups], sign[:rows, :n_groups], planes[:rows, :n_groups]
-  lead = moved_shape[:-1]
+  lead = [n for i, n in enumerate(x.shape) if i != fmt.axis % x.ndim]
   return bitplane.BitPlanes(
       exponent=exponent.reshape(*lead, n_groups),
       sign=sign.reshape(*lead, n_groups, c),
       planes=planes.reshape(*lead, n_groups, num_planes, c),
-      fmt=fmt, length=moved_shape[-1], shape=tuple(x.shape), dtype=x.dtype)
+      fmt=fmt, length=x.shape[fmt.axis], shape=tuple(x.shape), dtype=x.dtype)
 
 
 def bitplane_pack(x, fmt: anda_format.AndaFormat, mantissa_bits, num_planes: int | None = None,
@@ -167,21 +168,19 @@ def bitplane_pack(x, fmt: anda_format.AndaFormat, mantissa_bits, num_planes: int
   num_planes: static P >= M (default M); extra planes are zero. key: for stochastic rounding.
   interpret: None = interpret on CPU, compile elsewhere.
   """
-  x = quantize_kernel.check_input(x, fmt)
+  x = anda_format.check_input(x, fmt)
   traced = isinstance(mantissa_bits, jax.core.Tracer)
   m_bits = anda_format.check_mantissa_bits(mantissa_bits, hi=MAX_PLANES)
   if num_planes is None:
     if traced:
       raise ValueError("num_planes=None is invalid with a traced mantissa_bits: pass a static num_planes >= M")
     num_planes = int(m_bits)
-  num_planes = anda_format.check_int("num_planes", num_planes, 1, MAX_PLANES)
+  num_planes = check_int("num_planes", num_planes, 1, MAX_PLANES)
   if not traced and int(m_bits) > num_planes:
     raise ValueError(f"num_planes={num_planes} is invalid for mantissa_bits={int(m_bits)}: must be >= mantissa_bits")
-  uniforms = None
-  if fmt.rounding == "stochastic":
-    if key is None:
-      raise ValueError("key=None is invalid for rounding='stochastic': pass key=jax.random.key(...)")
-    uniforms = anda_format.grouped_uniforms(x.shape, fmt, key)
+  uniforms = quantize_kernel.stochastic_uniforms(x, fmt, key)
+  if x.size == 0:  # nothing to tile: a grid needs at least one block
+    return pack_reference(x, fmt, m_bits, int(num_planes), key)
   return _pack(x, m_bits, uniforms, fmt=fmt, num_planes=int(num_planes),
                block_rows=_common.check_block("block_rows", block_rows),
                block_groups=_common.check_block("block_groups", block_groups),
@@ -190,7 +189,7 @@ def bitplane_pack(x, fmt: anda_format.AndaFormat, mantissa_bits, num_planes: int
 
 @functools.partial(jax.jit, static_argnames=("dtype", "block_rows", "block_groups", "interpret"))
 def _unpack(bp, *, dtype, block_rows, block_groups, interpret):
-  fmt, length = bp.fmt, bp.length
+  fmt = bp.fmt
   *lead, n_groups, num_planes, c = bp.planes.shape
   rows = int(np.prod(lead, dtype=np.int64))
   tr, tg = _common.tile(rows, block_rows), _common.tile(n_groups, block_groups)
@@ -213,8 +212,7 @@ def _unpack(bp, *, dtype, block_rows, block_groups, interpret):
     padded(bp.planes.reshape(rows, n_groups, num_planes, c)))
   values = values[:rows, :n_groups]
   values = values[..., : fmt.group_size]
-  moved_shape = (*lead, length)
-  return quantize_kernel.from_groups(values, moved_shape, fmt, len(moved_shape))
+  return quantize_kernel.from_rows(values, bp.shape, fmt)
 
 
 def bitplane_unpack(bp, dtype=jnp.float32, *, block_rows: int = BLOCK_ROWS,
@@ -226,6 +224,8 @@ def bitplane_unpack(bp, dtype=jnp.float32, *, block_rows: int = BLOCK_ROWS,
     raise ValueError(f"bp={type(bp).__name__} is invalid: must be an anda_jax.bitplane.BitPlanes")
   if not jnp.issubdtype(dtype, jnp.floating):
     raise ValueError(f"dtype={dtype!r} is invalid: must be a floating-point dtype")
+  if bp.planes.size == 0 or bp.exponent.size == 0:
+    return unpack_reference(bp, dtype)
   return _unpack(bp, dtype=jnp.dtype(dtype),
                  block_rows=_common.check_block("block_rows", block_rows),
                  block_groups=_common.check_block("block_groups", block_groups),

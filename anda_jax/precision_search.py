@@ -1,0 +1,324 @@
+"""Adaptive precision search: the cheapest precision configuration within a tolerance.
+
+The search is written against an evaluation callable that returns per-window NLL sums,
+
+    evaluate(configs: int32 [C, *config_shape], windows: slice, base) -> float64 [C, n]
+
+(n: the windows of the slice), so it can be tested with synthetic functions; the real one
+(experiments/search.py) runs the model on the calibration windows. `base` is a hint: each
+configuration differs from it in one entry (it is the current configuration of the round), so
+an evaluator may run each from the hidden state `base` has entering that entry's layer
+(anda_jax.prefix) instead of from the embedding. CachedEvaluator keeps every configuration's
+sums, so no window of a configuration is evaluated twice.
+
+A loss is the relative perplexity increase over the all-float configuration (M = 0 everywhere)
+on the same windows, with its paired-bootstrap interval (anda_jax.intervals).
+
+Algorithm (per tolerance τ):
+  1. start from every entry at a high M (`start`);
+  2. each round, build every candidate that lowers one entry (a module type, or a
+     (layer, type) pair with per-layer granularity) by one bit, down to `min_m`;
+  3. racing (`race_windows=k`): evaluate the candidates on the first k windows and drop those
+     whose loss on all windows is over τ even at the low end of a one-sided prediction bound
+     (`race_level`) from their per-window differences against the current configuration on
+     those k windows (paired: the windows' own variation cancels); evaluate the survivors on
+     the other windows. The decision uses only the first k windows, also when more are known,
+     so a resumed run decides as an uninterrupted one;
+  4. a candidate fits if its loss is within τ: with rule "upper" the upper end of its interval,
+     with rule "point" its estimate (the paper's rule);
+  5. among the fitting candidates keep the one with the best cost saving per unit of added loss
+     (estimates; saving = MACs of the lowered entry, the BOPs saved / w_bits; one that adds no
+     loss beats every one that does); ties go to the lower loss, then to the first entry in
+     (layer, type) order, so the search is deterministic;
+  6. stop when no candidate fits (or after `max_rounds`).
+Several tolerances share one cache (the tightest runs first, the looser ones replay its early
+rounds from the cache).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from typing import Callable, Iterable, Sequence
+
+from absl import logging
+import numpy as np
+import tqdm
+
+from anda_jax import intervals
+
+Evaluate = Callable[[np.ndarray, slice, "np.ndarray | None"], np.ndarray]
+Key = tuple  # (shape, values) of a configuration; hashable
+RULES = ("upper", "point")
+
+
+def config_key(config: np.ndarray) -> Key:
+  config = np.asarray(config)
+  return (config.shape, tuple(int(v) for v in config.ravel()))
+
+
+def key_config(key: Key) -> np.ndarray:
+  shape, values = key
+  return np.asarray(values, np.int32).reshape(shape)
+
+
+class CachedEvaluator:
+  """`evaluate` behind a cache of per-window NLL sums.
+
+  window_tokens: scored tokens per window [N] (the windows `evaluate` slices).
+  batch_size: configurations per `evaluate` call, short batches padded with copies of their
+    first row, so that a jitted evaluator compiles once; None: as many as asked for at once
+    (the evaluator batches itself).
+  cache: dict config_key -> float64 [k], the sums of windows 0..k-1 known so far; shared between
+    searches (and prefilled from a results file to resume).
+  on_result(config, sums [k]) is called whenever a configuration's known windows grow, with all
+  of them, as soon as its batch returns.
+  """
+
+  def __init__(self, evaluate: Evaluate, window_tokens, batch_size: int | None = None,
+               cache: dict | None = None,
+               on_result: Callable[[np.ndarray, np.ndarray], None] | None = None):
+    tokens = np.asarray(window_tokens, np.float64)
+    if tokens.ndim != 1 or not len(tokens) or not np.all(tokens > 0):
+      raise ValueError(f"window_tokens has shape {list(tokens.shape)}: must be scored tokens per "
+                       "window, one-dimensional, non-empty and positive")
+    if batch_size is not None and batch_size < 1:
+      raise ValueError(f"batch_size={batch_size}: must be >= 1 or None")
+    self.evaluate, self.window_tokens, self.batch_size = evaluate, tokens, batch_size
+    self.n_windows = len(tokens)
+    self.cache = {} if cache is None else cache
+    self.on_result = on_result
+    self.calls = 0  # calls of `evaluate`
+    self.evaluated = 0  # configurations sent to `evaluate` (padding excluded)
+    self.window_evaluations = 0  # (configuration, window) pairs evaluated (padding excluded)
+
+  def known(self, config) -> int:
+    """How many windows (0..k-1) of `config` are known."""
+    return len(self.cache.get(config_key(config), ()))
+
+  def __call__(self, configs: Iterable[np.ndarray], stop: int | None = None,
+               base: np.ndarray | None = None) -> np.ndarray:
+    """Per-window NLL sums float64 [C, stop] of windows 0..stop-1 (default: all)."""
+    stop = self.n_windows if stop is None else stop
+    if not 1 <= stop <= self.n_windows:
+      raise ValueError(f"stop={stop}: must be in 1..{self.n_windows}")
+    configs = [np.asarray(c, np.int32) for c in configs]
+    todo = {}  # first unknown window -> keys, so each call evaluates one slice
+    for c in configs:
+      key = config_key(c)
+      if len(self.cache.get(key, ())) < stop:
+        todo.setdefault(len(self.cache.get(key, ())), {})[key] = None
+    for first, keys in sorted(todo.items()):
+      keys = list(keys)
+      step = self.batch_size or len(keys)
+      for i in range(0, len(keys), step):
+        self._evaluate([key_config(k) for k in keys[i:i + step]], first, stop, base)
+    return np.stack([self.cache[config_key(c)][:stop] for c in configs])
+
+  def _evaluate(self, chunk, first, stop, base) -> None:
+    n = len(chunk)
+    batch = np.stack(chunk + [chunk[0]] * ((self.batch_size or n) - n))
+    sums = np.asarray(self.evaluate(batch, slice(first, stop), base), np.float64)
+    if sums.shape != (len(batch), stop - first):
+      raise ValueError(f"evaluate returned shape {sums.shape}: must be "
+                       f"({len(batch)}, {stop - first})")
+    self.calls += 1
+    self.evaluated += n
+    self.window_evaluations += n * (stop - first)
+    for config, row in zip(chunk, sums[:n]):
+      key = config_key(config)
+      self.cache[key] = np.concatenate([self.cache.get(key, np.zeros(0))[:first], row])
+      if self.on_result is not None:
+        self.on_result(config, self.cache[key])
+
+
+def relative_loss(sums, fp_sums, window_tokens) -> float:
+  """ppl / ppl_fp - 1 from per-window NLL sums on the same windows (inf or nan if not finite)."""
+  with np.errstate(invalid="ignore", over="ignore"):
+    return float(np.expm1((np.asarray(sums) - np.asarray(fp_sums)).sum() / np.sum(window_tokens)))
+
+
+def loss_interval(sums, fp_sums, window_tokens) -> intervals.Interval:
+  """The loss against FP with its paired-bootstrap interval (anda_jax.intervals)."""
+  return intervals.relative_increase(sums, fp_sums, window_tokens)
+
+
+def fits(sums, fp_sums, window_tokens, tolerance: float, rule: str) -> bool:
+  """Whether a configuration's loss is within `tolerance` under `rule` ("upper": the upper end
+  of its interval, "point": its estimate). Not finite: never."""
+  if rule == "point":
+    return relative_loss(sums, fp_sums, window_tokens) <= tolerance  # False for NaN
+  return loss_interval(sums, fp_sums, window_tokens).high <= tolerance
+
+
+@functools.lru_cache(maxsize=None)
+def _t_quantile(level: float, dof: int) -> float:
+  from scipy import special  # pylint: disable=g-import-not-at-top  (jax depends on scipy)
+  return float(special.stdtrit(dof, level))
+
+
+def race_lower_bound(diff, n_windows: int, level: float) -> float:
+  """A one-sided lower prediction bound at `level` for the sum over n_windows windows of
+  per-window values whose first k are `diff`, the other n - k taken as drawn like them: the
+  sum seen plus (n - k) times the low end for the mean of the unseen, mean - t s sqrt(1/k +
+  1/(n - k)) (Student's t, k - 1 degrees of freedom). -inf when k < 2 (no spread to go by)."""
+  diff = np.asarray(diff, np.float64)
+  k, rest = len(diff), n_windows - len(diff)
+  if rest <= 0:
+    return float(diff.sum())
+  if k < 2:
+    return -math.inf
+  spread = _t_quantile(level, k - 1) * diff.std(ddof=1) * math.sqrt(1 / k + 1 / rest)
+  return float(diff.sum() + rest * (diff.mean() - spread))
+
+
+def raced_out(first_sums, current_sums, fp_sums, window_tokens, tolerance: float,
+              level: float) -> bool:
+  """Whether a candidate known on its first k windows is over `tolerance` on all of them even at
+  the low end of race_lower_bound, from its differences against the current configuration
+  (all windows known) on those k windows. Not finite on them: over every tolerance."""
+  first_sums = np.asarray(first_sums, np.float64)
+  if not np.all(np.isfinite(first_sums)):
+    return True
+  k = len(first_sums)
+  low = race_lower_bound(first_sums - current_sums[:k], len(current_sums), level)
+  with np.errstate(invalid="ignore", over="ignore"):
+    low_loss = np.expm1((np.sum(current_sums) - np.sum(fp_sums) + low) / np.sum(window_tokens))
+  return bool(low_loss > tolerance)
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchResult:
+  """The configuration a search chose for one tolerance, and how it got there."""
+  tolerance: float
+  rule: str
+  precision: np.ndarray        # int32, shape of `start`
+  interval: intervals.Interval  # its loss against FP on the evaluation (calibration) windows
+  perplexity: float            # on the evaluation windows
+  fp_perplexity: float         # all-float configuration, same windows
+  cost: float                  # Σ MACs · (M + 1): BOPs / w_bits
+  path: tuple[np.ndarray, ...]  # accepted configurations, start first
+  rounds: int
+  candidates: int              # candidates considered over all rounds
+  dropped: int                 # of which racing dropped after the first slice
+  within_tolerance: bool       # under `rule` (False only when `start` is over it)
+
+  @property
+  def loss(self) -> float:
+    return self.interval.estimate
+
+
+def candidates(config: np.ndarray, min_m: int = 1) -> list[np.ndarray]:
+  """Every configuration that lowers one entry by one bit, in (layer, type) order.
+
+  Entries at min_m, and float entries (M = 0), are left alone.
+  """
+  out = []
+  for i in np.ndindex(config.shape):
+    if config[i] > min_m:
+      c = config.copy()
+      c[i] -= 1
+      out.append(c)
+  return out
+
+
+def config_cost(config: np.ndarray, macs: np.ndarray) -> float:
+  """Σ MACs · (M + 1): BOPs / w_bits (spec §6) for a config of macs' shape."""
+  return float((np.asarray(macs, np.float64) * (np.asarray(config) + 1)).sum())
+
+
+def _validate(start, macs, tolerances, min_m, rule, race_windows, race_level, max_rounds):
+  start = np.asarray(start)
+  if start.dtype.kind not in "iu" or start.ndim not in (1, 2) or start.shape[-1] != 4:
+    raise ValueError(f"start={start.tolist()}: must be an integer array [4] or [n_layers, 4]")
+  if start.min() < min_m or start.max() > 24:
+    raise ValueError(f"start={start.tolist()}: every entry must be in min_m={min_m}..24")
+  if np.shape(macs) != start.shape:
+    raise ValueError(f"macs shape {np.shape(macs)}: must equal the start shape {start.shape}")
+  if not 1 <= min_m <= 24:
+    raise ValueError(f"min_m={min_m}: must be in 1..24")
+  if not tolerances:
+    raise ValueError("tolerances=(): give at least one tolerance")
+  for t in tolerances:
+    if not (t >= 0 and math.isfinite(t)):
+      raise ValueError(f"tolerance={t}: must be a finite number >= 0")
+  if rule not in RULES:
+    raise ValueError(f"rule={rule!r}: must be one of {RULES}")
+  if race_windows is not None and not (isinstance(race_windows, int) and race_windows >= 1):
+    raise ValueError(f"race_windows={race_windows!r}: must be an integer >= 1 or None (no racing)")
+  if not 0 < race_level < 1:
+    raise ValueError(f"race_level={race_level}: must be in (0, 1)")
+  if max_rounds is not None and not (isinstance(max_rounds, int) and max_rounds >= 0):
+    raise ValueError(f"max_rounds={max_rounds!r}: must be an integer >= 0 or None")
+  return start.astype(np.int32)
+
+
+def search(evaluate: CachedEvaluator, macs: np.ndarray, start: np.ndarray,
+           tolerances: Sequence[float] = (0.001, 0.01), *, min_m: int = 1, rule: str = "upper",
+           race_windows: int | None = None, race_level: float = 0.99,
+           max_rounds: int | None = None, progress: bool = True) -> dict[float, SearchResult]:
+  """Greedy precision search for each tolerance (see the module docstring).
+
+  evaluate: a CachedEvaluator (its cache and results callback are shared across calls and runs).
+  macs: MACs per token for each entry, start's shape ([4]: summed over layers).
+  start: int [4] (per type) or [n_layers, 4] (per layer and type), every entry >= min_m.
+  rule: "upper" or "point" (step 4 of the module docstring).
+  race_windows: the first slice of windows of racing (step 3); None, or as many as there are
+    windows: no racing. race_level: the one-sided level of its prediction bound.
+  max_rounds: stop each tolerance after this many rounds (None: when no candidate fits).
+  progress: show a tqdm bar of the rounds of each tolerance.
+  Returns {tolerance: SearchResult}. The result is within tolerance on the evaluated windows,
+  except when `start` is over it and no one-bit step fits: then it is `start`, with
+  within_tolerance False (start higher).
+  """
+  start = _validate(start, macs, tolerances, min_m, rule, race_windows, race_level, max_rounds)
+  tokens, n = evaluate.window_tokens, evaluate.n_windows
+  race = race_windows if race_windows is not None and race_windows < n else None
+  fp, start_sums = evaluate([np.zeros_like(start), start])
+  perplexity = lambda sums: float(np.exp(np.sum(sums) / tokens.sum()))
+  results = {}
+  for tol in sorted(set(float(t) for t in tolerances)):
+    current, current_sums, path, rounds, considered, dropped = start, start_sums, [start], 0, 0, 0
+    bar = tqdm.tqdm(desc=f"search, tolerance {tol:g}", unit="round", disable=not progress)
+    if not fits(start_sums, fp, tokens, tol, rule):
+      logging.warning("start %s is over tolerance %g (loss %s)", start.tolist(), tol,
+                      loss_interval(start_sums, fp, tokens))
+    while max_rounds is None or rounds < max_rounds:
+      cands = candidates(current, min_m)
+      if not cands:
+        break
+      rounds += 1
+      considered += len(cands)
+      if race:
+        first = evaluate(cands, race, base=current)
+        keep = [c for c, s in zip(cands, first)
+                if not raced_out(s, current_sums, fp, tokens, tol, race_level)]
+        dropped += len(cands) - len(keep)
+        cands = keep
+      sums = evaluate(cands, base=current) if cands else []
+      base_loss, best, best_key = relative_loss(current_sums, fp, tokens), None, None
+      for i, (c, s) in enumerate(zip(cands, sums)):
+        if not fits(s, fp, tokens, tol, rule):
+          continue
+        loss = relative_loss(s, fp, tokens)
+        saving = config_cost(current, macs) - config_cost(c, macs)
+        added = loss - base_loss
+        key = (added <= 0, saving / added if added > 0 else saving, -loss, -i)
+        if best_key is None or key > best_key:
+          best, best_key = (c, s), key
+      if best is None:
+        break
+      current, current_sums = best
+      path.append(current)
+      bar.update()
+      loss = relative_loss(current_sums, fp, tokens)
+      bar.set_postfix(M=current.tolist() if current.ndim == 1 else float(current.mean()),
+                      loss=f"{loss:.2%}")
+      logging.info("tolerance %g round %d: %s loss %.3g", tol, rounds, current.tolist(), loss)
+    bar.close()
+    results[tol] = SearchResult(
+        tol, rule, current, loss_interval(current_sums, fp, tokens), perplexity(current_sums),
+        perplexity(fp), config_cost(current, macs), tuple(path), rounds, considered, dropped,
+        fits(current_sums, fp, tokens, tol, rule))
+  return results

@@ -1,0 +1,70 @@
+"""Adaptive precision search on SmolLM2-135M (INT4 GGUF weights), tolerances 0.1% and 1%: the
+search runs on the `data` windows (calibration split), the chosen configurations are then
+checked on `test.windows` windows of the test split. A candidate fits a tolerance if the upper
+end of the 95% paired-bootstrap interval of its loss is within it (rule="point": the estimate,
+as in the paper); racing drops candidates clearly over the tolerance after 4 of the 16 windows.
+
+full (no argument):
+
+    python -m experiments.search --config=configs/search.py
+
+16 x 256 calibration and 64 x 256 test tokens, G = 64. Measured: 8 min 20 s wall with the
+point rule and no racing (69 configurations searched, then the chosen ones and uniform
+M = 2..10 on both splits) on an idle 2-core AMD EPYC (Zen 5, AVX-512), model and corpus
+cached. Resumable.
+
+Per layer and type: --config.granularity=layer --config.run_name=search_smollm2_layer. Each
+candidate runs from the hidden state entering its layer (prefix_reuse), but a round still
+evaluates 120 candidates and a search from M = 10 takes hundreds of rounds: days on a 2-core
+CPU (--config.max_rounds bounds it; a stopped run resumes).
+
+quick: a search for a 2-core CPU on few short windows:
+
+    python -m experiments.search --config=configs/search.py:quick
+
+8 x 32 calibration tokens: far too few to resolve 0.1% or 1% (the report says so: both lie
+below the noise floor, and with the upper rule the start is already over them). This checks
+the pipeline and racing (on the first 4 windows), it is not a result.
+"""
+
+import ml_collections
+from ml_collections import config_dict
+
+from configs import common
+
+
+def get_config(arg=None):
+  c = common.experiment("search_smollm2", group_sizes=(64,), split="calibration", windows=16)
+  # The held-out check: FP, the chosen configurations and (uniform=True) the uniform-M curve
+  # on this many windows of the test split.
+  c.test = ml_collections.ConfigDict(dict(windows=64, uniform=True))
+  c.granularity = "type"  # "type": M per module type [4]; "layer": per layer and type [L, 4]
+  c.start_m = 10  # every type starts here; one bit comes off one entry per round
+  c.min_m = 2
+  c.tolerances = (0.001, 0.01)  # relative perplexity increase over FP activations
+  c.uniform_m = tuple(range(2, 11))  # the block-FP comparison curve
+  # A candidate fits if its loss is within the tolerance: "upper", the upper end of its 95%
+  # paired-bootstrap interval against FP; "point", its estimate (the paper's rule).
+  c.rule = "upper"
+  # Racing: each round's candidates first run on this many calibration windows; those over the
+  # tolerance even at the low end of a one-sided prediction bound at race_level (from their
+  # per-window differences against the current configuration) are dropped, the rest run on the
+  # other windows. None (or >= data.windows): every candidate on every window.
+  c.race_windows = 4
+  c.race_level = 0.99
+  # Per-layer granularity: run each candidate from the hidden state entering its lowered layer
+  # under the current configuration (the layers before it are the same): about half the work.
+  c.prefix_reuse = True
+  c.max_rounds = config_dict.placeholder(int)  # stop each tolerance after this many rounds
+  # config_batch None: 4 configurations per forward pass (one layer's candidates).
+  if common.variant(arg) == "quick":
+    c.run_name = "search_quick"
+    c.data.seq_len = 32
+    c.data.windows = 8
+    c.test.windows = 4
+    c.start_m = 8
+    c.min_m = 3
+    c.uniform_m = (3, 4, 5, 6, 7, 8)
+    c.test.uniform = False
+    c.window_batch = 4
+  return c

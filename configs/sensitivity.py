@@ -1,0 +1,40 @@
+"""Per-layer sensitivity of SmolLM2-135M: each layer x type alone in Anda (G = 64), vmapped
+over M, on calibration windows.
+
+full (no argument):
+
+    python -m experiments.sensitivity --config=configs/sensitivity.py
+
+The 30 layers x 4 types, M in {3, 4, 6}, on 8 calibration windows of 256 tokens: 120
+(layer, type) pairs x 3 M = 360 configurations, each running only layers l..29 and the head
+from a cached float prefix. Measured: 10 min 42 s wall, 1 compilation, on an idle 2-core AMD
+EPYC (Zen 5, AVX-512) with the model and corpus cached; about 5x as long on the project's
+earlier 2-core machine (jnp.dot 2048^2 at 61 GFLOP/s, 334 here).
+Resumable: rerun the same command after an interruption.
+
+quick: every layer x type at M = 4 on 2 calibration windows of 64 tokens (noisy; shows the
+pipeline and the shape of the heatmap):
+
+    python -m experiments.sensitivity --config=configs/sensitivity.py:quick
+
+Measured with the model and corpus cached: 15 s wall on an idle 2-core AMD EPYC (Zen 5), 133 s
+on the project's earlier, slower and shared 2-core machine.
+"""
+
+from ml_collections import config_dict
+
+from configs import common
+
+
+def get_config(arg=None):
+  c = common.experiment("sensitivity_smollm2", group_sizes=(64,), split="calibration", windows=8)
+  c.mantissa_bits = (3, 4, 6)  # vmapped: one forward pass per (layer, type) serves them all
+  c.types = ("qkv", "o", "up", "down")
+  c.layers = config_dict.placeholder(tuple)  # None: every layer
+  # config_batch None: all of mantissa_bits in one forward pass.
+  if common.variant(arg) == "quick":
+    c.run_name = "sensitivity_quick"
+    c.mantissa_bits = (4,)
+    c.data.seq_len = 64
+    c.data.windows = 2
+  return c

@@ -1,0 +1,136 @@
+"""Benchmark of the search's racing and prefix reuse: `python -m experiments.bench search`.
+
+Runs the same searches twice in one process on the same calibration windows of SmolLM2: as
+before (every candidate on every window, from the embedding: `plain`) and with racing and, per
+layer, prefix reuse (`fast`). Prints both wall times, their ratio, the work each did, and the
+configurations each chose, which must be equal. A warm-up first compiles every program both
+use, so the times exclude compilation.
+
+    python -m experiments.bench search [--windows=16] [--seq_len=64] [--race_windows=4]
+        [--race_level=0.99] [--rule=upper] [--tolerances=0.001,0.01]
+        [--type_start_m=10] [--type_min_m=2]
+        [--layer_start_m=8,6] [--layer_tolerances=0.01] [--layer_max_rounds=1] [--skip=type|layer]
+
+Per type: the whole search. Per layer, a search to the end takes hundreds of rounds of 120
+candidates each, so the benchmark times `layer_max_rounds` rounds from each of
+`layer_start_m`: from M = 8 every candidate fits the tolerance (an early round: racing drops
+nothing, prefix reuse alone), from M = 6 (uniform M = 6 is several % over FP) none does (the
+last round of a search: racing drops what it can). The rounds of a real search lie between.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+
+
+def _parse(argv):
+  p = argparse.ArgumentParser(prog="python -m experiments.bench search")
+  p.add_argument("--model", default="smollm2-135m", help="registry name, .gguf path or HF folder")
+  p.add_argument("--corpus", default="enwiki-excerpt")
+  p.add_argument("--windows", type=int, default=16, help="calibration windows")
+  p.add_argument("--seq_len", type=int, default=64)
+  p.add_argument("--group_size", type=int, default=64)
+  p.add_argument("--race_windows", type=int, default=4)
+  p.add_argument("--race_level", type=float, default=0.99)
+  p.add_argument("--rule", default="upper", choices=("upper", "point"))
+  p.add_argument("--tolerances", default="0.001,0.01", help="per-type search")
+  p.add_argument("--type_start_m", type=int, default=10)
+  p.add_argument("--type_min_m", type=int, default=2)
+  p.add_argument("--layer_start_m", default="8,6", help="comma-separated: one search from each")
+  p.add_argument("--layer_min_m", type=int, default=2)
+  p.add_argument("--layer_tolerances", default="0.01")
+  p.add_argument("--layer_max_rounds", type=int, default=1)
+  p.add_argument("--skip", default="", help="'type' or 'layer': leave that part out")
+  args, _ = p.parse_known_args(list(argv)[1:])
+  return args
+
+
+def run(argv) -> dict:
+  """Prints the table; returns {granularity: {"plain": Timed, "fast": Timed}}."""
+  from anda_jax import cost  # pylint: disable=g-import-not-at-top
+  from anda_jax import evaluate  # pylint: disable=g-import-not-at-top
+  from anda_jax import precision_search  # pylint: disable=g-import-not-at-top
+  from configs import search as search_config  # pylint: disable=g-import-not-at-top
+  from experiments import common  # pylint: disable=g-import-not-at-top
+  from experiments import search  # pylint: disable=g-import-not-at-top
+
+  args = _parse(argv)
+  cfg = search_config.get_config()
+  cfg.model.name, cfg.data.corpus = args.model, args.corpus
+  cfg.data.seq_len, cfg.data.windows = args.seq_len, args.windows
+  cfg.format.group_sizes = (args.group_size,)
+  model, tokenizer = common.load_model(cfg.model)
+  windows = common.load_windows(cfg.data, tokenizer, {"calibration": args.windows})["calibration"]
+  spec = common.product_spec(cfg, args.group_size)
+  shape = cost.as_shape(model)
+  n_types = len(shape.macs()[0])
+  auto = evaluate.auto_batch_size(n_types, args.seq_len, model.config.vocab)
+  race = args.race_windows if args.race_windows < len(windows) else None
+
+  def evaluator(fast: bool):
+    ev = search.WindowEvaluator(model, windows, spec, score_from=0,
+                                batch_size=min(auto, race) if fast and race else auto,
+                                config_batch=n_types, reuse_prefix=fast)
+    return ev, precision_search.CachedEvaluator(ev, ev.window_tokens)
+
+  # Warm-up: every program either variant runs (from tokens and from hidden states, on the
+  # racing slice and on all windows): candidates lowered at layer 0 and at layer 1.
+  base = np.full((shape.n_layers, n_types), 8, np.int32)
+  lowered = np.stack([base, base])
+  lowered[0, 0, 0] = lowered[1, 1, 0] = 7
+  for fast in (False, True):
+    ev, _ = evaluator(fast)
+    for part in ([slice(0, race), slice(race, len(windows))] if race else []) + [slice(None)]:
+      ev(lowered, part, base)
+  precision_search.race_lower_bound(np.ones(2), 3, args.race_level)  # imports scipy
+
+  plans = {} if "type" in args.skip else {
+      "type": (np.full(n_types, args.type_start_m, np.int32), shape.macs().sum(0),
+               args.tolerances, args.type_min_m, None)}
+  for m in [] if "layer" in args.skip else [int(m) for m in args.layer_start_m.split(",")]:
+    plans[f"layer from M={m}"] = (np.full((shape.n_layers, n_types), m, np.int32), shape.macs(),
+                                  args.layer_tolerances, args.layer_min_m, args.layer_max_rounds)
+  out = {}
+  for granularity, (start, macs, tolerances, min_m, max_rounds) in plans.items():
+    out[granularity] = {}
+    for name, fast in (("plain", False), ("fast", True)):
+      ev, cached = evaluator(fast)
+      t0 = time.perf_counter()
+      results = precision_search.search(
+          cached, macs, start, tuple(float(t) for t in tolerances.split(",")), min_m=min_m,
+          rule=args.rule, race_windows=race if fast else None, race_level=args.race_level,
+          max_rounds=max_rounds, progress=False)
+      out[granularity][name] = dict(seconds=time.perf_counter() - t0, results=results,
+                                    window_evaluations=cached.window_evaluations,
+                                    layer_passes=ev.layer_passes)
+  _print(args, out)
+  return out
+
+
+def _print(args, out) -> None:
+  print(f"\nsearch benchmark: {args.model}, {args.windows} x {args.seq_len} calibration tokens, "
+        f"rule {args.rule}; fast = racing on the first {args.race_windows} windows at level "
+        f"{args.race_level} + prefix reuse (per layer)")
+  for granularity, runs in out.items():
+    plain, fast = runs["plain"], runs["fast"]
+    same = all([c.tolist() for c in plain["results"][t].path]
+               == [c.tolist() for c in fast["results"][t].path] for t in plain["results"])
+    dropped = sum(r.dropped for r in fast["results"].values())
+    considered = sum(r.candidates for r in fast["results"].values())
+    rounds = sum(r.rounds for r in fast["results"].values())
+    print(f"  per {granularity} ({rounds} rounds over the tolerances):")
+    for name, run in runs.items():
+      print(f"    {name:5s} : {run['seconds']:8.1f} s  {run['window_evaluations']:6d} window "
+            f"evaluations  {run['layer_passes']:8d} layer passes")
+    print(f"    racing dropped {dropped} of {considered} candidates")
+    print(f"    speedup {plain['seconds'] / fast['seconds']:.2f}x; same chosen configurations (and "
+          f"paths): {'yes' if same else 'NO'}")
+    for t in plain["results"]:
+      for name in ("plain", "fast"):
+        r = runs[name]["results"][t]
+        config = r.precision.tolist() if r.precision.ndim == 1 else (
+            f"layer means {np.round(r.precision.mean(0), 2).tolist()}")
+        print(f"      tolerance {t:g} {name:5s}: {config}  loss {r.interval}")

@@ -1,0 +1,303 @@
+"""Tests for experiments/common.py: the run folder (setup record, results files, lock, paths),
+non-finite perplexities and the model's content digest. No model is loaded here."""
+
+import json
+import math
+import os
+import pathlib
+from unittest import mock
+
+from absl.testing import absltest
+from absl.testing import parameterized
+
+from anda_jax import assets
+from anda_jax import files
+from configs import sweep as sweep_config
+from experiments import common
+import testlib
+
+
+def _config(tmp: pathlib.Path, **changes):
+  c = sweep_config.get_config("quick")
+  c.results_dir, c.run_name = str(tmp / "results"), "run"
+  for k, v in changes.items():
+    c[k] = v
+  return c
+
+
+class ResultsFileTest(absltest.TestCase):
+
+  def setUp(self):
+    super().setUp()
+    self.tmp = testlib.tempdir(self)
+    self.path = self.tmp / "results.jsonl"
+
+  def test_broken_lines_anywhere_are_moved_aside_with_a_warning(self):
+    good = [dict(id="a", ppl=1.5), dict(id="b", ppl=2.5), dict(id="c", ppl=3.5)]
+    lines = [json.dumps(good[0]).encode(), b"garbage", b"{}", json.dumps(dict(ppl=1.0)).encode(),
+             json.dumps(good[1]).encode(), b'{"id": "\xff\xfe"}', b"[1, 2]",
+             json.dumps(good[2]).encode(), b'{"id": "torn']
+    self.path.write_bytes(b"\n".join(lines))
+    with self.assertLogs("absl", "WARNING") as logs:
+      results = common.Results(self.tmp, required=("id", "ppl"))
+    self.assertEqual(list(results.rows), ["a", "b", "c"])
+    # Every broken line is named by file and line in a warning ...
+    warned = "\n".join(logs.output)
+    for line_no in (2, 3, 4, 6, 7, 9):
+      self.assertIn(f"{self.path}:{line_no}:", warned)
+    self.assertIn("not UTF-8", warned)
+    self.assertIn("without 'id'", warned)
+    # ... and kept, byte for byte, in the side file; the results file holds the good rows only.
+    side = self.tmp / "results.jsonl.broken"
+    self.assertEqual(side.read_bytes().splitlines(), [lines[i] for i in (1, 2, 3, 5, 6, 8)])
+    self.assertEqual([json.loads(l) for l in self.path.read_text().splitlines()], good)
+    # The next append starts on a clean line, and a rerun finds nothing broken.
+    results.append([dict(id="d", ppl=4.5)])
+    with self.assertNoLogs("absl", "WARNING"):
+      again = common.Results(self.tmp, required=("id", "ppl"))
+    self.assertEqual(list(again.rows), ["a", "b", "c", "d"])
+
+  def test_readers_that_do_not_write_skip_without_touching_the_file(self):
+    raw = b'{"id": "a", "ppl": 1}\ngarbage\n{"id": "b", "ppl": 2}\n'
+    self.path.write_bytes(raw)
+    with self.assertLogs("absl", "WARNING") as logs:
+      rows = common.read_rows(self.path, ("id", "ppl"))
+    self.assertEqual([r["id"] for r in rows], ["a", "b"])
+    self.assertIn(f"{self.path}:2: not a JSON line", logs.output[0])
+    self.assertEqual(self.path.read_bytes(), raw)
+    self.assertFalse((self.tmp / "results.jsonl.broken").exists())
+
+  def test_non_finite_values_are_never_written_as_nan(self):
+    results = common.Results(self.tmp)
+    with self.assertRaises(ValueError):
+      results.append([dict(id="x", ppl=math.nan)])
+
+
+class PerplexityFieldsTest(parameterized.TestCase):
+
+  @parameterized.parameters(
+      (math.log(20.0), dict(ppl=20.0, nll=math.log(20.0), finite=True), None),
+      (800.0, dict(ppl=None, nll=800.0, finite=False), "inf"),  # math.exp overflows
+      (math.nan, dict(ppl=None, nll=None, finite=False), "nan"),
+      (math.inf, dict(ppl=None, nll=None, finite=False), "nan"))
+  def test_fields(self, nll, expected, shown):
+    fields = common.perplexity_fields(nll)
+    self.assertEqual(fields.keys(), expected.keys())
+    for k, v in expected.items():
+      if isinstance(v, float):
+        self.assertAlmostEqual(fields[k], v)
+      else:
+        self.assertEqual(fields[k], v)
+    json.dumps(fields, allow_nan=False)  # valid JSON
+    if shown:
+      self.assertEqual(common.nonfinite_text(fields), shown)
+
+
+class SetupTest(absltest.TestCase):
+
+  def setUp(self):
+    super().setUp()
+    self.tmp = testlib.tempdir(self)
+
+  def test_setup_records_batch_sizes_and_model_content(self):
+    cfg = _config(self.tmp, window_batch=3, config_batch=2)
+    setup = common.setup_of(cfg, None, "ab" * 32)
+    self.assertEqual((setup["window_batch"], setup["config_batch"]), (3, 2))
+    self.assertEqual(setup["model"]["sha256"], "ab" * 32)
+
+  def test_changed_settings_are_refused_with_one_message_saying_what_changed(self):
+    common.check_setup(self.tmp, dict(model=dict(name="m", sha256="a" * 64), window_batch=3))
+    common.check_setup(self.tmp, dict(model=dict(name="m", sha256="a" * 64), window_batch=3))
+    with self.assertRaises(ValueError) as e:
+      common.check_setup(self.tmp, dict(model=dict(name="m", sha256="b" * 64), window_batch=None))
+    message = str(e.exception)
+    self.assertNotIn("\n", message)
+    self.assertIn(f"run folder '{self.tmp}' is invalid for these settings: the model's content changed", message)
+    self.assertIn("model.sha256: aaaaaaaaaaaa… -> bbbbbbbbbbbb…", message)
+    self.assertIn("window_batch: 3 -> None", message)
+    self.assertIn("choose another --config.run_name, or remove", message)
+    # Before loading, only the settings known then are compared.
+    common.check_setup(self.tmp, dict(window_batch=3), partial=True)
+    with self.assertRaisesRegex(ValueError, "window_batch: 3 -> 4"):
+      common.check_setup(self.tmp, dict(window_batch=4), partial=True)
+
+  def test_damaged_setup_is_refused_naming_the_file_and_the_fix(self):
+    (self.tmp / "setup.json").write_text("")  # a full disk, before writes were atomic
+    with self.assertRaisesRegex(ValueError, f"run folder '{self.tmp}' is invalid: its setup.json is "
+                                            "damaged .*remove"):
+      common.check_setup(self.tmp, dict(a=1))
+
+  def test_setup_json_is_written_atomically(self):
+    calls = []
+    original = files.atomic_write_text
+
+    def spy(path, text):
+      calls.append(pathlib.Path(path).name)
+      original(path, text)
+
+    with mock.patch.object(files, "atomic_write_text", spy):
+      common.check_setup(self.tmp, dict(a=1))
+    self.assertEqual(calls, ["setup.json"])
+    self.assertEqual(json.loads((self.tmp / "setup.json").read_text()), dict(a=1))
+
+
+class ModelDigestTest(absltest.TestCase):
+
+  def setUp(self):
+    super().setUp()
+    self.tmp = testlib.tempdir(self)
+    self.enterContext(mock.patch.dict(os.environ, {"ANDA_JAX_CACHE": str(self.tmp / "cache")}))
+
+  def test_file_digest_is_cached_and_follows_the_content(self):
+    model = self.tmp / "m.gguf"
+    model.write_bytes(b"weights one")
+    first = common.model_sha256(str(model))
+    self.assertEqual(first, assets.sha256_file(model))
+    with mock.patch.object(assets, "sha256_file", side_effect=AssertionError("hashed again")):
+      self.assertEqual(common.model_sha256(str(model)), first)  # from the cache
+    model.write_bytes(b"weights two")  # replaced in place: another size
+    self.assertNotEqual(common.model_sha256(str(model)), first)
+    self.assertEqual(common.model_sha256(str(model)), assets.sha256_file(model))
+
+  def test_folder_digest_covers_the_files_the_loader_reads(self):
+    folder = self.tmp / "ckpt"
+    folder.mkdir()
+    for name in ("config.json", "model.safetensors", "tokenizer.json"):
+      (folder / name).write_text(name)
+    first = common.model_sha256(str(folder))
+    (folder / "README.md").write_text("notes")
+    self.assertEqual(common.model_sha256(str(folder)), first)
+    (folder / "model.safetensors").write_text("other weights")
+    self.assertNotEqual(common.model_sha256(str(folder)), first)
+
+  def test_registry_model_is_its_pinned_digest(self):
+    self.assertEqual(common.model_sha256("smollm2-135m"), assets.REGISTRY["smollm2-135m"].sha256)
+
+
+class RunFolderTest(parameterized.TestCase):
+
+  def setUp(self):
+    super().setUp()
+    self.tmp = testlib.tempdir(self)
+
+  @parameterized.parameters("../escaped", "/tmp/abs", "a/b", "..", ".", "", "a\\b")
+  def test_run_name_stays_inside_results_dir(self, name):
+    with self.assertRaisesRegex(ValueError, "run_name=.* is invalid: must be a folder name inside results_dir"):
+      common.check_run_folder(_config(self.tmp, run_name=name))
+
+  def test_results_dir_must_be_a_writable_folder(self):
+    (self.tmp / "file").write_text("x")
+    with self.assertRaisesRegex(ValueError, "results_dir .*file.* is invalid: it is a file, not a folder"):
+      common.check_run_folder(_config(self.tmp, results_dir=str(self.tmp / "file")))
+    with self.assertRaisesRegex(ValueError, "results_dir=.* is invalid: .*file.* is a file, not a folder"):
+      common.check_run_folder(_config(self.tmp, results_dir=str(self.tmp / "file" / "sub")))
+    with self.assertRaisesRegex(ValueError, "results_dir=.* is invalid: cannot write in"):
+      common.check_run_folder(_config(self.tmp, results_dir=_read_only_folder(self.tmp)))
+    common.check_run_folder(_config(self.tmp, results_dir=str(self.tmp / "new" / "deeper")))
+    self.assertEqual(sorted(p.name for p in self.tmp.iterdir()), ["file"] + (["ro"] if os.geteuid() else []))
+
+  def test_a_second_process_on_the_same_folder_is_refused(self):
+    cfg = _config(self.tmp)
+    with common.open_run(cfg, {}):
+      with self.assertRaisesRegex(files.LockedError, r"\.lock is locked by another process \(pid "
+                                                     rf"{os.getpid()}\).*choose another --config.run_name"):
+        with common.open_run(cfg, {}):
+          pass
+    with common.open_run(cfg, {}):  # released when the run ends
+      pass
+
+  def test_a_run_that_fails_before_writing_leaves_no_folder(self):
+    cfg = _config(self.tmp)
+    with self.assertRaisesRegex(ValueError, "model failed"):
+      with common.open_run(cfg, {}):
+        raise ValueError("model failed")
+    self.assertFalse(common.run_dir(cfg).exists())
+
+
+def _read_only_folder(tmp: pathlib.Path) -> str:
+  """A folder this process cannot write in: permission bits for a user, a kernel file system
+  for root (which permission bits do not stop)."""
+  if os.geteuid() == 0:
+    return "/sys/anda_jax_results"
+  ro = tmp / "ro"
+  ro.mkdir()
+  ro.chmod(0o555)
+  return str(ro / "results")
+
+
+class ConfigKeysTest(absltest.TestCase):
+
+  def test_unknown_key_names_the_nearest_valid_keys(self):
+    cfg = sweep_config.get_config()
+    with self.assertRaisesRegex(ValueError, r"config key 'windows_batch' .* is invalid: .* no such "
+                                            r"setting; the nearest valid keys: window_batch"):
+      common.check_override_keys(["prog", "--config=configs/sweep.py:quick", "--config.windows_batch=3"])
+    with self.assertRaisesRegex(ValueError, "nearest valid keys: data.seq_len"):
+      common.check_override_keys(["prog", "--config=configs/sweep.py", "--config.seq_len=3"])
+    cfg.unlock()
+    cfg.batchsize = 3
+    with self.assertRaisesRegex(ValueError, r"unknown config keys \['batchsize'\] are invalid"):
+      common.check_keys(cfg, sweep_config.get_config())
+
+
+class ScaleSettingsTest(absltest.TestCase):
+  """model.matmul_precision, mesh and the process settings: checked before anything is loaded,
+  handed to the loader and to jax.distributed. (tests/cli_test.py runs them as commands,
+  tests/distributed_test.py a run of two processes.)"""
+
+  def setUp(self):
+    super().setUp()
+    self.tmp = testlib.tempdir(self)
+
+  def test_matmul_precision_reaches_the_loader_and_the_setup(self):
+    from anda_jax import models  # pylint: disable=g-import-not-at-top
+
+    cfg = _config(self.tmp)
+    cfg.model.matmul_precision = "default"
+    with mock.patch.object(models, "load", return_value=("model", "tokenizer")) as load:
+      common.load_model(cfg.model)
+    load.assert_called_once_with(cfg.model.name, int4_group_size=None, matmul_precision="default")
+    self.assertEqual(common.setup_of(cfg, None, "ab" * 32)["model"]["matmul_precision"], "default")
+    self.assertEqual(sweep_config.get_config().model.matmul_precision, "highest")
+    cfg.model.matmul_precision = "bf16"
+    with self.assertRaisesRegex(ValueError, r"model.matmul_precision='bf16' is invalid: must be one "
+                                            r"of \('highest', 'default'\)"):
+      common.check_model_config(cfg.model)
+
+  def test_mesh_shape_is_checked_before_loading(self):
+    for bad in ((2,), (0, 1), (2, 2.0), (True, 1), "2,4"):
+      with self.subTest(bad):
+        with self.assertRaisesRegex(ValueError, r"mesh=.* is invalid: must be None or \(config_shards, "
+                                                r"model_shards\)"):
+          common.check_mesh(bad)
+    common.check_mesh(None)
+    common.check_mesh((1, 1))
+
+  def test_process_settings_come_from_the_config_then_the_environment(self):
+    cfg = _config(self.tmp, distributed=True)
+    environ = dict(JAX_COORDINATOR_ADDRESS="10.0.0.1:1234", JAX_NUM_PROCESSES="4", JAX_PROCESS_ID="3")
+    self.assertEqual(common.process_settings(cfg, environ),
+                     dict(coordinator_address="10.0.0.1:1234", num_processes=4, process_id=3))
+    self.assertEqual(common.process_settings(cfg, {}),  # None: JAX detects them (SLURM, TPU pod)
+                     dict(coordinator_address=None, num_processes=None, process_id=None))
+    cfg.process_id = 0
+    self.assertEqual(common.process_settings(cfg, environ)["process_id"], 0)
+    with self.assertRaisesRegex(ValueError, "environment variable JAX_NUM_PROCESSES='two' is invalid"):
+      common.process_settings(cfg, dict(environ, JAX_NUM_PROCESSES="two"))
+
+  def test_process_settings_are_checked(self):
+    cases = [(dict(num_processes=2), "num_processes=2 is invalid without distributed=True"),
+             (dict(distributed=True, coordinator_address="host"), "coordinator_address='host' is invalid: "
+                                                                  "must be None or 'host:port'"),
+             (dict(distributed=True, num_processes=2, process_id=2), r"process_id=2 is invalid: .*\[0, 1\]"),
+             (dict(distributed=True, num_processes=0), "num_processes=0 is invalid")]
+    for changes, message in cases:
+      with self.subTest(str(changes)):
+        with self.assertRaisesRegex(ValueError, message):
+          common.check_processes(_config(self.tmp, **changes))
+    common.check_processes(_config(self.tmp, distributed=True, coordinator_address="127.0.0.1:80",
+                                   num_processes=2, process_id=1))
+
+
+if __name__ == "__main__":
+  absltest.main()

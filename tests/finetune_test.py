@@ -1,0 +1,293 @@
+"""Tests for anda_jax.finetune and experiments/finetune.py on a tiny checkpoint: straight-through
+gradients, a training step that lowers the loss, LoRA with B = 0 changing nothing, the parameter
+file, bit-exact resume, the `finetune` setting of the experiments, and the experiment itself."""
+
+import json
+import pathlib
+
+from absl.testing import absltest
+from absl.testing import parameterized
+import jax
+import jax.numpy as jnp
+from flax import nnx
+import numpy as np
+
+from anda_jax import anda_format
+from anda_jax import finetune
+from anda_jax import int4
+from anda_jax import models
+from anda_jax.matmul import ProductSpec
+import testlib
+
+SPEC = ProductSpec(anda_format.AndaFormat(group_size=16))
+MS = (0, 1, 2, 3, 4, 6, 8, 12, 23)
+
+
+class _TinyModel(parameterized.TestCase):
+  """A tiny LLaMA (2 layers, D = 32) with RTN INT4 weights and random windows."""
+
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    cls.tmp = testlib.tempdir(cls)
+    cls.ckpt = testlib.make_checkpoint(cls.tmp / "ckpt", n_layers=2, d_model=32, d_ff=64)
+    cls.model, _ = models.load(str(cls.ckpt), int4_group_size=16)
+    rng = np.random.default_rng(0)
+    cls.windows = rng.integers(0, 256, (10, 16)).astype(np.int32)
+
+  def fresh(self):
+    return nnx.clone(self.model)
+
+
+class GradientTest(_TinyModel):
+
+  def test_product_gradient_is_straight_through(self):
+    x = testlib.heavy_tailed(1, (6, 64))
+    w = testlib.int4_weights(2, 64, 24, 16, False)
+    g = jnp.asarray(np.random.default_rng(3).normal(size=(6, 24)), jnp.float32)
+
+    @jax.jit
+    def grads(x, w_float, m):  # M traced: one program for every M
+      product = lambda x, wf: jnp.sum(g * jnp.matmul(SPEC.activation(x, m), wf, precision="highest"))
+      return jax.grad(product, argnums=(0, 1))(x, w_float)
+
+    w_float = int4.as_float(w)
+    fx, fw = jax.grad(lambda x, wf: jnp.sum(g * jnp.matmul(x, wf, precision="highest")),
+                      argnums=(0, 1))(x, w_float)
+    for m in MS:
+      gx, gw = grads(x, w_float, jnp.int32(m))
+      self.assertEqual(gx.shape, x.shape)
+      self.assertEqual(gw.shape, w_float.shape)
+      self.assertTrue(np.isfinite(gx).all() and np.isfinite(gw).all(), f"M={m}")
+      # d/dx: the straight-through estimator is the identity, at every M.
+      testlib.assert_bit_exact(gx, fx, f"M={m}")
+      if m == 0:
+        testlib.assert_bit_exact(gw, fw)
+      else:  # d/dW sees the quantized activation
+        self.assertFalse(np.array_equal(gw, fw), f"M={m}")
+    # Through ProductSpec itself (the product every model runs), against the float product.
+    gx0 = jax.grad(lambda x: jnp.sum(g * SPEC(x, w, 0)))(x)
+    testlib.assert_bit_exact(gx0, jax.grad(lambda x: jnp.sum(g * jnp.matmul(x, w_float, precision="highest")))(x))
+
+  @parameterized.parameters("norms", "lora")
+  def test_model_gradient_at_m0_is_the_float_gradient(self, subset):
+    graphdef, state = nnx.split(self.model)
+    params = finetune.init_params(self.model, subset, 4, jax.random.key(0))
+    if subset == "lora":  # B = 0 has no gradient for A: move B off zero
+      params = {k: v + 0.01 if k.endswith(".b") else v for k, v in params.items()}
+    tokens = self.windows[:2]
+
+    @jax.jit
+    def grads(params, precision):
+      return jax.grad(finetune.loss)(params, graphdef, state, tokens, precision, SPEC)
+
+    float_grads = jax.jit(jax.grad(lambda p: finetune.loss(p, graphdef, state, tokens, None, SPEC)))(params)
+    for m in MS:
+      got = grads(params, jnp.full(4, m, jnp.int32))
+      for name, value in got.items():
+        self.assertEqual(value.shape, params[name].shape, name)
+        self.assertTrue(np.isfinite(value).all(), f"{name}, M={m}")
+        self.assertGreater(float(jnp.abs(value).max()), 0.0, f"{name}, M={m}")
+        if m == 0:
+          testlib.assert_bit_exact(value, float_grads[name], name)
+
+  @parameterized.parameters("norms", "lora")
+  def test_training_lowers_the_loss_on_a_fixed_batch(self, subset):
+    batch = self.windows[:2]  # batch_size 2 of 2 windows: every step sees this batch
+    precision = np.full(4, 3, np.int32)
+    cfg = finetune.TrainConfig(subset=subset, rank=4, steps=8, batch_size=2, learning_rate=1e-2,
+                               warmup_steps=0, eval_every=8, patience=0)
+    state = finetune.train(self.model, batch, batch, precision, SPEC, cfg)
+    graphdef, frozen = nnx.split(self.model)
+    initial = finetune.init_params(self.model, subset, 4, jax.random.key(0))
+    loss = lambda p: float(finetune.loss(p, graphdef, frozen, batch, precision, SPEC))
+    self.assertLess(loss(state.params), loss(initial) - 0.05)
+    self.assertEqual(state.best_step, 8)
+    self.assertLess(state.best_val, state.val_history[0][1])
+    self.assertLen(state.history, 8)
+
+
+class LoraAndFilesTest(_TinyModel):
+
+  @parameterized.parameters(0, 3, 8)
+  def test_zero_b_adapters_leave_logits_bit_identical(self, m):
+    tuned = finetune.apply_params(self.fresh(), finetune.init_params(self.model, "lora", 4, jax.random.key(1)))
+    self.assertIn("qkv_lora", tuned.layers.get_value())
+    self.assertNotIn("qkv_lora", self.model.layers.get_value())
+    precision = np.full(4, m, np.int32)
+    testlib.assert_bit_exact(tuned(self.windows[:3], precision, SPEC), self.model(self.windows[:3], precision, SPEC))
+
+  def test_nonzero_adapters_see_the_quantized_activation(self):
+    params = finetune.init_params(self.model, "lora", 4, jax.random.key(1))
+    params = {k: v + 0.05 if k.endswith(".b") else v for k, v in params.items()}
+    tuned = finetune.apply_params(self.fresh(), params)
+    x = testlib.heavy_tailed(4, (5, 32))
+    lora = {"a": params["layers.qkv_lora.a"][0], "b": params["layers.qkv_lora.b"][0]}
+    w = self.model.layers.get_value()["qkv"]
+    w0 = jax.tree.map(lambda a: a[0], w)
+    from anda_jax.models import layers  # pylint: disable=g-import-not-at-top
+    y = layers.linear(x, w0, 3, SPEC, lora=lora)
+    x_q = anda_format.quantize(x, SPEC.fmt, 3)
+    want = SPEC(x, w0, 3) + (x_q @ lora["a"]) @ lora["b"]
+    np.testing.assert_allclose(y, want, rtol=1e-5, atol=1e-5)
+    self.assertFalse(np.array_equal(tuned(self.windows[:1], np.full(4, 3)), self.model(self.windows[:1], np.full(4, 3))))
+
+  @parameterized.parameters("norms", "lora")
+  def test_save_load_apply_round_trip(self, subset):
+    params = finetune.init_params(self.model, subset, 4, jax.random.key(2))
+    params = {k: v * 1.1 + 0.01 for k, v in params.items()}
+    path = self.tmp / f"{subset}.safetensors"
+    finetune.save_params(path, params, dict(subset=subset, precision=[4, 4, 4, 4]))
+    loaded, meta = finetune.load_params(path)
+    self.assertEqual(meta, dict(subset=subset, precision=[4, 4, 4, 4]))
+    self.assertEqual(set(loaded), set(params))
+    for k in params:
+      testlib.assert_bit_exact(loaded[k], params[k], k)
+    a = finetune.apply_params(self.fresh(), params)
+    b = self.fresh()
+    self.assertEqual(finetune.apply_file(b, path), meta)
+    testlib.assert_bit_exact(a(self.windows[:2], np.full(4, 4), SPEC), b(self.windows[:2], np.full(4, 4), SPEC))
+    if subset == "norms":
+      self.assertEqual(sorted(params), ["final_norm", "layers.attn_norm", "layers.mlp_norm"])
+
+  def test_bad_files_and_parameters_are_refused(self):
+    bad = self.tmp / "garbage.safetensors"
+    bad.write_bytes(b"not a safetensors file")
+    with self.assertRaisesRegex(ValueError, "garbage.safetensors.*not a readable safetensors"):
+      finetune.load_params(bad)
+    with self.assertRaisesRegex(ValueError, "no such file"):
+      finetune.load_params(self.tmp / "missing.safetensors")
+    from safetensors import numpy as st  # pylint: disable=g-import-not-at-top
+    foreign = self.tmp / "foreign.safetensors"
+    st.save_file({"x": np.zeros(3, np.float32)}, str(foreign))
+    with self.assertRaisesRegex(ValueError, "not written by anda_jax.finetune"):
+      finetune.load_params(foreign)
+    wrong = self.tmp / "wrong.safetensors"
+    finetune.save_params(wrong, {"layers.attn_norm": np.ones((2, 7), np.float32)})
+    with self.assertRaisesRegex(ValueError, r"wrong.safetensors.*'layers.attn_norm' has shape \[2, 7\]"):
+      finetune.apply_file(self.fresh(), wrong)
+    with self.assertRaisesRegex(ValueError, "'layers.qkv.a' is invalid"):
+      finetune.apply_params(self.fresh(), {"layers.qkv.a": np.ones((2, 32, 4))})
+    with self.assertRaisesRegex(ValueError, "only one of its factors"):
+      finetune.apply_params(self.fresh(), {"layers.o_lora.a": np.ones((2, 32, 4))})
+    with self.assertRaisesRegex(ValueError, "subset='lorax' is invalid"):
+      finetune.TrainConfig(subset="lorax")
+    with self.assertRaisesRegex(ValueError, "learning_rate=0 is invalid"):
+      finetune.TrainConfig(learning_rate=0)
+
+
+class ResumeTest(_TinyModel):
+
+  def test_killed_run_resumes_to_the_same_parameters_bit_for_bit(self):
+    cfg = finetune.TrainConfig(subset="lora", rank=4, steps=7, batch_size=2, learning_rate=5e-3,
+                               warmup_steps=2, eval_every=3, patience=0, checkpoint_every=2, seed=5)
+    args = (self.model, self.windows[:8], self.windows[8:], np.full(4, 3, np.int32), SPEC, cfg)
+    whole = finetune.train(*args, checkpoint=self.tmp / "whole.safetensors")
+
+    class Killed(Exception):
+      pass
+
+    def kill_at_5(state, val):
+      del val
+      if state.step == 5:
+        raise Killed
+
+    ckpt = self.tmp / "killed.safetensors"
+    with self.assertRaises(Killed):
+      finetune.train(*args, checkpoint=ckpt, on_step=kill_at_5)
+    steps_seen = []
+    resumed = finetune.train(*args, checkpoint=ckpt, on_step=lambda s, v: steps_seen.append(s.step))
+    self.assertEqual(steps_seen, [5, 6, 7])  # continued after the checkpoint at step 4
+    self.assertEqual(resumed.history, whole.history)
+    self.assertEqual(resumed.val_history, whole.val_history)
+    self.assertEqual(resumed.best_step, whole.best_step)
+    for name in whole.params:
+      testlib.assert_bit_exact(resumed.params[name], whole.params[name], name)
+      testlib.assert_bit_exact(resumed.best_params[name], whole.best_params[name], name)
+    for a, b in zip(jax.tree.leaves(resumed.opt_state), jax.tree.leaves(whole.opt_state)):
+      np.testing.assert_array_equal(a, b)
+    # A checkpoint of other settings is refused.
+    other = finetune.TrainConfig(**{**cfg.__dict__, "learning_rate": 1e-3})
+    with self.assertRaisesRegex(ValueError, "killed.safetensors.*learning_rate: 0.005 -> 0.001"):
+      finetune.train(*args[:-1], other, checkpoint=ckpt)
+
+  def test_early_stopping_keeps_the_best_parameters(self):
+    cfg = finetune.TrainConfig(subset="norms", steps=30, batch_size=2, learning_rate=0.5,
+                               warmup_steps=0, eval_every=2, patience=2, clip_norm=None)
+    state = finetune.train(self.model, self.windows[:8], self.windows[8:], np.full(4, 3), SPEC, cfg)
+    self.assertTrue(state.stopped_early)
+    self.assertLess(state.step, 30)
+    vals = dict(state.val_history)
+    self.assertEqual(state.best_val, min(vals.values()))
+    self.assertEqual(vals[state.best_step], state.best_val)
+    self.assertEqual(state.bad_evals, 2)
+
+
+class ExperimentTest(absltest.TestCase):
+  """experiments.finetune end to end on a tiny checkpoint; its parameters in the search."""
+
+  def test_run_resume_report_and_search_with_the_tuned_model(self):
+    from configs import finetune as finetune_config  # pylint: disable=g-import-not-at-top
+    from configs import search as search_config  # pylint: disable=g-import-not-at-top
+    from experiments import common  # pylint: disable=g-import-not-at-top
+    from experiments import finetune as exp_finetune  # pylint: disable=g-import-not-at-top
+    from experiments import search as exp_search  # pylint: disable=g-import-not-at-top
+
+    tmp = testlib.tempdir(self)
+    ckpt = testlib.make_checkpoint(tmp / "ckpt", n_layers=2, d_model=32, d_ff=64)
+    (tmp / "corpus.txt").write_text(testlib.corpus_text())
+    cfg = finetune_config.get_config("quick")
+    cfg.results_dir, cfg.run_name = str(tmp / "results"), "tiny"
+    cfg.model.name, cfg.data.corpus = str(ckpt), str(tmp / "corpus.txt")
+    cfg.format.group_sizes = (16,)
+    cfg.data.seq_len, cfg.data.windows, cfg.val.windows, cfg.test.windows = 16, 8, 3, 4
+    cfg.mantissa_bits = (3,)
+    cfg.train.steps, cfg.train.eval_every, cfg.train.checkpoint_every = 4, 2, 2
+    cfg.window_batch = 4
+    rows = exp_finetune.run(cfg)
+    run_dir = tmp / "results" / "tiny"
+    self.assertEqual(set(rows), {"before", "M3-norms", "M3-lora"})
+    before = rows["before"]
+    self.assertEqual(before["mantissa_bits"], [0, 3])
+    for subset in ("norms", "lora"):
+      r = rows[f"M3-{subset}"]
+      self.assertEqual(r["steps"], 4)
+      self.assertLen(r["history"], 4)
+      self.assertEqual(r["val_history"][0][1], before["val_ppl"][1])  # untrained = before
+      self.assertLessEqual(r["val_ppl"], r["val_ppl_before"])
+      self.assertTrue((run_dir / r["params_file"]).is_file())
+    self.assertFalse(any((run_dir / "checkpoints").iterdir()))
+    self.assertTrue((run_dir / "loss_curves.png").is_file())
+    self.assertIn("test_ppl_before", (run_dir / "results.csv").read_text().splitlines()[0])
+    # A rerun trains nothing and leaves the results as they are.
+    text = (run_dir / "results.jsonl").read_text()
+    with absltest.mock.patch.object(finetune, "train", side_effect=AssertionError("trained again")):
+      exp_finetune.run(cfg)
+    self.assertEqual((run_dir / "results.jsonl").read_text(), text)
+    # `finetune` is refused here, and checked where it is used.
+    cfg.finetune = str(tmp / "missing.safetensors")
+    with self.assertRaisesRegex(ValueError, "finetune=.*missing.safetensors.* is invalid"):
+      exp_finetune.validate(cfg)
+
+    # The search on the tuned model: the parameters are applied and recorded in setup.json.
+    tuned_file = str(run_dir / rows["M3-norms"]["params_file"])
+    s = search_config.get_config("quick")
+    s.results_dir, s.run_name = str(tmp / "results"), "search_tuned"
+    s.model.name, s.data.corpus, s.finetune = str(ckpt), str(tmp / "corpus.txt"), tuned_file
+    s.format.group_sizes = (16,)
+    s.data.seq_len, s.data.windows, s.test.windows = 16, 3, 3
+    s.start_m, s.min_m, s.tolerances, s.uniform_m = 4, 3, (0.01,), (3, 4)
+    search_dir = exp_search.run(s)
+    setup = json.loads((search_dir / "setup.json").read_text())
+    self.assertEqual(setup["finetune"]["file"], tuned_file)
+    plain, _ = common.load_model(s.model)
+    tuned, _ = common.load_model(s.model, tuned_file)
+    tokens = np.arange(16, dtype=np.int32)[None]
+    self.assertFalse(np.array_equal(plain(tokens, np.full(4, 3)), tuned(tokens, np.full(4, 3))))
+    s.finetune = None  # the same folder without the tuned model is another setup
+    with self.assertRaisesRegex(ValueError, "invalid for these settings"):
+      exp_search.run(s)
+
+
+if __name__ == "__main__":
+  absltest.main()

@@ -1,0 +1,288 @@
+"""anda_jax.precision_search on synthetic evaluators (the properties are about the algorithm)."""
+
+from absl.testing import absltest
+from absl.testing import parameterized
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from anda_jax import precision_search
+
+N_WINDOWS, TOKENS = 16, 100.0
+_rng = np.random.default_rng(0)
+DIFFICULTY = _rng.uniform(2.5, 4.0, N_WINDOWS) * TOKENS  # the float model's NLL sum per window
+SPREAD = _rng.normal(size=N_WINDOWS)
+SPREAD -= SPREAD.mean()  # mean 0: a configuration's loss over all windows is exactly loss()
+WINDOW_TOKENS = np.full(N_WINDOWS, TOKENS)
+# Sensitivity of each type: a type adds SENS * 2^-2M nats per token (M = 0: float, none).
+SENS = np.array([4.0, 1.0, 16.0, 64.0])
+MACS = np.array([3.0, 1.0, 8.0, 4.0])
+
+
+class Counter:
+  """A jitted synthetic evaluator of per-window NLL sums that counts its traces (=
+  compilations) and records its calls. Window i takes a configuration's added NLL times
+  1 + spread * SPREAD[i], so differences vary from window to window (non-zero intervals)."""
+
+  def __init__(self, sens=SENS, spread=0.5):
+    self.traces, self.calls = 0, []
+    self.sens, self.spread = jnp.asarray(sens, jnp.float32), spread
+    self.fn = jax.jit(self._added)
+
+  def _added(self, precisions, spread):
+    self.traces += 1  # runs only while tracing
+    m = precisions.astype(jnp.float32)
+    per_entry = jnp.where(precisions > 0, self.sens * jnp.exp2(-2 * m), 0.0)
+    added = per_entry.reshape(precisions.shape[0], -1).sum(-1)
+    return TOKENS * added[:, None] * (1 + self.spread * spread[None])
+
+  def __call__(self, precisions, windows=slice(None), base=None):
+    chex.assert_rank(precisions, {2, 3})
+    self.calls.append((np.asarray(precisions).copy(), windows, base))
+    added = self.fn(jnp.asarray(precisions), jnp.asarray(SPREAD[windows], jnp.float32))
+    return DIFFICULTY[windows][None] + np.asarray(added, np.float64)
+
+
+def cached(counter=None, **kwargs):
+  return precision_search.CachedEvaluator(counter or Counter(), WINDOW_TOKENS, **kwargs)
+
+
+def loss(config, sens=SENS):
+  config = np.asarray(config)
+  per_entry = np.where(config > 0, sens * 2.0 ** (-2 * config), 0.0)
+  return np.exp(per_entry.sum()) - 1
+
+
+def interval_high(config, counter):
+  fp, sums = cached(counter)([np.zeros_like(config), config])
+  return precision_search.loss_interval(sums, fp, WINDOW_TOKENS).high
+
+
+class SearchTest(parameterized.TestCase):
+
+  @parameterized.product(tol=(0.001, 0.01, 0.1), rule=("point", "upper"))
+  def test_never_over_tolerance_and_no_candidate_fits(self, tol, rule):
+    counter = Counter()
+    result = precision_search.search(cached(counter), MACS, np.full(4, 10, np.int32), (tol,),
+                                     rule=rule)[tol]
+    self.assertTrue(result.within_tolerance)
+    self.assertAlmostEqual(result.loss, loss(result.precision), places=5)
+    measure = (lambda c: loss(c)) if rule == "point" else (lambda c: interval_high(c, counter))
+    self.assertLessEqual(measure(result.precision), tol)
+    # It stopped because every one-bit step down is over tolerance (or at min_m).
+    for c in precision_search.candidates(result.precision):
+      self.assertGreater(measure(c), tol)
+    self.assertEqual(result.path[0].tolist(), [10] * 4)
+    self.assertLess(result.cost, precision_search.config_cost(np.full(4, 10), MACS))
+    self.assertLess(result.interval.low, result.loss)
+    self.assertLess(result.loss, result.interval.high)
+
+  def test_the_upper_rule_is_stricter_than_the_point_rule(self):
+    stricter = []
+    for tol in (0.001, 0.003, 0.01, 0.03, 0.1):
+      point, upper = (precision_search.search(cached(), MACS, np.full(4, 10, np.int32), (tol,),
+                                              rule=rule, progress=False)[tol]
+                      for rule in ("point", "upper"))
+      self.assertGreaterEqual(upper.cost, point.cost)
+      self.assertLessEqual(upper.interval.high, tol)
+      stricter.append(upper.cost > point.cost)
+    self.assertTrue(any(stricter))  # the interval costs bits at some tolerance
+
+  def test_deterministic(self):
+    start = np.full(4, 9, np.int32)
+    first = precision_search.search(cached(), MACS, start)
+    second = precision_search.search(cached(), MACS, start)
+    self.assertEqual(first.keys(), second.keys())
+    for tol in first:
+      np.testing.assert_array_equal(first[tol].precision, second[tol].precision)
+      self.assertEqual([p.tolist() for p in first[tol].path],
+                       [p.tolist() for p in second[tol].path])
+
+  def test_tolerance_zero_returns_start(self):
+    start = np.array([6, 7, 8, 9], np.int32)
+    result = precision_search.search(cached(), MACS, start, (0.0,))[0.0]
+    np.testing.assert_array_equal(result.precision, start)
+    self.assertLen(result.path, 1)
+    self.assertFalse(result.within_tolerance)  # its loss is > 0
+
+  def test_free_steps_are_taken_first_then_best_ratio(self):
+    # Type "o" costs nothing to lower: it goes to min_m; then the best saving / loss.
+    sens = np.array([4.0, 0.0, 16.0, 64.0])
+    result = precision_search.search(cached(Counter(sens)), MACS, np.full(4, 8, np.int32), (0.01,),
+                                     min_m=2, rule="point")
+    self.assertEqual(result[0.01].precision[1], 2)
+    path = result[0.01].path
+    self.assertEqual(path[1].tolist(), [8, 7, 8, 8])
+    steps = [np.array(c) for c in path]
+    for before, after in zip(steps, steps[1:]):
+      self.assertLen(np.flatnonzero(before != after), 1)  # one type, one bit, per round
+      self.assertEqual(int((before - after).sum()), 1)
+    # Replay the greedy choice by hand at the first non-free step.
+    i = next(k for k, c in enumerate(steps) if c[1] == 2)
+    current, scores = steps[i], {}
+    for t in (0, 2, 3):
+      c = current.copy()
+      c[t] -= 1
+      if loss(c, sens) <= 0.01:
+        scores[t] = MACS[t] / (loss(c, sens) - loss(current, sens))
+    if scores:
+      self.assertEqual(int(np.flatnonzero(steps[i + 1] != current)[0]), max(scores, key=scores.get))
+
+  def test_one_compiled_call_per_round_and_shared_cache(self):
+    counter = Counter()
+    shared = cached(counter, batch_size=4)
+    results = precision_search.search(shared, MACS, np.full(4, 10, np.int32), (0.001, 0.01, 0.05))
+    self.assertEqual(counter.traces, 1)  # no recompilation across rounds or tolerances
+    rounds_01 = results[0.001].rounds
+    self.assertGreater(rounds_01, 2)
+    # The tightest tolerance needs exactly one call per round (+1 for float and start).
+    tight = cached(batch_size=4)
+    precision_search.search(tight, MACS, np.full(4, 10, np.int32), (0.001,))
+    self.assertEqual(tight.calls, rounds_01 + 1)
+    # Looser tolerances reuse the cache: fewer calls than running them alone.
+    alone = 0
+    for t in (0.001, 0.01, 0.05):
+      e = cached(batch_size=4)
+      precision_search.search(e, MACS, np.full(4, 10, np.int32), (t,))
+      alone += e.calls
+    self.assertLess(shared.calls, alone)
+    self.assertEqual(shared.evaluated, len(shared.cache))
+
+  def test_per_layer_granularity_hints_the_current_configuration(self):
+    counter = Counter(np.stack([SENS, SENS * 8]))  # layer 1 is more sensitive
+    start = np.full((2, 4), 10, np.int32)
+    result = precision_search.search(cached(counter, batch_size=8), np.stack([MACS, MACS]), start,
+                                     (0.01,))[0.01]
+    self.assertEqual(result.precision.shape, (2, 4))
+    self.assertEqual(counter.traces, 1)
+    self.assertTrue(result.within_tolerance)
+    self.assertLessEqual(loss(result.precision, np.asarray(counter.sens)), 0.01 + 1e-6)
+    self.assertTrue(np.all(result.precision[0] <= result.precision[1]))
+    # Every round's candidates come with the current configuration they each lower by one bit.
+    hinted = [(configs, base) for configs, _, base in counter.calls if base is not None]
+    self.assertLen(hinted, result.rounds)
+    for (configs, base), current in zip(hinted, result.path):
+      np.testing.assert_array_equal(base, current)
+      self.assertTrue(np.all((base - configs).reshape(len(configs), -1).sum(1) == 1))
+
+  def test_max_rounds_stops_early(self):
+    full = precision_search.search(cached(), MACS, np.full(4, 10, np.int32), (0.01,))[0.01]
+    short = precision_search.search(cached(), MACS, np.full(4, 10, np.int32), (0.01,),
+                                    max_rounds=2)[0.01]
+    self.assertEqual(short.rounds, 2)
+    self.assertEqual([p.tolist() for p in short.path], [p.tolist() for p in full.path[:3]])
+
+  def test_resume_from_cache_evaluates_nothing(self):
+    seen = {}
+    first = cached(on_result=lambda c, s: seen.__setitem__(precision_search.config_key(c), s))
+    a = precision_search.search(first, MACS, np.full(4, 10, np.int32), race_windows=4)
+    self.assertTrue(any(len(s) < N_WINDOWS for s in seen.values()))  # racing left some partial
+    counter = Counter()
+    second = cached(counter, cache=dict(seen))
+    b = precision_search.search(second, MACS, np.full(4, 10, np.int32), race_windows=4)
+    self.assertEqual(second.calls, 0)
+    for tol in a:
+      np.testing.assert_array_equal(a[tol].precision, b[tol].precision)
+
+  @parameterized.named_parameters(
+      ("start_shape", dict(start=np.full(5, 8)), "start"),
+      ("start_below_min", dict(start=np.array([8, 8, 8, 0])), "min_m"),
+      ("macs_shape", dict(macs=np.ones(3)), "macs"),
+      ("tolerance", dict(tolerances=(-0.1,)), "tolerance"),
+      ("rule", dict(rule="median"), "rule='median'"),
+      ("race_windows", dict(race_windows=0), "race_windows=0"),
+      ("race_level", dict(race_level=1.0), "race_level=1.0"),
+      ("max_rounds", dict(max_rounds=-1), "max_rounds=-1"))
+  def test_invalid_inputs(self, change, message):
+    kwargs = dict(macs=MACS, start=np.full(4, 8), tolerances=(0.01,))
+    kwargs.update(change)
+    with self.assertRaisesRegex(ValueError, message):
+      precision_search.search(cached(), **kwargs)
+
+
+class RacingTest(parameterized.TestCase):
+
+  @parameterized.product(rule=("point", "upper"), per_layer=(False, True), race_windows=(4, 8))
+  def test_racing_chooses_what_full_evaluation_chooses(self, rule, per_layer, race_windows):
+    sens = np.stack([SENS, SENS * 8, SENS / 4]) if per_layer else SENS
+    start = np.full(np.shape(sens), 9, np.int32)
+    macs = np.broadcast_to(MACS, np.shape(sens))
+    tolerances = (0.001, 0.01, 0.05)
+    full = cached(Counter(sens))
+    plain = precision_search.search(full, macs, start, tolerances, rule=rule, min_m=2)
+    raced_ev = cached(Counter(sens))
+    raced = precision_search.search(raced_ev, macs, start, tolerances, rule=rule, min_m=2,
+                                    race_windows=race_windows)
+    for tol in tolerances:
+      self.assertEqual([p.tolist() for p in raced[tol].path], [p.tolist() for p in plain[tol].path])
+      self.assertEqual(raced[tol].interval, plain[tol].interval)
+    self.assertGreater(sum(r.dropped for r in raced.values()), 0)
+    # A dropped candidate costs only its first slice, unless a looser tolerance needs it whole.
+    partial = [s for s in raced_ev.cache.values() if len(s) < N_WINDOWS]
+    self.assertTrue(all(len(s) == race_windows for s in partial))
+    self.assertEqual(raced_ev.window_evaluations,
+                     full.window_evaluations - len(partial) * (N_WINDOWS - race_windows))
+
+  def test_a_candidate_far_over_the_tolerance_is_dropped_after_the_slice(self):
+    ev = cached()
+    current = np.array([9, 9, 9, 9], np.int32)
+    fp, cur = ev([np.zeros(4, np.int32), current])
+    far = np.array([9, 9, 4, 9], np.int32)  # up at M = 4: +6.4% over all windows
+    first = ev([far], 4)[0]
+    self.assertTrue(precision_search.raced_out(first, cur, fp, WINDOW_TOKENS, 0.01, 0.99))
+    self.assertFalse(precision_search.raced_out(first, cur, fp, WINDOW_TOKENS, 0.2, 0.99))
+    self.assertTrue(precision_search.raced_out(np.full(4, np.nan), cur, fp, WINDOW_TOKENS, 1.0, 0.99))
+
+  def test_race_lower_bound(self):
+    diff = np.array([1.0, 2.0, 3.0, 4.0])
+    self.assertEqual(precision_search.race_lower_bound(diff, 4, 0.99), 10.0)  # all seen: exact
+    self.assertEqual(precision_search.race_lower_bound(diff[:1], 4, 0.99), -np.inf)
+    # sum seen + 12 * (mean - t_{0.9, 3} * s * sqrt(1/4 + 1/12)), t_{0.9, 3} = 1.6377
+    want = 10.0 + 12 * (2.5 - 1.637744 * np.std(diff, ddof=1) * np.sqrt(1 / 4 + 1 / 12))
+    self.assertAlmostEqual(precision_search.race_lower_bound(diff, 16, 0.9), want, places=4)
+    # A prediction bound: over normal windows the total falls below it 10% of the time at 0.9.
+    rng = np.random.default_rng(1)
+    windows = rng.normal(0.3, 1.0, (4000, 16))
+    bounds = np.array([precision_search.race_lower_bound(w[:4], 16, 0.9) for w in windows])
+    self.assertBetween(float(np.mean(windows.sum(1) < bounds)), 0.085, 0.115)
+
+
+class CachedEvaluatorTest(absltest.TestCase):
+
+  def test_windows_are_evaluated_once_slice_by_slice(self):
+    counter, seen = Counter(), []
+    ev = cached(counter, on_result=lambda c, s: seen.append((c.tolist(), len(s))))
+    configs = [np.full(4, m, np.int32) for m in (5, 6, 7)]
+    first = ev(configs, 4)
+    self.assertEqual(first.shape, (3, 4))
+    full = ev(configs)
+    np.testing.assert_array_equal(full[:, :4], first)
+    np.testing.assert_array_equal(full, counter(np.stack(configs)))
+    self.assertEqual([w for _, w, _ in counter.calls[:2]], [slice(0, 4), slice(4, N_WINDOWS)])
+    self.assertEqual(ev.window_evaluations, 3 * N_WINDOWS)
+    self.assertEqual([n for _, n in seen], [4] * 3 + [N_WINDOWS] * 3)
+    ev(configs)  # all known: nothing evaluated
+    self.assertEqual(ev.calls, 2)
+
+  def test_padding_keeps_batch_shape(self):
+    shapes = []
+
+    def evaluate(p, windows, base):
+      del base
+      shapes.append(p.shape)
+      return np.tile(DIFFICULTY[windows], (len(p), 1))
+
+    out = cached(evaluate, batch_size=3)([np.full(4, m) for m in range(1, 8)])
+    self.assertEqual(shapes, [(3, 4)] * 3)
+    self.assertEqual(out.shape, (7, N_WINDOWS))
+
+  def test_bad_evaluator_output_and_tokens(self):
+    with self.assertRaisesRegex(ValueError, r"evaluate returned shape \(1, 3\)"):
+      cached(lambda p, w, b: np.zeros((1, 3)))([np.full(4, 5)])
+    with self.assertRaisesRegex(ValueError, "window_tokens"):
+      precision_search.CachedEvaluator(Counter(), [])
+
+
+if __name__ == "__main__":
+  absltest.main()
