@@ -530,11 +530,16 @@ def compare_formats(shape: ModelShape, precision: Any, group_size: int = 64,
           for name, c, sb in rows]
 
 
-def format_table(rows: list[dict[str, Any]]) -> str:
-  """A markdown table of `compare_formats` rows."""
-  lines = ["| format | lane-cycles / MAC | storage bits | memory bits / token | cycles / token "
-           "| speedup vs FP16 | energy saving vs FP16 |", "|---|---:|---:|---:|---:|---:|---:|"]
-  lines += [f"| {r['format']} | {cost_cells(r)} |" for r in rows]
+def format_table(rows: list[dict[str, Any]],
+                 measured: dict[str, Sequence[str]] | None = None) -> str:
+  """A markdown table of `compare_formats` rows; with `measured` (column name -> one cell per
+  row, e.g. measured perplexities), those columns come first after the format."""
+  measured = measured or {}
+  lines = ["| format | " + "".join(f"{name} | " for name in measured) + "lane-cycles / MAC | "
+           "storage bits | memory bits / token | cycles / token | speedup vs FP16 | "
+           "energy saving vs FP16 |", "|---|" + "---:|" * (len(measured) + 6)]
+  lines += [f"| {r['format']} | " + "".join(f"{cells[i]} | " for cells in measured.values())
+            + f"{cost_cells(r)} |" for i, r in enumerate(rows)]
   return "\n".join(lines)
 
 

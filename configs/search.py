@@ -8,15 +8,17 @@ full (no argument):
 
     python -m experiments.search --config=configs/search.py
 
-16 x 256 calibration and 64 x 256 test tokens, G = 64. Measured: 8 min 20 s wall with the
-point rule and no racing (69 configurations searched, then the chosen ones and uniform
-M = 2..10 on both splits) on an idle 2-core AMD EPYC (Zen 5, AVX-512), model and corpus
-cached. Resumable.
+16 x 256 calibration and 64 x 256 test tokens, G = 64. Measured: 11 min 0 s wall (the search
+3 min 51 s: 60 configurations on calibration, 1 more dropped by racing; then the chosen ones,
+uniform M = 2..10 and the 9 other formats on both splits) on an idle 2-core AMD EPYC (Zen 5,
+AVX-512), model and corpus cached. Resumable.
 
 Per layer and type: --config.granularity=layer --config.run_name=search_smollm2_layer. Each
 candidate runs from the hidden state entering its layer (prefix_reuse), but a round still
 evaluates 120 candidates and a search from M = 10 takes hundreds of rounds: days on a 2-core
-CPU (--config.max_rounds bounds it; a stopped run resumes).
+CPU (--config.max_rounds bounds it; a stopped run resumes). --config.start_types='(7,6,7,8)'
+starts every layer from a per-type result instead, so that only the bits a per-layer split can
+still remove cost rounds.
 
 quick: a search for a 2-core CPU on few short windows:
 
@@ -24,12 +26,16 @@ quick: a search for a 2-core CPU on few short windows:
 
 8 x 32 calibration tokens: far too few to resolve 0.1% or 1% (the report says so: both lie
 below the noise floor, and with the upper rule the start is already over them). This checks
-the pipeline and racing (on the first 4 windows), it is not a result.
+the pipeline, racing (on the first 4 windows) and two other formats (MXINT8, MXFP8 E4M3); it is
+not a result.
 """
+
+import dataclasses
 
 import ml_collections
 from ml_collections import config_dict
 
+from anda_jax import cost
 from configs import common
 
 
@@ -40,6 +46,9 @@ def get_config(arg=None):
   c.test = ml_collections.ConfigDict(dict(windows=64, uniform=True))
   c.granularity = "type"  # "type": M per module type [4]; "layer": per layer and type [L, 4]
   c.start_m = 10  # every type starts here; one bit comes off one entry per round
+  # Or M per type (qkv, o, up, down) to start from, in every layer: e.g. a per-type search's
+  # result, refined per layer (--config.start_types='(8,6,8,8)'). None: start_m everywhere.
+  c.start_types = config_dict.placeholder(tuple)
   c.min_m = 2
   c.tolerances = (0.001, 0.01)  # relative perplexity increase over FP activations
   c.uniform_m = tuple(range(2, 11))  # the block-FP comparison curve
@@ -52,10 +61,23 @@ def get_config(arg=None):
   # other windows. None (or >= data.windows): every candidate on every window.
   c.race_windows = 4
   c.race_level = 0.99
+  # Windows per forward pass, a divisor of race_windows: the racing slice and the rest are then
+  # whole batches of this size, as without racing. (The batch size can move a float result by
+  # its last bits, seen on this CPU between 16 and 4 windows of 64 tokens, and Anda's rounding
+  # can amplify that; a fixed size keeps a search with and without racing identical.)
+  c.window_batch = 4
   # Per-layer granularity: run each candidate from the hidden state entering its lowered layer
   # under the current configuration (the layers before it are the same): about half the work.
   c.prefix_reuse = True
   c.max_rounds = config_dict.placeholder(int)  # stop each tolerance after this many rounds
+  # Measured next to the chosen configurations (each at all four sites, on both splits; each is
+  # one compilation): names of anda_jax.formats.FORMAT_NAMES, () for none.
+  c.other_formats = common.OTHER_FORMATS
+  # The modeled accelerator of the report's cost columns: the fields of anda_jax.cost.Accelerator,
+  # each an assumption explained in its docstring (e.g. --config.cost.fp16_fma_lanes=16). They
+  # change only the report (chosen.json), never an evaluated row.
+  c.cost = ml_collections.ConfigDict(
+      {f.name: f.default for f in dataclasses.fields(cost.Accelerator)})
   # config_batch None: 4 configurations per forward pass (one layer's candidates).
   if common.variant(arg) == "quick":
     c.run_name = "search_quick"
@@ -67,4 +89,5 @@ def get_config(arg=None):
     c.uniform_m = (3, 4, 5, 6, 7, 8)
     c.test.uniform = False
     c.window_batch = 4
+    c.other_formats = ("mxint8", "mxfp8_e4m3")
   return c

@@ -71,8 +71,10 @@ def run(argv) -> dict:
   race = args.race_windows if args.race_windows < len(windows) else None
 
   def evaluator(fast: bool):
+    # One window batch for both (as experiments.search's window_batch): the batch size can move
+    # float results by their last bits, and Anda's rounding can amplify that.
     ev = search.WindowEvaluator(model, windows, spec, score_from=0,
-                                batch_size=min(auto, race) if fast and race else auto,
+                                batch_size=min(auto, race) if race else auto,
                                 config_batch=n_types, reuse_prefix=fast)
     return ev, precision_search.CachedEvaluator(ev, ev.window_tokens)
 
@@ -94,6 +96,9 @@ def run(argv) -> dict:
     plans[f"layer from M={m}"] = (np.full((shape.n_layers, n_types), m, np.int32), shape.macs(),
                                   args.layer_tolerances, args.layer_min_m, args.layer_max_rounds)
   out = {}
+  print(f"\nsearch benchmark: {args.model}, {args.windows} x {args.seq_len} calibration tokens, "
+        f"rule {args.rule}; fast = racing on the first {args.race_windows} windows at level "
+        f"{args.race_level} + prefix reuse (per layer)", flush=True)
   for granularity, (start, macs, tolerances, min_m, max_rounds) in plans.items():
     out[granularity] = {}
     for name, fast in (("plain", False), ("fast", True)):
@@ -106,31 +111,27 @@ def run(argv) -> dict:
       out[granularity][name] = dict(seconds=time.perf_counter() - t0, results=results,
                                     window_evaluations=cached.window_evaluations,
                                     layer_passes=ev.layer_passes)
-  _print(args, out)
+    _print(granularity, out[granularity])  # as soon as known: a long run may be cut short
   return out
 
 
-def _print(args, out) -> None:
-  print(f"\nsearch benchmark: {args.model}, {args.windows} x {args.seq_len} calibration tokens, "
-        f"rule {args.rule}; fast = racing on the first {args.race_windows} windows at level "
-        f"{args.race_level} + prefix reuse (per layer)")
-  for granularity, runs in out.items():
-    plain, fast = runs["plain"], runs["fast"]
-    same = all([c.tolist() for c in plain["results"][t].path]
-               == [c.tolist() for c in fast["results"][t].path] for t in plain["results"])
-    dropped = sum(r.dropped for r in fast["results"].values())
-    considered = sum(r.candidates for r in fast["results"].values())
-    rounds = sum(r.rounds for r in fast["results"].values())
-    print(f"  per {granularity} ({rounds} rounds over the tolerances):")
-    for name, run in runs.items():
-      print(f"    {name:5s} : {run['seconds']:8.1f} s  {run['window_evaluations']:6d} window "
-            f"evaluations  {run['layer_passes']:8d} layer passes")
-    print(f"    racing dropped {dropped} of {considered} candidates")
-    print(f"    speedup {plain['seconds'] / fast['seconds']:.2f}x; same chosen configurations (and "
-          f"paths): {'yes' if same else 'NO'}")
-    for t in plain["results"]:
-      for name in ("plain", "fast"):
-        r = runs[name]["results"][t]
-        config = r.precision.tolist() if r.precision.ndim == 1 else (
-            f"layer means {np.round(r.precision.mean(0), 2).tolist()}")
-        print(f"      tolerance {t:g} {name:5s}: {config}  loss {r.interval}")
+def _print(granularity, runs) -> None:
+  plain, fast = runs["plain"], runs["fast"]
+  same = all([c.tolist() for c in plain["results"][t].path]
+             == [c.tolist() for c in fast["results"][t].path] for t in plain["results"])
+  dropped = sum(r.dropped for r in fast["results"].values())
+  considered = sum(r.candidates for r in fast["results"].values())
+  rounds = sum(r.rounds for r in fast["results"].values())
+  print(f"  per {granularity} ({rounds} rounds over the tolerances):")
+  for name, run in runs.items():
+    print(f"    {name:5s} : {run['seconds']:8.1f} s  {run['window_evaluations']:6d} window "
+          f"evaluations  {run['layer_passes']:8d} layer passes")
+  print(f"    racing dropped {dropped} of {considered} candidates")
+  print(f"    speedup {plain['seconds'] / fast['seconds']:.2f}x; same chosen configurations (and "
+        f"paths): {'yes' if same else 'NO'}")
+  for t in plain["results"]:
+    for name in ("plain", "fast"):
+      r = runs[name]["results"][t]
+      config = r.precision.tolist() if r.precision.ndim == 1 else (
+          f"layer means {np.round(r.precision.mean(0), 2).tolist()}")
+      print(f"      tolerance {t:g} {name:5s}: {config}  loss {r.interval}")

@@ -83,8 +83,8 @@ def _versus(c: dict, other: dict) -> str:
   text = f"{100 * (best['ppl'] / other['ppl'] - 1):+.2f}%"
   if iv is None:
     return text
-  verdict = ("Anda ahead" if iv.high < 0 else f"{format_of(other)} ahead" if iv.low > 0
-             else "not resolved")
+  verdict = ("identical on these windows" if iv.low == iv.high == 0 else "Anda ahead"
+             if iv.high < 0 else f"{format_of(other)} ahead" if iv.low > 0 else "not resolved")
   return f"{text} [{100 * iv.low:+.2f}, {100 * iv.high:+.2f}]: {verdict}"
 
 
@@ -167,11 +167,15 @@ def plot(path: pathlib.Path, run_name: str, base: dict | None, rows: list[dict])
                 marker="o", ms=4, capsize=2, label=f"Anda G={g} (M = {line[0]['mantissa_bits']}.."
                 f"{line[-1]['mantissa_bits']})")
   markers = "sD^v<>pPX*h"
-  for i, r in enumerate(sorted((r for r in at_all if format_of(r) != ANDA), key=label)):
-    ax.errorbar([r["storage_bits"]], [rise(r)], yerr=_bars([r]), fmt=markers[i % len(markers)],
-                c="k", ms=7, capsize=2, mfc="none")
-    ax.annotate(label(r), (r["storage_bits"], rise(r)), xytext=(5, 4), textcoords="offset points",
-                fontsize=8)
+  others = sorted((r for r in at_all if format_of(r) != ANDA), key=label)
+  for i, r in enumerate(others):
+    x = r["storage_bits"]
+    ax.errorbar([x], [rise(r)], yerr=_bars([r]), fmt=markers[i % len(markers)], c="k", ms=7,
+                capsize=2, mfc="none")
+    # Labelled on the left where another format sits just to the right (e.g. 8.04 and 8.25).
+    left = any(0 < o["storage_bits"] - x < 0.6 for o in others)
+    ax.annotate(label(r), (x, rise(r)), xytext=(-6 if left else 6, 3), textcoords="offset points",
+                ha="right" if left else "left", fontsize=8)
   ax.axhline(0, c="k", lw=0.8, ls="--")
   ax.axhspan(-1, 1, color="k", alpha=0.08, label="within 1% of FP")
   ax.set_yscale("symlog", linthresh=1)

@@ -12,17 +12,23 @@ against FP is within it (rule="upper"; rule="point": its estimate, the paper's r
 windows; with granularity="layer" each candidate runs from the hidden state entering its
 lowered layer under the current configuration (prefix_reuse). FP, the chosen configurations and
 (with test.uniform) the uniform-M curve are then evaluated on test.windows windows of the test
-split, from other articles.
+split, from other articles, and so is each of `other_formats` (OCP MX, NVFP4, per-token
+FP8 / INT8) at all four sites. `start_types` starts from M per type instead of start_m (e.g. a
+per-layer search refining a per-type result); the `cost` block sets the modeled accelerator of
+the report (anda_jax.cost.Accelerator), recorded in chosen.json, not in the rows.
 
 Writes results/<run>/ :
   setup.json     what the rows below are valid for (model, format, windows' sha256, shapes)
-  search.jsonl   one line per evaluated configuration and split with its per-window NLL sums,
-                 appended and flushed as soon as it is known; a rerun skips what is in it
+  search.jsonl   one line per evaluated configuration (or other format) and split with its
+                 per-window NLL sums, appended and flushed as soon as it is known; a rerun
+                 skips what is in it
   chosen.json    the configuration chosen for each tolerance, its losses with their intervals,
                  the noise floor, and what racing and prefix reuse saved
   report.md      tolerance, M per type, perplexity and loss [interval] on calibration and test,
                  mean M, storage bits, BOPs saving, modeled speedup / energy vs FP16, whether
-                 each tolerance is below the calibration set's noise floor, format comparison
+                 each tolerance is below the calibration set's noise floor; the chosen
+                 configurations next to the other formats (measured perplexities and modeled
+                 costs), and how the modeled ratios move with each cost assumption
   pareto.png     calibration perplexity vs mean M with intervals: every evaluated configuration,
                  the Pareto front, the chosen configurations and the uniform-M curve
 The report and the plot are drawn only from these files (`write_report(run_dir)`).
@@ -38,15 +44,20 @@ import time
 
 from absl import logging
 import numpy as np
+import tqdm
 
 from anda_jax import cost
+from anda_jax import formats
 from anda_jax import precision_search
 from anda_jax.checks import check_int
+from anda_jax.matmul import ProductSpec
 from anda_jax.precision import MAX_MANTISSA_BITS, MIN_MANTISSA_BITS, MODULE_TYPES
 from configs import search as search_config
 from experiments import common
+from experiments import formats_report
 
 SPLITS = common.SPLITS  # rows carry their split: the search runs on the first, is checked on the second
+ANDA = formats_report.ANDA  # the `format` of Anda's rows (rows without one are Anda's)
 
 
 # ------------------------------------------------------------------- results file
@@ -62,6 +73,8 @@ def check_row(row) -> None:
   config = np.asarray(row["precision"])
   if config.dtype.kind not in "iu" or config.ndim not in (1, 2) or config.shape[-1] != 4:
     raise ValueError(f"precision={row['precision']!r} is not M per type [4] or per layer [L, 4]")
+  if not isinstance(row.get("format", ANDA), str):
+    raise ValueError(f"format={row['format']!r} is not a format name")
   if row["perplexity"] is not None and not isinstance(row["perplexity"], (int, float)):
     raise ValueError(f"perplexity={row['perplexity']!r} is not a number or null")
   if "window_nll" in row:
@@ -101,7 +114,8 @@ class SearchLog(common.Results):
 
   @staticmethod
   def key(row: dict) -> tuple:
-    return (row["split"],) + precision_search.config_key(np.asarray(row["precision"]))
+    return (row["split"], row.get("format", ANDA)) + precision_search.config_key(
+        np.asarray(row["precision"]))
 
   def check_row(self, row) -> None:
     check_row(row)
@@ -115,19 +129,22 @@ class SearchLog(common.Results):
     """config_key -> per-window NLL sums [k] of the rows of one split (for CachedEvaluator).
     Rows of older runs, without per-window sums, are left out: their configurations are
     evaluated again when the search needs them."""
-    return {key[1:]: window_sums(row) for key, row in self.rows.items()
-            if key[0] == split and "window_nll" in row}
+    return {key[2:]: window_sums(row) for key, row in self.rows.items()
+            if key[:2] == (split, ANDA) and "window_nll" in row}
 
-  def appender(self, split: str, window_tokens: np.ndarray):
+  def appender(self, split: str, window_tokens: np.ndarray, fmt: str = ANDA):
     """on_result(config, per-window sums [k]) for CachedEvaluator: appends the row of the first
-    k windows of `split` (window_tokens: scored tokens of every window of the split)."""
+    k windows of `split` (window_tokens: scored tokens of every window of the split). With
+    another format (its name), the row is that format's at the sites where config is not 0."""
     def on_result(config: np.ndarray, sums: np.ndarray) -> None:
       tokens = np.asarray(window_tokens[:len(sums)], np.float64)
       nll = float(np.sum(sums)) / float(tokens.sum())
       ppl = common.perplexity_fields(nll)["ppl"]
       row = dict(split=split, precision=np.asarray(config).tolist(), perplexity=ppl,
                  finite=ppl is not None, windows=len(sums), time=time.time())
-      if self.shape is not None:
+      if fmt != ANDA:
+        row["format"] = fmt
+      elif self.shape is not None:
         row.update(mean_m=cost.mean_mantissa_bits(self.shape, config),
                    bops_saving=cost.summarize(self.shape, config)["bops_saving"])
       self.append([row | common.window_fields(sums, tokens)])
@@ -210,8 +227,15 @@ def validate(cfg) -> None:
     raise ValueError(f"test.uniform={cfg.test.uniform!r} is invalid: must be True or False")
   for name in ("start_m", "min_m"):
     check_int(name, cfg[name], MIN_MANTISSA_BITS, MAX_MANTISSA_BITS)
-  if cfg.min_m > cfg.start_m:
-    raise ValueError(f"min_m={cfg.min_m} is invalid: must be at most start_m={cfg.start_m}")
+  if cfg.start_types is not None:
+    if len(cfg.start_types) != len(MODULE_TYPES):
+      raise ValueError(f"start_types={cfg.start_types!r} is invalid: must be one M per type "
+                       f"{MODULE_TYPES}, or None")
+    common.check_ints("start_types", cfg.start_types, MIN_MANTISSA_BITS, MAX_MANTISSA_BITS)
+  start = cfg.start_m if cfg.start_types is None else min(cfg.start_types)
+  if cfg.min_m > start:
+    name = "start_m" if cfg.start_types is None else "every start_types entry"
+    raise ValueError(f"min_m={cfg.min_m} is invalid: must be at most {name}={start}")
   common.check_ints("uniform_m", cfg.uniform_m, MIN_MANTISSA_BITS, MAX_MANTISSA_BITS)
   tolerances = cfg.tolerances
   if (not isinstance(tolerances, (list, tuple)) or not tolerances
@@ -230,10 +254,18 @@ def validate(cfg) -> None:
     raise ValueError(f"race_level={cfg.race_level!r} is invalid: must be a number in (0, 1)")
   if not isinstance(cfg.prefix_reuse, bool):
     raise ValueError(f"prefix_reuse={cfg.prefix_reuse!r} is invalid: must be True or False")
+  if cfg.race_windows is not None and (cfg.window_batch is None
+                                       or cfg.race_windows % cfg.window_batch):
+    raise ValueError(f"race_windows={cfg.race_windows} is invalid with window_batch="
+                     f"{cfg.window_batch}: racing needs window_batch set to a divisor of "
+                     "race_windows, so that the slice and the rest are whole batches of one size "
+                     "(the batch size can change float results in the last bits)")
   if cfg.race_windows is not None and cfg.format.rounding == "stochastic":
     raise ValueError("race_windows=%r is invalid with format.rounding='stochastic': its draws "
                      "depend on the window batch, so a slice would draw other numbers than the "
                      "whole; set race_windows=None" % cfg.race_windows)
+  common.other_formats(cfg)
+  cost.accelerator(cfg.cost.to_dict())
 
 
 def setup_of(cfg, windows: dict | None, shape: cost.ModelShape | None, model_digest: str) -> dict:
@@ -286,7 +318,8 @@ def _run(cfg, run_dir: pathlib.Path, digest: str) -> None:
   spec = common.product_spec(cfg, cfg.format.group_sizes[0])
   shape = cost.as_shape(model)
   per_layer = cfg.granularity == "layer"
-  start = np.full((shape.n_layers, 4) if per_layer else (4,), cfg.start_m, np.int32)
+  start = np.broadcast_to(np.asarray(cfg.start_m if cfg.start_types is None else cfg.start_types,
+                                     np.int32), (shape.n_layers, 4) if per_layer else (4,)).copy()
   macs = shape.macs() if per_layer else shape.macs().sum(0)
   is_main = common.is_main()
   log = SearchLog(run_dir, setup_of(cfg, windows, shape, digest), write=is_main, shape=shape)
@@ -300,10 +333,8 @@ def _run(cfg, run_dir: pathlib.Path, digest: str) -> None:
                                                         model.config.vocab)
   window_evaluators, evaluators = {}, {}
   for split in SPLITS:
-    # The racing slice and the rest go through in batches of the slice's size: one shape.
     window_evaluators[split] = ev = WindowEvaluator(
-        model, windows[split], spec, score_from=common.score_from(cfg.data),
-        batch_size=min(batch, race) if race and split == SPLITS[0] else batch,
+        model, windows[split], spec, score_from=common.score_from(cfg.data), batch_size=batch,
         config_batch=config_batch, key=common.rounding_key(cfg), mesh=mesh,
         reuse_prefix=cfg.prefix_reuse)
     # config_batch per call: each call's rows are appended as it returns (one layer's
@@ -323,6 +354,8 @@ def _run(cfg, run_dir: pathlib.Path, digest: str) -> None:
   fp = np.zeros_like(start)
   chosen = [r.precision for r in results.values()]
   evaluators["test"]([fp] + chosen + (uniform if cfg.test.uniform else []))
+  others = common.other_formats(cfg)
+  measure_formats(log, model, windows, others, cfg, batch, mesh, np.ones_like(start))
   elapsed = time.time() - t0
   logging.info("search %.1f s; with the uniform curve and the test split %.1f s; %d new "
                "configurations in %d calls", t_search, elapsed,
@@ -338,10 +371,11 @@ def _run(cfg, run_dir: pathlib.Path, digest: str) -> None:
     saved = sum(n_cal - len(s) for s in cal.cache.values() if len(s) < n_cal)
     ev = window_evaluators[SPLITS[0]]
     common.write_text(run_dir / "chosen.json", json.dumps(dict(
-        granularity=cfg.granularity, start_m=cfg.start_m, min_m=cfg.min_m,
+        granularity=cfg.granularity, min_m=cfg.min_m,
+        start_m=cfg.start_m if cfg.start_types is None else list(cfg.start_types),
         uniform_m=list(cfg.uniform_m), rule=cfg.rule, interval=common.INTERVAL_METHOD,
         race_windows=race, race_level=cfg.race_level, prefix_reuse=ev.reuse,
-        max_rounds=cfg.max_rounds,
+        max_rounds=cfg.max_rounds, other_formats=list(others), cost=cfg.cost.to_dict(),
         noise_floor=None if floor is None else floor[0],
         chosen=[dict(tolerance=tol, precision=r.precision.tolist(), rounds=r.rounds,
                      within_tolerance=r.within_tolerance,
@@ -356,6 +390,23 @@ def _run(cfg, run_dir: pathlib.Path, digest: str) -> None:
                   layer_passes_without_prefix_reuse=ev.layer_passes_without_reuse),
     ), indent=1) + "\n")
     write_report(run_dir)
+
+
+def measure_formats(log: SearchLog, model, windows: dict, others: dict, cfg, batch: int, mesh,
+                    sites: np.ndarray) -> None:
+  """Each other format (name -> format object) at every site on both splits' windows, for the
+  report's table of the chosen configurations in other formats: a row per (split, format) in
+  search.jsonl, skipped where one on all the split's windows is there (resumable)."""
+  for name, fmt in tqdm.tqdm(others.items(), desc="other formats", unit="format",
+                             disable=not others):
+    for split in SPLITS:
+      row = _by_key(log.rows.values(), split, name).get(precision_search.config_key(sites))
+      if row is not None and _n_windows(row) >= len(windows[split]):
+        continue
+      ev = WindowEvaluator(model, windows[split], ProductSpec(fmt, cfg.impl),
+                           score_from=common.score_from(cfg.data), batch_size=batch,
+                           config_batch=1, mesh=mesh, reuse_prefix=False)
+      log.appender(split, ev.window_tokens, name)(sites, ev([sites], slice(None))[0])
 
 
 def _interval_dict(interval) -> dict:
@@ -373,12 +424,12 @@ def _fmt_config(config: np.ndarray) -> str:
   return ", ".join(f"{m:.1f}" for m in config.mean(0)) + " (layer mean)"
 
 
-def _by_key(rows, split: str) -> dict:
-  """config_key -> the row of `split` covering the most windows (a racing slice's row is
-  replaced by the same configuration's row on all windows)."""
+def _by_key(rows, split: str, fmt: str = ANDA) -> dict:
+  """config_key -> the row of `split` in format `fmt` covering the most windows (a racing
+  slice's row is replaced by the same configuration's row on all windows)."""
   out = {}
   for r in rows:
-    if r["split"] == split:
+    if r["split"] == split and r.get("format", ANDA) == fmt:
       key = precision_search.config_key(np.asarray(r["precision"]))
       if key not in out or _n_windows(r) >= _n_windows(out[key]):
         out[key] = r
@@ -425,9 +476,12 @@ def write_report(run_dir) -> str:
   fp = {s: _fp_row(by_key[s]) for s in SPLITS}
   rule = chosen.get("rule", "point")  # runs before the intervals chose by the estimate
   floor = noise_floor(by_key["calibration"])
+  hw = cost.accelerator(chosen.get("cost"))  # runs before the cost block: the defaults
 
   def perplexity(split, config):
-    row = by_key[split].get(precision_search.config_key(np.asarray(config)))
+    return cells(split, by_key[split].get(precision_search.config_key(np.asarray(config))))
+
+  def cells(split, row):  # (perplexity, loss [interval] against FP) of a row on all windows
     if row is None or _n_windows(row) < setup["windows"][split]["n"]:
       return "–", "–"
     if row["perplexity"] is None:  # evaluated, not finite
@@ -441,7 +495,7 @@ def write_report(run_dir) -> str:
     return f"{row['perplexity']:.3f}", loss
 
   def line(label, config):
-    s = cost.summarize(shape, config, group, ebits)
+    s = cost.summarize(shape, config, group, ebits, hw)
     (pc, lc), (pt, lt) = perplexity("calibration", config), perplexity("test", config)
     return (f"| {label} | {_fmt_config(config)} | {pc} | {lc} | {pt} | {lt} | "
             f"{s['mean_m']:.2f} | {s['storage_bits']:.2f} | {100 * s['bops_saving']:.1f}% | "
@@ -510,12 +564,42 @@ def write_report(run_dir) -> str:
                  + ("yes: more calibration tokens needed to resolve it" if c["tolerance"] < floor[0]
                     else "no")
                  + f" | {'–' if interval is None else f'±{100 * interval.half_width:.2f}%'} |")
-  out += ["", "## The chosen configurations in other activation formats", ""]
+  out += ["", "## The chosen configurations in other activation formats", "",
+          "Each other format at the sites the configuration quantizes (FP16 elsewhere), on the "
+          "same modeled unit; perplexities measured on the same windows where the run evaluated "
+          "the format (`other_formats`: at all four sites), else –. Lane-cycles per MAC: the "
+          "compute cost of one multiply-accumulate on the bit-serial unit (Anda: M; an FP element: "
+          "its significand aligned to the block's scale, see `anda_jax.cost.Accelerator`).", ""]
+  others = chosen.get("other_formats", [])
   for c in chosen["chosen"]:
-    out += [f"Tolerance {100 * c['tolerance']:g}%: M = {_fmt_config(np.asarray(c['precision']))}",
-            "", cost.format_table(cost.compare_formats(shape, np.asarray(c["precision"]),
-                                                        group, ebits)), ""]
-  out += ["![Pareto plot](pareto.png)", ""]
+    config = np.asarray(c["precision"])
+    uniform_m = int(np.ceil(cost.mean_mantissa_bits(shape, config)))
+    table = cost.compare_formats(shape, config, group, ebits, hw, uniform_m,
+                                 [formats.parse_format(n) for n in others] or None)
+    columns = {}
+    for split in SPLITS:
+      # The rows of compare_formats: FP16 twice, the other formats, uniform M, this config.
+      measured = [cells(split, fp[split])] * 2 + [
+          cells(split, _by_key(rows, split, name).get(
+              precision_search.config_key(np.ones_like(config))))
+          if config.min() > 0 else ("–", "–") for name in others]
+      measured += [("–", "–")] * (len(table) - 2 - len(measured))  # no other_formats: MXINT8
+      measured += [perplexity(split, np.full_like(config, uniform_m)), perplexity(split, config)]
+      short = "calib" if split == SPLITS[0] else split
+      columns[f"ppl {short}"] = [m[0] for m in measured]
+      columns[f"loss {short}"] = [m[1] for m in measured]
+    out += [f"Tolerance {100 * c['tolerance']:g}%: M = {_fmt_config(config)}", "",
+            cost.format_table(table, columns), ""]
+  last = np.asarray(chosen["chosen"][-1]["precision"])
+  out += ["## How the modeled ratios depend on the assumptions", "",
+          f"The chosen configuration of tolerance {100 * chosen['chosen'][-1]['tolerance']:g}% "
+          "under the run's `cost` settings, then with one assumption changed at a time:", "",
+          "| assumption | speedup vs FP16 | energy saving vs FP16 | Anda bound by | FP16 bound by |",
+          "|---|---:|---:|---|---|"]
+  out += [f"| {r['assumption']} | {r['speedup_vs_fp16']:.2f}x | "
+          f"{r['energy_saving_vs_fp16']:.2f}x | {r['anda_bound']} | {r['fp16_bound']} |"
+          for r in cost.what_if(shape, last, group, ebits, hw)]
+  out += ["", "![Pareto plot](pareto.png)", ""]
   text = "\n".join(out)
   common.write_text(run_dir / "report.md", text)
   _plot(run_dir, shape, cal_rows, chosen, fp["calibration"], like)

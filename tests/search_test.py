@@ -13,6 +13,7 @@ import pytest
 
 from anda_jax import assets
 from anda_jax import cost
+from anda_jax import formats
 from anda_jax import precision_search
 from experiments import common
 from experiments import search as exp_search
@@ -123,6 +124,46 @@ class ReportTest(absltest.TestCase):
     self.assertIn("5 configurations evaluated on calibration, 1 more only on the first 2 windows", text)
     self.assertGreater((run_dir / "pareto.png").stat().st_size, 1000)
 
+  def test_report_measures_other_formats_and_takes_the_cost_settings(self):
+    run_dir = testlib.tempdir(self) / "run"
+    run_dir.mkdir()
+    (run_dir / "setup.json").write_text(json.dumps(_setup(n_calibration=2, n_test=2)))
+    shape, config, tokens = cost.ModelShape(**SHAPE), [6, 5, 6, 5], np.full(2, 10.0)
+    uniform = int(np.ceil(cost.mean_mantissa_bits(shape, np.array(config))))
+    log = exp_search.SearchLog(run_dir)
+    for split, scale in (("calibration", 1.0), ("test", 1.5)):
+      for c, nll in (([0] * 4, 3.0), (config, 3.01), ([uniform] * 4, 3.005)):
+        log.appender(split, tokens)(np.array(c), scale * nll * tokens)
+      # MXINT8 at all four sites, measured: 2% over FP on calibration (the windows differ).
+      log.appender(split, tokens, "mxint8")(np.ones(4, int), scale * tokens * [3.01, 3.03])
+    hw = dict(fp16_fma_lanes=16.0, tokens_per_weight_read=4)
+    (run_dir / "chosen.json").write_text(json.dumps(_chosen(
+        [(0.01, config)], rule="upper", other_formats=["mxint8", "nvfp4"], cost=hw)))
+    text = exp_search.write_report(run_dir)
+    want = cost.compare_formats(shape, np.array(config), hw=cost.Accelerator(**hw),
+                                uniform_m=uniform, other_formats=[formats.MXFormat("int8"),
+                                                                  formats.NVFP4Format()])
+    table = {l.split("|")[1].strip(): [c.strip() for c in l.split("|")[2:-1]]
+             for l in text.split("## The chosen configurations in other")[1].split(
+                 "## How the modeled")[0].splitlines()
+             if l.startswith("| ") and not l.startswith("| format")}
+    self.assertEqual(list(table), [r["format"] for r in want][:6])
+    mx = table["mxint8"]
+    self.assertEqual(mx[0], f"{math.exp(3.02):.3f}")
+    self.assertTrue(mx[1].startswith(f"{100 * (math.exp(0.02) - 1):+.2f}% ["), mx[1])
+    self.assertEqual(mx[2], f"{math.exp(1.5 * 3.02):.3f}")
+    self.assertEqual(mx[4:], cost.cost_cells(want[2]).split(" | "))  # the cost settings apply
+    self.assertEqual(table["nvfp4"][:4], ["–"] * 4)  # not measured in this run
+    self.assertEqual(table[f"BFP, uniform M={uniform}"][0], f"{math.exp(3.005):.3f}")
+    self.assertEqual(table["Anda (this config)"][2], f"{math.exp(1.5 * 3.01):.3f}")
+    self.assertEqual(table["FP16xFP16 (GPU-like)"][:2], [f"{math.exp(3.0):.3f}", "+0.00%"])
+    # The assumptions table starts from the run's settings, then changes one at a time.
+    s = cost.summarize(shape, np.array(config), hw=cost.Accelerator(**hw))
+    self.assertIn(f"| as configured | {s['speedup_vs_fp16']:.2f}x |", text)
+    self.assertIn("| fp16_fma_lanes=60", text)
+    # Anda's own rows ignore the format rows (they share the configuration [1, 1, 1, 1]).
+    self.assertNotIn(_key([1, 1, 1, 1]), log.cache("calibration"))
+
   def test_results_log_appends_partial_and_whole_rows_and_resumes(self):
     run_dir = testlib.tempdir(self)
     log = exp_search.SearchLog(run_dir, dict(model="tiny"))
@@ -158,8 +199,8 @@ class ReportTest(absltest.TestCase):
     self.assertEqual({k: v for k, v in setup.items() if k in recorded and k != "windows"},
                      {k: v for k, v in recorded.items() if k != "windows"})
     self.assertEqual(list(setup["windows"]), ["calibration", "test"])
-    extra = dict(model_sha256=assets.REGISTRY["smollm2-135m"].sha256, window_batch=None,
-                 config_batch=None)
+    extra = dict(model_sha256=assets.REGISTRY["smollm2-135m"].sha256,
+                 window_batch=cfg.window_batch, config_batch=None)
     self.assertEqual(setup, {k: v for k, v in extra.items() if k not in recorded} | recorded
                      | dict(windows=setup["windows"]))
     # What is known before loading is the record without windows and shape.
@@ -227,12 +268,20 @@ class ConfigTest(parameterized.TestCase):
       ("tolerances", (), r"tolerances=\(\) is invalid"),
       ("tolerances", (float("nan"),), r"tolerances=\(nan,\) is invalid"),
       ("min_m", 11, "min_m=11 is invalid: must be at most start_m="),
+      ("start_types", (8, 6, 8), r"start_types=\(8, 6, 8\) is invalid: must be one M per type"),
+      ("start_types", (8, 6, 8, 30), r"start_types\[3\]=30 is invalid: must be an integer in \[1, 24\]"),
+      ("start_types", (8, 1, 8, 8), r"min_m=\d is invalid: must be at most every start_types entry=1"),
+      ("other_formats", ("mxfp5",), r"other_formats\[0\]: format name 'mxfp5' is invalid"),
+      ("cost.lanes", 0, "cost.lanes=0 is invalid"),
+      ("cost.fp_elements", "serial", "cost.fp_elements='serial' is invalid"),
       ("run_name", "../out", "run_name='../out' is invalid"),
       ("rule", "median", r"rule='median' is invalid: must be one of \('upper', 'point'\)"),
       ("race_windows", 0, "race_windows=0 is invalid"),
       ("race_level", 1.0, r"race_level=1.0 is invalid: must be a number in \(0, 1\)"),
       ("max_rounds", -1, "max_rounds=-1 is invalid"),
-      ("format.rounding", "stochastic", "race_windows=.* is invalid with format.rounding='stochastic'"))
+      ("format.rounding", "stochastic", "race_windows=.* is invalid with format.rounding='stochastic'"),
+      ("window_batch", 3, "race_windows=4 is invalid with window_batch=3: racing needs"),
+      ("window_batch", None, "race_windows=4 is invalid with window_batch=None"))
   def test_bad_configs_are_refused(self, key, value, message):
     from configs import search as search_config  # pylint: disable=g-import-not-at-top
 
@@ -297,6 +346,7 @@ class ExperimentTest(absltest.TestCase):
     cfg.data.seq_len, cfg.data.windows, cfg.test.windows = 16, 16, 8
     cfg.start_m, cfg.min_m, cfg.tolerances, cfg.uniform_m = 6, 2, (0.0, 0.01, 0.1), (2, 4, 6)
     cfg.window_batch, cfg.test.uniform, cfg.rule, cfg.race_windows = 8, True, "point", 8
+    cfg.other_formats = ()
     for k, v in changes.items():
       setattr(cfg, k, v)
     return cfg
@@ -365,6 +415,40 @@ class ExperimentTest(absltest.TestCase):
     cfg.data.seq_len = 12
     with self.assertRaisesRegex(ValueError, "invalid for these settings: .*seq_len: 16 -> 12"):
       exp_search.run(cfg)
+
+
+  def test_tiny_model_measures_other_formats_on_both_splits(self):
+    from anda_jax import evaluate  # pylint: disable=g-import-not-at-top
+    from anda_jax.matmul import ProductSpec  # pylint: disable=g-import-not-at-top
+
+    tmp = testlib.tempdir(self)
+    testlib.make_checkpoint(tmp / "ckpt", n_layers=2, d_model=32, d_ff=64)
+    (tmp / "corpus.txt").write_text(testlib.corpus_text())
+    cfg = self._config(tmp, "formats", other_formats=("mxint8", "nvfp4"), tolerances=(0.1,),
+                       start_m=4, uniform_m=(4,))
+    cfg.data.seq_len = 12  # not the other tests' shapes: their compilation counts stay theirs
+    run_dir = exp_search.run(cfg)
+    rows = exp_search.read_rows(run_dir / "search.jsonl")
+    model, tokenizer = common.load_model(cfg.model)
+    windows = common.load_windows(cfg.data, tokenizer, dict(calibration=16, test=8))
+    for name, fmt in (("mxint8", formats.MXFormat("int8")), ("nvfp4", formats.NVFP4Format())):
+      for split, n in (("calibration", 16), ("test", 8)):
+        row = exp_search._by_key(rows, split, name)[_key(np.ones(4))]
+        self.assertEqual(row["windows"], n)
+        # The same sums as an independent evaluation of the format at every site.
+        want, _ = evaluate.window_nll_sums(
+            model, windows[split], np.ones((1, 4), np.int32), ProductSpec(fmt),
+            weights=evaluate.target_weights(n, 12, common.score_from(cfg.data)), batch_size=8)
+        np.testing.assert_allclose(row["window_nll"], want[0], rtol=1e-6)
+      line = next(l for l in (run_dir / "report.md").read_text().splitlines()
+                  if l.startswith(f"| {name} |"))
+      self.assertEqual(line.split("|")[2].strip(),
+                       f"{exp_search._by_key(rows, 'calibration', name)[_key(np.ones(4))]['perplexity']:.3f}")
+    self.assertNotIn(_key(np.ones(4)), exp_search._by_key(rows, "calibration"))  # not Anda's
+    # Resumed: nothing evaluated again.
+    before = (run_dir / "search.jsonl").read_text()
+    exp_search.run(cfg)
+    self.assertEqual((run_dir / "search.jsonl").read_text(), before)
 
 
 class BenchTest(absltest.TestCase):
