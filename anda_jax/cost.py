@@ -450,7 +450,7 @@ def summarize(shape: ModelShape, precision: Any, group_size: int = 64,
 
 
 # One assumption changed at a time, to show how the modeled ratios depend on it (the search
-# report's table; README "Cost model"). Each bracket a default from the other side.
+# report's last table; README "Against the paper's figures"). Each brackets a default.
 ASSUMPTION_VARIANTS = (
     ("fp16_fma_lanes=16: the FP16 multiplier no larger than a 16-bit aligned FP-INT one",
      dict(fp16_fma_lanes=16.0)),

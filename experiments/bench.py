@@ -7,6 +7,7 @@
   python -m experiments.bench memory        # peak RSS of a 7B-shaped INT4 model, 2 vs 4 layers
   python -m experiments.bench sweep         # the quickstart sweep vs transformers with hooks; LM head
   python -m experiments.bench search        # precision search with and without racing / prefix reuse
+  python -m experiments.bench gemm          # the model's product shapes: weight layouts, window batches
 
 Tests assert behaviour; only this file (and the bench_* modules it dispatches to) times.
 """
@@ -20,7 +21,7 @@ import time
 
 import jax
 
-BENCHMARKS = ("format", "kernels", "model", "sensitivity", "search", "sweep", "memory")
+BENCHMARKS = ("format", "kernels", "model", "sensitivity", "search", "sweep", "memory", "gemm")
 
 
 def time_call(fn, *args, repeats: int = 5, warmup: int = 1) -> float:
