@@ -312,7 +312,9 @@ def _run(cfg, run_dir: pathlib.Path, digest: str) -> None:
   mesh = common.mesh_of(cfg)  # before loading: a shape that does not fit the devices is refused
   model, tokenizer = common.load_model(cfg.model, cfg.finetune)
   common.check_group_size_fits(model, cfg.format.group_sizes, cfg.impl)
-  common.check_mesh_fits(model, mesh, [common.product_spec(cfg, cfg.format.group_sizes[0])])
+  others = common.other_formats(cfg)
+  common.check_mesh_fits(model, mesh, [common.product_spec(cfg, cfg.format.group_sizes[0])]
+                         + [ProductSpec(f, cfg.impl) for f in others.values()])
   windows = common.load_windows(cfg.data, tokenizer,
                                 dict(zip(SPLITS, (cfg.data.windows, cfg.test.windows))))
   spec = common.product_spec(cfg, cfg.format.group_sizes[0])
@@ -354,7 +356,6 @@ def _run(cfg, run_dir: pathlib.Path, digest: str) -> None:
   fp = np.zeros_like(start)
   chosen = [r.precision for r in results.values()]
   evaluators["test"]([fp] + chosen + (uniform if cfg.test.uniform else []))
-  others = common.other_formats(cfg)
   measure_formats(log, model, windows, others, cfg, batch, mesh, np.ones_like(start))
   elapsed = time.time() - t0
   logging.info("search %.1f s; with the uniform curve and the test split %.1f s; %d new "

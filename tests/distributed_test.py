@@ -168,6 +168,7 @@ class MeshSettingTest(absltest.TestCase):
             c.mantissa_bits, c.types = (4,), ("all",)
           if name == "search":
             c.test.windows, c.start_m, c.min_m, c.uniform_m, c.tolerances = 2, 4, 3, (3,), (0.01,)
+            c.other_formats = ("mxint8:block_size=8",)  # whole blocks in a model shard of K = 16
           with mock.patch.object(evaluate, "window_nll_sums", recorded):
             module.run(c)
         print(json.dumps({{k: sorted(v) for k, v in meshes.items()}}))
