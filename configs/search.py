@@ -88,6 +88,5 @@ def get_config(arg=None):
     c.min_m = 3
     c.uniform_m = (3, 4, 5, 6, 7, 8)
     c.test.uniform = False
-    c.window_batch = 4
     c.other_formats = ("mxint8", "mxfp8_e4m3")
   return c

@@ -425,7 +425,7 @@ class ExperimentTest(absltest.TestCase):
     testlib.make_checkpoint(tmp / "ckpt", n_layers=2, d_model=32, d_ff=64)
     (tmp / "corpus.txt").write_text(testlib.corpus_text())
     cfg = self._config(tmp, "formats", other_formats=("mxint8", "nvfp4"), tolerances=(0.1,),
-                       start_m=4, uniform_m=(4,))
+                       start_types=(4, 3, 5, 4), uniform_m=(4,))
     cfg.data.seq_len = 12  # not the other tests' shapes: their compilation counts stay theirs
     run_dir = exp_search.run(cfg)
     rows = exp_search.read_rows(run_dir / "search.jsonl")
@@ -445,6 +445,9 @@ class ExperimentTest(absltest.TestCase):
       self.assertEqual(line.split("|")[2].strip(),
                        f"{exp_search._by_key(rows, 'calibration', name)[_key(np.ones(4))]['perplexity']:.3f}")
     self.assertNotIn(_key(np.ones(4)), exp_search._by_key(rows, "calibration"))  # not Anda's
+    chosen = json.loads((run_dir / "chosen.json").read_text())
+    self.assertEqual((chosen["start_m"], chosen["chosen"][0]["path"][0]), ([4, 3, 5, 4], [4, 3, 5, 4]))
+    self.assertEqual(chosen["other_formats"], ["mxint8", "nvfp4"])
     # Resumed: nothing evaluated again.
     before = (run_dir / "search.jsonl").read_text()
     exp_search.run(cfg)

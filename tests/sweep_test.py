@@ -365,14 +365,18 @@ class SweepTest(absltest.TestCase):
             row("G32-all-M7", "anda", 8.25, 0.001, 32, 7, wiggle=1.0),
             row("mxfp4-all", "mxfp4", 4.25, 0.2),       # ahead of Anda at 4.25 bits
             row("mxfp6_e3m2-all", "mxfp6_e3m2", 6.25, 0.1),  # behind Anda at 6.25
-            row("mxint8-all", "mxint8", 8.25, 0.0)]     # not resolved from Anda M = 7
+            row("mxint8-all", "mxint8", 8.25, 0.0),     # not resolved from Anda M = 7
+            row("fp8_token-all", "fp8_token", 8.5, 0.001, wiggle=1.0)]  # Anda M = 7's own sums
     (run_dir / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     table = sweep.report(run_dir)
-    lines = {l.split(" | ")[0].strip("| "): l for l in table.splitlines() if l.startswith("| mx")}
+    lines = {l.split(" | ")[0].strip("| "): l for l in table.splitlines()
+             if l.startswith(("| mx", "| fp8"))}
     self.assertRegex(lines["mxfp4"], r"anda G=32 M=3 \(4.250\) \| .* \| \+34.99% \[\+34.99, \+34.99\]: "
                                      r"mxfp4 ahead \| anda G=32 M=5 \(6.250\) \| -2.000 \|")
     self.assertRegex(lines["mxfp6_e3m2"], r"-4.88% .*: Anda ahead \| anda G=32 M=5 \(6.250\) \| \+0.000 \|")
     self.assertRegex(lines["mxint8"], r"anda G=32 M=7 \(8.250\) .*: not resolved \| none on this grid \| – \|")
+    self.assertIn("anda G=32 M=7 (8.250) | +0.10% [-1.88, +2.12] | +0.00% [+0.00, +0.00]: identical "
+                  "on these windows |", lines["fp8_token"])
     self.assertGreater((run_dir / "pareto.png").stat().st_size, 1000)
 
   def test_bad_other_formats_fail_before_heavy_work(self):
