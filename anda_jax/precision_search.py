@@ -30,7 +30,12 @@ Algorithm (per tolerance τ):
      (estimates; saving = MACs of the lowered entry, the BOPs saved / w_bits; one that adds no
      loss beats every one that does); ties go to the lower loss, then to the first entry in
      (layer, type) order, so the search is deterministic;
-  6. stop when no candidate fits (or after `max_rounds`).
+  6. with `max_accept` = k > 1, the top k fitting candidates in that order are accepted
+     together (one entry each, so their configuration lowers k entries) if that configuration
+     fits too, else the top k // 2, and so on down to the best alone: a round removes up to k
+     bits, for a per-layer search whose one-bit rounds would be hundreds. k = 1 (the default)
+     is the one-bit greedy; k > 1 approximates it (bits taken together interact);
+  7. stop when no candidate fits (or after `max_rounds`).
 Several tolerances share one cache (the tightest runs first, the looser ones replay its early
 rounds from the cache).
 """
@@ -228,7 +233,8 @@ def config_cost(config: np.ndarray, macs: np.ndarray) -> float:
   return float((np.asarray(macs, np.float64) * (np.asarray(config) + 1)).sum())
 
 
-def _validate(start, macs, tolerances, min_m, rule, race_windows, race_level, max_rounds):
+def _validate(start, macs, tolerances, min_m, rule, race_windows, race_level, max_rounds,
+              max_accept):
   start = np.asarray(start)
   if start.dtype.kind not in "iu" or start.ndim not in (1, 2) or start.shape[-1] != 4:
     raise ValueError(f"start={start.tolist()}: must be an integer array [4] or [n_layers, 4]")
@@ -251,13 +257,16 @@ def _validate(start, macs, tolerances, min_m, rule, race_windows, race_level, ma
     raise ValueError(f"race_level={race_level}: must be in (0, 1)")
   if max_rounds is not None and not (isinstance(max_rounds, int) and max_rounds >= 0):
     raise ValueError(f"max_rounds={max_rounds!r}: must be an integer >= 0 or None")
+  if isinstance(max_accept, bool) or not (isinstance(max_accept, int) and max_accept >= 1):
+    raise ValueError(f"max_accept={max_accept!r}: must be an integer >= 1")
   return start.astype(np.int32)
 
 
 def search(evaluate: CachedEvaluator, macs: np.ndarray, start: np.ndarray,
            tolerances: Sequence[float] = (0.001, 0.01), *, min_m: int = 1, rule: str = "upper",
            race_windows: int | None = None, race_level: float = 0.99,
-           max_rounds: int | None = None, progress: bool = True) -> dict[float, SearchResult]:
+           max_rounds: int | None = None, max_accept: int = 1,
+           progress: bool = True) -> dict[float, SearchResult]:
   """Greedy precision search for each tolerance (see the module docstring).
 
   evaluate: a CachedEvaluator (its cache and results callback are shared across calls and runs).
@@ -267,12 +276,14 @@ def search(evaluate: CachedEvaluator, macs: np.ndarray, start: np.ndarray,
   race_windows: the first slice of windows of racing (step 3); None, or as many as there are
     windows: no racing. race_level: the one-sided level of its prediction bound.
   max_rounds: stop each tolerance after this many rounds (None: when no candidate fits).
+  max_accept: at most this many fitting candidates accepted together per round (step 6).
   progress: show a tqdm bar of the rounds of each tolerance.
   Returns {tolerance: SearchResult}. The result is within tolerance on the evaluated windows,
   except when `start` is over it and no one-bit step fits: then it is `start`, with
   within_tolerance False (start higher).
   """
-  start = _validate(start, macs, tolerances, min_m, rule, race_windows, race_level, max_rounds)
+  start = _validate(start, macs, tolerances, min_m, rule, race_windows, race_level, max_rounds,
+                    max_accept)
   tokens, n = evaluate.window_tokens, evaluate.n_windows
   race = race_windows if race_windows is not None and race_windows < n else None
   fp, start_sums = evaluate([np.zeros_like(start), start])
@@ -297,18 +308,26 @@ def search(evaluate: CachedEvaluator, macs: np.ndarray, start: np.ndarray,
         dropped += len(cands) - len(keep)
         cands = keep
       sums = evaluate(cands, base=current) if cands else []
-      base_loss, best, best_key = relative_loss(current_sums, fp, tokens), None, None
+      base_loss, ranked = relative_loss(current_sums, fp, tokens), []
       for i, (c, s) in enumerate(zip(cands, sums)):
         if not fits(s, fp, tokens, tol, rule):
           continue
         loss = relative_loss(s, fp, tokens)
         saving = config_cost(current, macs) - config_cost(c, macs)
         added = loss - base_loss
-        key = (added <= 0, saving / added if added > 0 else saving, -loss, -i)
-        if best_key is None or key > best_key:
-          best, best_key = (c, s), key
-      if best is None:
+        ranked.append(((added <= 0, saving / added if added > 0 else saving, -loss, -i), c, s))
+      if not ranked:
         break
+      ranked.sort(key=lambda r: r[0], reverse=True)
+      best = ranked[0][1:]
+      k = min(max_accept, len(ranked))
+      while k > 1:  # the top k together, each lowering its own entry (step 6)
+        joint = current - sum(current - c for _, c, _ in ranked[:k])
+        joint_sums = evaluate([joint], base=current)[0]
+        if fits(joint_sums, fp, tokens, tol, rule):
+          best = joint, joint_sums
+          break
+        k //= 2
       current, current_sums = best
       path.append(current)
       bar.update()

@@ -349,14 +349,18 @@ def run(argv) -> dict:
         f"{os.cpu_count()} CPU threads")
 
   # 1. Ours at each setting: compile (one window batch), then the whole sweep.
-  tried, compile_s = {}, {}
+  tried, compile_s, setting_sums = {}, {}, {}
   for cb, wb in settings:
     ours = Ours(model, spec, cb, wb)
     _, compile_s[(cb, wb)] = _timed(ours, windows[:wb], precisions[:cb])
     if len(settings) > 1:
-      _, tried[(cb, wb)] = _timed(ours, windows, precisions)
+      setting_sums[(cb, wb)], tried[(cb, wb)] = _timed(ours, windows, precisions)
+      # The batch shape can change XLA's product blocking, hence float sums in the last bits,
+      # which Anda's rounding can amplify: how far each setting's sums are from the first's.
+      moved = np.abs(setting_sums[(cb, wb)] - setting_sums[settings[0]]).max()
       print(f"  ours at config_batch={cb}, window_batch={wb}: {tried[(cb, wb)] / n:.2f} s per configuration "
-            f"(compile and first batch {compile_s[(cb, wb)]:.1f} s)")
+            f"(compile and first batch {compile_s[(cb, wb)]:.1f} s); largest per-window NLL sum "
+            f"difference to {settings[0][0]}x{settings[0][1]}: {moved:.3g} nats")
   best = min(tried, key=tried.get) if tried else settings[0]
   cb, wb = best
 

@@ -249,6 +249,7 @@ def validate(cfg) -> None:
     raise ValueError(f"rule={cfg.rule!r} is invalid: must be one of {precision_search.RULES}")
   common.check_optional_int("race_windows", cfg.race_windows, 1)
   common.check_optional_int("max_rounds", cfg.max_rounds, 0)
+  check_int("max_accept", cfg.max_accept, 1, None)
   if (isinstance(cfg.race_level, bool) or not isinstance(cfg.race_level, float)
       or not 0 < cfg.race_level < 1):
     raise ValueError(f"race_level={cfg.race_level!r} is invalid: must be a number in (0, 1)")
@@ -349,7 +350,7 @@ def _run(cfg, run_dir: pathlib.Path, digest: str) -> None:
   cal = evaluators[SPLITS[0]]
   results = precision_search.search(cal, macs, start, tuple(cfg.tolerances), min_m=cfg.min_m,
                                     rule=cfg.rule, race_windows=race, race_level=cfg.race_level,
-                                    max_rounds=cfg.max_rounds)
+                                    max_rounds=cfg.max_rounds, max_accept=cfg.max_accept)
   t_search = time.time() - t0
   uniform = [np.full_like(start, m) for m in cfg.uniform_m]
   cal(uniform)
@@ -376,7 +377,8 @@ def _run(cfg, run_dir: pathlib.Path, digest: str) -> None:
         start_m=cfg.start_m if cfg.start_types is None else list(cfg.start_types),
         uniform_m=list(cfg.uniform_m), rule=cfg.rule, interval=common.INTERVAL_METHOD,
         race_windows=race, race_level=cfg.race_level, prefix_reuse=ev.reuse,
-        max_rounds=cfg.max_rounds, other_formats=list(others), cost=cfg.cost.to_dict(),
+        max_rounds=cfg.max_rounds, max_accept=cfg.max_accept, other_formats=list(others),
+        cost=cfg.cost.to_dict(),
         noise_floor=None if floor is None else floor[0],
         chosen=[dict(tolerance=tol, precision=r.precision.tolist(), rounds=r.rounds,
                      within_tolerance=r.within_tolerance,
@@ -408,6 +410,30 @@ def measure_formats(log: SearchLog, model, windows: dict, others: dict, cfg, bat
                            score_from=common.score_from(cfg.data), batch_size=batch,
                            config_batch=1, mesh=mesh, reuse_prefix=False)
       log.appender(split, ev.window_tokens, name)(sites, ev([sites], slice(None))[0])
+
+
+def _search_work(chosen: dict) -> str:
+  """What each tolerance's search did and what racing and prefix reuse saved (chosen.json)."""
+  accept = chosen.get("max_accept", 1)
+  lines = [f"Up to {accept} of a round's fitting candidates accepted together (`max_accept`)."
+           if accept > 1 else "One bit removed per round (`max_accept` = 1, the paper's greedy)."]
+  for c in chosen["chosen"]:
+    if "path" not in c:  # a hand-written or early chosen.json
+      continue
+    steps = np.diff(np.asarray(c["path"]).reshape(len(c["path"]), -1).sum(1))
+    lines.append(f"Tolerance {100 * c['tolerance']:g}%: {c.get('rounds', len(steps))} rounds, "
+                 f"{-steps.sum()} bits removed in {len(steps)} steps; {c.get('candidates', '?')} "
+                 f"candidates, {c.get('dropped_by_racing', '?')} dropped by racing.")
+  work = chosen.get("work")
+  if work:  # this process only: a resumed run counts what it added
+    passes, without = work["layer_passes"], work["layer_passes_without_prefix_reuse"]
+    lines.append(
+        f"This process: search {work['seconds_search']:.0f} s, total {work['seconds_total']:.0f} "
+        f"s; {work['calibration_window_evaluations']} calibration window evaluations, "
+        f"{work['saved_by_racing']} saved by racing; {passes} layer passes"
+        + (f", {without} without prefix reuse ({1 - passes / without:.0%} saved)" if without
+           else "") + ".")
+  return " ".join(lines)
 
 
 def _interval_dict(interval) -> dict:
@@ -546,7 +572,8 @@ def write_report(run_dir) -> str:
     out.append(line(f"{100 * c['tolerance']:g}%{flag}", config))
   for m in chosen["uniform_m"]:
     out.append(line(f"uniform M={m}", np.full_like(like, m)))
-  out += ["", "## Tolerances and the noise floor", ""]
+  out += ["", "## The search", "", _search_work(chosen), "",
+          "## Tolerances and the noise floor", ""]
   if floor is None:
     out.append("The rows hold no per-window sums (a run before the intervals): no noise floor.")
   else:
@@ -601,10 +628,37 @@ def write_report(run_dir) -> str:
           f"{r['energy_saving_vs_fp16']:.2f}x | {r['anda_bound']} | {r['fp16_bound']} |"
           for r in cost.what_if(shape, last, group, ebits, hw)]
   out += ["", "![Pareto plot](pareto.png)", ""]
+  if like.ndim == 2:
+    out += ["![chosen M per layer and type](layers.png)", ""]
+    _plot_layers(run_dir, chosen)
   text = "\n".join(out)
   common.write_text(run_dir / "report.md", text)
   _plot(run_dir, shape, cal_rows, chosen, fp["calibration"], like)
   return text
+
+
+def _plot_layers(run_dir, chosen) -> None:
+  """A per-layer search's chosen M per (layer, type), one panel per tolerance, the start's M
+  marked where the search lowered nothing."""
+  plt = common.pyplot()
+  start = np.asarray(chosen["chosen"][0]["path"][0])
+  fig, axes = plt.subplots(1, len(chosen["chosen"]), squeeze=False, sharey=True,
+                           figsize=(1.2 + 2.6 * len(chosen["chosen"]), 1.5 + 0.22 * len(start)))
+  values = [np.asarray(c["precision"]) for c in chosen["chosen"]]
+  lo, hi = min(v.min() for v in values), max(int(start.max()), *(v.max() for v in values))
+  for ax, c, m in zip(axes[0], chosen["chosen"], values):
+    im = ax.imshow(m, cmap="viridis", vmin=lo - 0.5, vmax=hi + 0.5, aspect="auto")
+    for (i, j), v in np.ndenumerate(m):
+      ax.text(j, i, str(v) + ("" if v < start[i, j] else "*"), ha="center", va="center",
+              fontsize=7, color="w" if v < (lo + hi) / 2 else "k")
+    ax.set(title=f"tolerance {100 * c['tolerance']:g}%", xticks=range(len(MODULE_TYPES)),
+           yticks=range(len(m)))
+    ax.set_xticklabels(MODULE_TYPES, rotation=45)
+  axes[0][0].set_ylabel("layer")
+  fig.colorbar(im, ax=axes[0].tolist(), ticks=range(lo, hi + 1),
+               label="mantissa bits M (*: the start's, not lowered)")
+  common.save_figure(fig, run_dir / "layers.png", dpi=110)
+  plt.close(fig)
 
 
 def _plot(run_dir, shape, cal_rows, chosen, fp_row, like) -> None:

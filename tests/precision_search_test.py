@@ -173,6 +173,31 @@ class SearchTest(parameterized.TestCase):
     self.assertEqual(short.rounds, 2)
     self.assertEqual([p.tolist() for p in short.path], [p.tolist() for p in full.path[:3]])
 
+  @parameterized.parameters("point", "upper")
+  def test_max_accept_takes_several_bits_a_round_and_still_fits(self, rule):
+    sens = np.stack([SENS, SENS * 8, SENS / 4, SENS * 2])
+    macs, start = np.broadcast_to(MACS, sens.shape), np.full(sens.shape, 10, np.int32)
+    one = precision_search.search(cached(Counter(sens)), macs, start, (0.01,), rule=rule,
+                                  progress=False)[0.01]
+    counter = Counter(sens)
+    many = precision_search.search(cached(counter, batch_size=4), macs, start, (0.01,), rule=rule,
+                                   max_accept=8, progress=False)[0.01]
+    self.assertEqual(one.rounds, len(one.path))  # one bit a round, then a round that stops
+    self.assertLess(many.rounds, one.rounds / 3)
+    steps = [int((a - b).sum()) for a, b in zip(many.path, many.path[1:])]
+    self.assertEqual(max(steps), 8)
+    self.assertTrue(all(1 <= s <= 8 for s in steps))
+    for a, b in zip(many.path, many.path[1:]):
+      self.assertTrue(np.all((a - b >= 0) & (a - b <= 1)))  # a bit off each accepted entry
+    self.assertTrue(many.within_tolerance)
+    measure = ((lambda c: loss(c, sens)) if rule == "point" else
+               (lambda c: interval_high(c, counter)))
+    self.assertLessEqual(measure(many.precision), 0.01 + 1e-6)
+    for c in precision_search.candidates(many.precision):  # stopped: no single step fits
+      self.assertGreater(measure(c), 0.01)
+    # Not the one-bit greedy's path, but a configuration as cheap within 2%.
+    self.assertLess(abs(many.cost / one.cost - 1), 0.02)
+
   def test_resume_from_cache_evaluates_nothing(self):
     seen = {}
     first = cached(on_result=lambda c, s: seen.__setitem__(precision_search.config_key(c), s))
@@ -193,7 +218,8 @@ class SearchTest(parameterized.TestCase):
       ("rule", dict(rule="median"), "rule='median'"),
       ("race_windows", dict(race_windows=0), "race_windows=0"),
       ("race_level", dict(race_level=1.0), "race_level=1.0"),
-      ("max_rounds", dict(max_rounds=-1), "max_rounds=-1"))
+      ("max_rounds", dict(max_rounds=-1), "max_rounds=-1"),
+      ("max_accept", dict(max_accept=0), "max_accept=0"))
   def test_invalid_inputs(self, change, message):
     kwargs = dict(macs=MACS, start=np.full(4, 8), tolerances=(0.01,))
     kwargs.update(change)

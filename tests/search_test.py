@@ -279,6 +279,7 @@ class ConfigTest(parameterized.TestCase):
       ("race_windows", 0, "race_windows=0 is invalid"),
       ("race_level", 1.0, r"race_level=1.0 is invalid: must be a number in \(0, 1\)"),
       ("max_rounds", -1, "max_rounds=-1 is invalid"),
+      ("max_accept", 0, "max_accept=0 is invalid: must be an integer >= 1"),
       ("format.rounding", "stochastic", "race_windows=.* is invalid with format.rounding='stochastic'"),
       ("window_batch", 3, "race_windows=4 is invalid with window_batch=3: racing needs"),
       ("window_batch", None, "race_windows=4 is invalid with window_batch=None"))
@@ -411,6 +412,25 @@ class ExperimentTest(absltest.TestCase):
     self.assertGreater(fast["work"]["layer_passes"], 0)
     self.assertEqual(slow["work"]["layer_passes"], slow["work"]["layer_passes_without_prefix_reuse"])
     self.assertIn("(layer mean)", (fast_dir / "report.md").read_text())
+    self.assertTrue((fast_dir / "layers.png").exists())  # the chosen M per (layer, type)
+    self.assertFalse((run_dir / "layers.png").exists())  # per type: the table says it all
+    self.assertRegex((slow_dir / "report.md").read_text(),
+                     r"One bit removed per round .* layer passes, \d+ without prefix reuse \(0% saved\)")
+    # Several bits a round: fewer rounds, still within each tolerance on the calibration windows.
+    many_dir = exp_search.run(self._config(tmp, "tiny_layer_accept", max_accept=4, **layer))
+    many = json.loads((many_dir / "chosen.json").read_text())
+    rows = exp_search._by_key(exp_search.read_rows(many_dir / "search.jsonl"), "calibration")
+    for c, one in zip(many["chosen"], fast["chosen"]):
+      steps = np.diff(np.reshape(c["path"], (len(c["path"]), -1)).sum(1))
+      self.assertTrue(np.all((-steps >= 1) & (-steps <= 4)))
+      self.assertLessEqual(c["rounds"], one["rounds"])
+      if not c["within_tolerance"]:  # the start is over 2%
+        continue
+      interval = common.increase_interval(rows[_key(c["precision"])], rows[_key(np.zeros((2, 4)))])
+      self.assertLessEqual(interval.high, c["tolerance"])
+    self.assertGreater(max(c["rounds"] for c in fast["chosen"]) - max(c["rounds"] for c in many["chosen"]), 0)
+    self.assertIn("Up to 4 of a round's fitting candidates accepted together",
+                  (many_dir / "report.md").read_text())
     # Another setup in the same directory is refused.
     cfg.data.seq_len = 12
     with self.assertRaisesRegex(ValueError, "invalid for these settings: .*seq_len: 16 -> 12"):
