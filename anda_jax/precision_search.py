@@ -52,6 +52,7 @@ import numpy as np
 import tqdm
 
 from anda_jax import intervals
+from anda_jax.checks import check_int
 
 Evaluate = Callable[[np.ndarray, slice, "np.ndarray | None"], np.ndarray]
 Key = tuple  # (shape, values) of a configuration; hashable
@@ -257,8 +258,7 @@ def _validate(start, macs, tolerances, min_m, rule, race_windows, race_level, ma
     raise ValueError(f"race_level={race_level}: must be in (0, 1)")
   if max_rounds is not None and not (isinstance(max_rounds, int) and max_rounds >= 0):
     raise ValueError(f"max_rounds={max_rounds!r}: must be an integer >= 0 or None")
-  if isinstance(max_accept, bool) or not (isinstance(max_accept, int) and max_accept >= 1):
-    raise ValueError(f"max_accept={max_accept!r}: must be an integer >= 1")
+  check_int("max_accept", max_accept, 1)
   return start.astype(np.int32)
 
 
@@ -320,14 +320,21 @@ def search(evaluate: CachedEvaluator, macs: np.ndarray, start: np.ndarray,
         break
       ranked.sort(key=lambda r: r[0], reverse=True)
       best = ranked[0][1:]
-      k = min(max_accept, len(ranked))
-      while k > 1:  # the top k together, each lowering its own entry (step 6)
-        joint = current - sum(current - c for _, c, _ in ranked[:k])
-        joint_sums = evaluate([joint], base=current)[0]
-        if fits(joint_sums, fp, tokens, tol, rule):
-          best = joint, joint_sums
-          break
+      sizes, k = [], min(max_accept, len(ranked))
+      while k > 1:
+        sizes.append(k)
         k //= 2
+      # The top k together, each lowering its own entry, for k, k // 2, ... (step 6); as many
+      # per call as the evaluator batches, which would otherwise pad a lone joint with copies.
+      joints = [current - sum(current - c for _, c, _ in ranked[:k]) for k in sizes]
+      step = evaluate.batch_size or len(joints) or 1
+      for i in range(0, len(joints), step):
+        chunk = joints[i:i + step]
+        fitting = [(j, s) for j, s in zip(chunk, evaluate(chunk, base=current))
+                   if fits(s, fp, tokens, tol, rule)]
+        if fitting:
+          best = fitting[0]
+          break
       current, current_sums = best
       path.append(current)
       bar.update()
