@@ -36,6 +36,13 @@ Algorithm (per tolerance τ):
      bits, for a per-layer search whose one-bit rounds would be hundreds. k = 1 (the default)
      is the one-bit greedy; k > 1 approximates it (bits taken together interact);
   7. stop when no candidate fits (or after `max_rounds`).
+With `bound` (branch and bound; on by default), a round evaluates its candidates by decreasing
+saving and skips those that cannot make the top `max_accept` of step 5: a candidate's order key
+is at most (adds no loss, its saving), so once `max_accept` evaluated fitting candidates add no
+loss and save more than it does, it is not evaluated. The choice is the same as without the
+bound (nothing the choice depends on is skipped), for less work when a high-saving step fits
+for free: early in a per-layer search, a round evaluates one module type's 30 candidates, not
+all 120.
 Several tolerances share one cache (the tightest runs first, the looser ones replay its early
 rounds from the cache).
 """
@@ -44,6 +51,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 import math
 from typing import Callable, Iterable, Sequence
 
@@ -208,11 +216,28 @@ class SearchResult:
   rounds: int
   candidates: int              # candidates considered over all rounds
   dropped: int                 # of which racing dropped after the first slice
+  skipped: int                 # of which the bound skipped (never evaluated)
   within_tolerance: bool       # under `rule` (False only when `start` is over it)
 
   @property
   def loss(self) -> float:
     return self.interval.estimate
+
+
+def _groups(savings: Sequence[float], bound: bool, batch: int) -> list[list[int]]:
+  """The candidates' indices in the groups a round evaluates them in: all at once without the
+  bound; with it, by decreasing saving, a group per saving (one module type, per layer), merged
+  with the next until it fills at least one evaluator batch (a smaller group would be padded)."""
+  if not bound:
+    return [list(range(len(savings)))]
+  groups = []
+  for _, group in itertools.groupby(sorted(range(len(savings)), key=lambda i: -savings[i]),
+                                    key=lambda i: savings[i]):
+    if groups and len(groups[-1]) < batch:
+      groups[-1].extend(group)
+    else:
+      groups.append(list(group))
+  return groups
 
 
 def candidates(config: np.ndarray, min_m: int = 1) -> list[np.ndarray]:
@@ -265,7 +290,7 @@ def _validate(start, macs, tolerances, min_m, rule, race_windows, race_level, ma
 def search(evaluate: CachedEvaluator, macs: np.ndarray, start: np.ndarray,
            tolerances: Sequence[float] = (0.001, 0.01), *, min_m: int = 1, rule: str = "upper",
            race_windows: int | None = None, race_level: float = 0.99,
-           max_rounds: int | None = None, max_accept: int = 1,
+           max_rounds: int | None = None, max_accept: int = 1, bound: bool = True,
            progress: bool = True) -> dict[float, SearchResult]:
   """Greedy precision search for each tolerance (see the module docstring).
 
@@ -277,6 +302,7 @@ def search(evaluate: CachedEvaluator, macs: np.ndarray, start: np.ndarray,
     windows: no racing. race_level: the one-sided level of its prediction bound.
   max_rounds: stop each tolerance after this many rounds (None: when no candidate fits).
   max_accept: at most this many fitting candidates accepted together per round (step 6).
+  bound: skip the candidates that cannot be among the accepted (see the module docstring).
   progress: show a tqdm bar of the rounds of each tolerance.
   Returns {tolerance: SearchResult}. The result is within tolerance on the evaluated windows,
   except when `start` is over it and no one-bit step fits: then it is `start`, with
@@ -290,7 +316,8 @@ def search(evaluate: CachedEvaluator, macs: np.ndarray, start: np.ndarray,
   perplexity = lambda sums: float(np.exp(np.sum(sums) / tokens.sum()))
   results = {}
   for tol in sorted(set(float(t) for t in tolerances)):
-    current, current_sums, path, rounds, considered, dropped = start, start_sums, [start], 0, 0, 0
+    current, current_sums, path, rounds, considered, dropped, skipped = (
+        start, start_sums, [start], 0, 0, 0, 0)
     bar = tqdm.tqdm(desc=f"search, tolerance {tol:g}", unit="round", disable=not progress)
     if not fits(start_sums, fp, tokens, tol, rule):
       logging.warning("start %s is over tolerance %g (loss %s)", start.tolist(), tol,
@@ -301,24 +328,31 @@ def search(evaluate: CachedEvaluator, macs: np.ndarray, start: np.ndarray,
         break
       rounds += 1
       considered += len(cands)
-      if race:
-        first = evaluate(cands, race, base=current)
-        keep = [c for c, s in zip(cands, first)
-                if not raced_out(s, current_sums, fp, tokens, tol, race_level)]
-        dropped += len(cands) - len(keep)
-        cands = keep
-      sums = evaluate(cands, base=current) if cands else []
-      base_loss, ranked = relative_loss(current_sums, fp, tokens), []
-      for i, (c, s) in enumerate(zip(cands, sums)):
-        if not fits(s, fp, tokens, tol, rule):
-          continue
-        loss = relative_loss(s, fp, tokens)
-        saving = config_cost(current, macs) - config_cost(c, macs)
-        added = loss - base_loss
-        ranked.append(((added <= 0, saving / added if added > 0 else saving, -loss, -i), c, s))
+      base_loss = relative_loss(current_sums, fp, tokens)
+      # MACs of the lowered entry: its cost saving (step 5), exact for integer MACs.
+      savings = [float(np.ravel(macs)[np.flatnonzero(c != current)[0]]) for c in cands]
+      fitting = {}  # i -> (step 5's order key, the best first; per-window sums)
+      for g, group in enumerate(groups := _groups(savings, bound, evaluate.batch_size or 1)):
+        free = sorted((k for k, _ in fitting.values() if k[0]), reverse=True)
+        if len(free) >= max_accept and free[max_accept - 1][1] > savings[group[0]]:
+          skipped += sum(map(len, groups[g:]))  # none of them can be among the accepted
+          break
+        if race:
+          first = evaluate([cands[i] for i in group], race, base=current)
+          survivors = [i for i, s in zip(group, first)
+                       if not raced_out(s, current_sums, fp, tokens, tol, race_level)]
+          dropped += len(group) - len(survivors)
+          group = survivors
+        for i, s in zip(group, evaluate([cands[i] for i in group], base=current) if group else []):
+          if fits(s, fp, tokens, tol, rule):
+            loss = relative_loss(s, fp, tokens)
+            added = loss - base_loss
+            fitting[i] = ((added <= 0, savings[i] / added if added > 0 else savings[i], -loss, -i),
+                          s)
+      ranked = sorted(((k, cands[i], s) for i, (k, s) in fitting.items()), key=lambda r: r[0],
+                      reverse=True)
       if not ranked:
         break
-      ranked.sort(key=lambda r: r[0], reverse=True)
       best = ranked[0][1:]
       sizes, k = [], min(max_accept, len(ranked))
       while k > 1:
@@ -346,5 +380,5 @@ def search(evaluate: CachedEvaluator, macs: np.ndarray, start: np.ndarray,
     results[tol] = SearchResult(
         tol, rule, current, loss_interval(current_sums, fp, tokens), perplexity(current_sums),
         perplexity(fp), config_cost(current, macs), tuple(path), rounds, considered, dropped,
-        fits(current_sums, fp, tokens, tol, rule))
+        skipped, fits(current_sums, fp, tokens, tol, rule))
   return results

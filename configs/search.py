@@ -14,12 +14,14 @@ uniform M = 2..10 and the 9 other formats on both splits) on an idle 2-core AMD 
 AVX-512), model and corpus cached. Resumable.
 
 Per layer and type: --config.granularity=layer --config.run_name=search_smollm2_layer. Each
-candidate runs from the hidden state entering its layer (prefix_reuse), but a round still
-evaluates 120 candidates (about 6 min on a 2-core AMD EPYC) and one bit a round from M = 10 takes hundreds of
-rounds (--config.max_rounds bounds it; a stopped run resumes). What finishes:
+candidate runs from the hidden state entering its layer (prefix_reuse), and the bound skips the
+candidates that cannot be chosen (a module type's 30 at a time), but a round can still evaluate
+120 candidates (about 6 min on a 2-core AMD EPYC), and one bit a
+round from M = 10 takes hundreds of rounds (--config.max_rounds bounds it; a stopped run
+resumes). What finishes:
 --config.start_types='(7,6,7,8)' starts every layer from a per-type result, and
 --config.max_accept=32 takes up to 32 of a round's fitting candidates at once (if together they
-still fit; else 16, 8, ...). Measured: 20 rounds (about 2 h) did not end it, and the result
+still fit; else 16, 8, ...). Measured: 21 rounds to the end (about 2 h 15 min), and the result
 overfit the 16 calibration windows (+0.11% there, +1.03% on test): a per-layer search needs
 more calibration windows than a per-type one (README, "Adaptive precision search").
 
@@ -77,6 +79,10 @@ def get_config(arg=None):
   # they still fit; else half as many, ...): 1 is the paper's greedy, a bit per round. A
   # per-layer search needs a round per bit it removes (hundreds); e.g. 16 makes that tens.
   c.max_accept = 1
+  # Branch and bound: a round evaluates its candidates by decreasing saving (one module type at a
+  # time) and skips those that cannot be among the accepted (anda_jax.precision_search). The
+  # choice is the same as with False; only the work differs.
+  c.bound = True
   # Measured next to the chosen configurations (each at all four sites, on both splits; each is
   # one compilation): names of anda_jax.formats.FORMAT_NAMES, () for none.
   c.other_formats = common.OTHER_FORMATS
@@ -85,7 +91,9 @@ def get_config(arg=None):
   # change only the report (chosen.json), never an evaluated row.
   c.cost = ml_collections.ConfigDict(
       {f.name: f.default for f in dataclasses.fields(cost.Accelerator)})
-  # config_batch None: 4 configurations per forward pass (one layer's candidates).
+  # config_batch None: 4 configurations per forward pass (one layer's candidates; a bounded round's
+  # batch of one type's candidates runs from the first of their layers). 1 wastes no layer pass
+  # on that, yet measured slower per layer (README, Benchmarks) and moves results' last bits.
   if common.variant(arg) == "quick":
     c.run_name = "search_quick"
     c.data.seq_len = 32

@@ -9,8 +9,9 @@ The search (anda_jax.precision_search) runs on the `data` windows (the calibrati
 candidate fits a tolerance if the upper end of the paired-bootstrap interval of its loss
 against FP is within it (rule="upper"; rule="point": its estimate, the paper's rule). Racing
 (race_windows) drops candidates that are clearly over the tolerance on a first slice of the
-windows; with granularity="layer" each candidate runs from the hidden state entering its
-lowered layer under the current configuration (prefix_reuse). FP, the chosen configurations and
+windows; the bound skips the candidates that cannot be chosen (bound); with
+granularity="layer" each candidate runs from the hidden state entering its lowered layer under
+the current configuration (prefix_reuse). FP, the chosen configurations and
 (with test.uniform) the uniform-M curve are then evaluated on test.windows windows of the test
 split, from other articles, and so is each of `other_formats` (OCP MX, NVFP4, per-token
 FP8 / INT8) at all four sites. `start_types` starts from M per type instead of start_m (e.g. a
@@ -23,7 +24,7 @@ Writes results/<run>/ :
                  per-window NLL sums, appended and flushed as soon as it is known; a rerun
                  skips what is in it
   chosen.json    the configuration chosen for each tolerance, its losses with their intervals,
-                 the noise floor, and what racing and prefix reuse saved
+                 the noise floor, and what racing, the bound and prefix reuse saved
   report.md      tolerance, M per type, perplexity and loss [interval] on calibration and test,
                  mean M, storage bits, BOPs saving, modeled speedup / energy vs FP16, whether
                  each tolerance is below the calibration set's noise floor; the chosen
@@ -155,12 +156,12 @@ class WindowEvaluator:
   """Per-window NLL sums of configurations on one split's windows: precision_search's evaluate.
 
   With reuse_prefix, a configuration that first differs from `base` at layer l > 0 runs from
-  the hidden state entering layer l under `base` (anda_jax.prefix.Prefix, kept while base and
-  the slice of windows stay the same): layers l..L-1 and the head only. Configurations are
-  grouped by that layer, `config_batch` at a time (a fixed shape: one compilation per input
-  kind). Not with stochastic rounding (see anda_jax.prefix): then every configuration runs
-  from the embedding. Counts layer passes (configuration x window x layer, the prefix's own
-  included) and what they would have been without the reuse."""
+  the hidden state entering layer l under `base` (anda_jax.prefix.Prefix; the states are kept
+  while base stays the same): layers l..L-1 and the head only. Configurations are sorted by
+  that layer and run `config_batch` at a time (a fixed shape: one compilation per input kind),
+  each batch from its first configuration's layer. Not with stochastic rounding (see
+  anda_jax.prefix): then every configuration runs from the embedding. Counts layer passes
+  (configuration x window x layer, the prefix's own included) and what they would have been without the reuse."""
 
   def __init__(self, model, windows: np.ndarray, spec, *, score_from: int, batch_size: int,
                config_batch: int, key=None, mesh="auto", reuse_prefix: bool = True):
@@ -173,19 +174,27 @@ class WindowEvaluator:
     self.kw = dict(batch_size=batch_size, config_batch=config_batch, key=key, mesh=mesh)
     self.reuse = reuse_prefix and not spec.stochastic
     self.layer_passes = self.layer_passes_without_reuse = 0
-    self._prefix = None  # (base key, first window, stop, Prefix)
+    self._prefixes = {}  # base key -> {(first window, stop): (Prefix, {layer: states})}
 
   def _hidden(self, base, windows: slice, layer: int) -> np.ndarray:
     from anda_jax import prefix  # pylint: disable=g-import-not-at-top
 
-    tag = (precision_search.config_key(base), windows.start, windows.stop)
-    if self._prefix is None or self._prefix[0] != tag or self._prefix[1].layer > layer:
-      # As many copies as a configuration batch: bit-identical to a forward from the tokens.
-      self._prefix = (tag, prefix.Prefix(self.model, self.windows[windows], self.batch_size,
-                                         base, self.spec, copies=self.kw["config_batch"]))
-    p = self._prefix[1]
-    self.layer_passes += (layer - p.layer) * len(p.h) * p.copies
-    return p.advance_to(layer)
+    key = precision_search.config_key(base)
+    if key not in self._prefixes:  # a new round: the states of the last one are of no more use
+      self._prefixes = {key: {}}
+    # Per slice of windows (racing's two): the Prefix and the states it has passed through, kept
+    # because a bounded round visits the layers once per module type (n_layers x windows x T x
+    # d_model floats at most: 0.3 GB for SmolLM2 on 16 x 256 tokens).
+    p, states = self._prefixes[key].get((windows.start, windows.stop), (None, {}))
+    if layer not in states:
+      if p is None or p.layer > layer:
+        # As many copies as a configuration batch: bit-identical to a forward from the tokens.
+        p = prefix.Prefix(self.model, self.windows[windows], self.batch_size, base, self.spec,
+                          copies=self.kw["config_batch"])
+      self.layer_passes += (layer - p.layer) * len(p.h) * p.copies
+      states[layer] = p.advance_to(layer)
+      self._prefixes[key][(windows.start, windows.stop)] = (p, states)
+    return states[layer]
 
   def __call__(self, configs, windows: slice, base=None) -> np.ndarray:
     from anda_jax import evaluate  # pylint: disable=g-import-not-at-top
@@ -197,8 +206,11 @@ class WindowEvaluator:
     first = (prefix.first_difference(configs, base) if self.reuse and base is not None
              else np.zeros(len(configs), int))
     out = np.empty((len(configs), len(tokens)))
-    for layer in sorted(set(first.tolist())):
-      idx = np.flatnonzero(first == layer)
+    # By first different layer, a configuration batch at a time, each batch from its first
+    # layer: one layer's candidates together, or (a bounded round) one type's of nearby layers.
+    order, step = np.argsort(first, kind="stable"), self.kw["config_batch"]
+    for idx in (order[i:i + step] for i in range(0, len(order), step)):
+      layer = int(first[idx].min())
       if layer == 0:
         out[idx] = evaluate.window_nll_sums(self.model, tokens, configs[idx], self.spec,
                                             weights=weights, **self.kw)[0]
@@ -253,8 +265,9 @@ def validate(cfg) -> None:
   if (isinstance(cfg.race_level, bool) or not isinstance(cfg.race_level, float)
       or not 0 < cfg.race_level < 1):
     raise ValueError(f"race_level={cfg.race_level!r} is invalid: must be a number in (0, 1)")
-  if not isinstance(cfg.prefix_reuse, bool):
-    raise ValueError(f"prefix_reuse={cfg.prefix_reuse!r} is invalid: must be True or False")
+  for name in ("prefix_reuse", "bound"):
+    if not isinstance(cfg[name], bool):
+      raise ValueError(f"{name}={cfg[name]!r} is invalid: must be True or False")
   if cfg.race_windows is not None and (cfg.window_batch is None
                                        or cfg.race_windows % cfg.window_batch):
     raise ValueError(f"race_windows={cfg.race_windows} is invalid with window_batch="
@@ -350,7 +363,8 @@ def _run(cfg, run_dir: pathlib.Path, digest: str) -> None:
   cal = evaluators[SPLITS[0]]
   results = precision_search.search(cal, macs, start, tuple(cfg.tolerances), min_m=cfg.min_m,
                                     rule=cfg.rule, race_windows=race, race_level=cfg.race_level,
-                                    max_rounds=cfg.max_rounds, max_accept=cfg.max_accept)
+                                    max_rounds=cfg.max_rounds, max_accept=cfg.max_accept,
+                                    bound=cfg.bound)
   t_search = time.time() - t0
   uniform = [np.full_like(start, m) for m in cfg.uniform_m]
   cal(uniform)
@@ -377,7 +391,8 @@ def _run(cfg, run_dir: pathlib.Path, digest: str) -> None:
         start_m=cfg.start_m if cfg.start_types is None else list(cfg.start_types),
         uniform_m=list(cfg.uniform_m), rule=cfg.rule, interval=common.INTERVAL_METHOD,
         race_windows=race, race_level=cfg.race_level, prefix_reuse=ev.reuse,
-        max_rounds=cfg.max_rounds, max_accept=cfg.max_accept, other_formats=list(others),
+        max_rounds=cfg.max_rounds, max_accept=cfg.max_accept, bound=cfg.bound,
+        other_formats=list(others),
         cost=cfg.cost.to_dict(),
         noise_floor=None if floor is None else floor[0],
         chosen=[dict(tolerance=tol, precision=r.precision.tolist(), rounds=r.rounds,
@@ -385,6 +400,7 @@ def _run(cfg, run_dir: pathlib.Path, digest: str) -> None:
                      below_noise_floor=None if floor is None else tol < floor[0],
                      loss={split: _interval_dict(loss[split][tol]) for split in SPLITS},
                      candidates=r.candidates, dropped_by_racing=r.dropped,
+                     skipped_by_bound=r.skipped,
                      path=[p.tolist() for p in r.path]) for tol, r in results.items()],
         # What this process evaluated (a resumed run counts only what it added).
         work=dict(seconds_search=round(t_search, 1), seconds_total=round(elapsed, 1),
@@ -423,7 +439,9 @@ def _search_work(chosen: dict) -> str:
     steps = np.diff(np.asarray(c["path"]).reshape(len(c["path"]), -1).sum(1))
     lines.append(f"Tolerance {100 * c['tolerance']:g}%: {c.get('rounds', len(steps))} rounds, "
                  f"{-steps.sum()} bits removed in {len(steps)} steps; {c.get('candidates', '?')} "
-                 f"candidates, {c.get('dropped_by_racing', '?')} dropped by racing.")
+                 f"candidates, {c.get('dropped_by_racing', '?')} dropped by racing"
+                 + (f", {c['skipped_by_bound']} skipped by the bound" if "skipped_by_bound" in c
+                    else "") + ".")
   work = chosen.get("work")
   if work:  # this process only: a resumed run counts what it added
     passes, without = work["layer_passes"], work["layer_passes_without_prefix_reuse"]

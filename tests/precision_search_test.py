@@ -227,6 +227,64 @@ class SearchTest(parameterized.TestCase):
       precision_search.search(cached(), **kwargs)
 
 
+class Noisy:
+  """Per-window NLL sums with a deterministic per-(configuration, window) noise on top of
+  Counter's smooth loss, so that a one-bit step can add no loss or even remove some (as Anda's
+  rounding does on a real model): what the bound needs to skip anything."""
+
+  def __init__(self, sens, noise: float, seed: int):
+    self.smooth, self.noise, self.seed = Counter(sens, spread=0.3), noise, seed
+
+  def __call__(self, precisions, windows=slice(None), base=None):
+    noise = [np.random.default_rng([self.seed, *(int(v) for v in c.ravel())]).normal(
+        0, self.noise, N_WINDOWS)[windows] for c in np.asarray(precisions)]
+    return self.smooth(precisions, windows, base) + np.array(noise)
+
+
+class BoundTest(parameterized.TestCase):
+
+  def test_the_bound_chooses_what_evaluating_every_candidate_chooses(self):
+    rng = np.random.default_rng(1)
+    skipped = 0
+    for case in range(48):
+      layers = int(rng.integers(0, 4))  # 0: per type
+      sens = SENS * rng.uniform(0.25, 4, (layers, 1) if layers else 1)
+      macs = np.broadcast_to(rng.choice([MACS, np.array([2.0, 2.0, 6.0, 6.0])]), sens.shape)
+      kw = dict(rule=str(rng.choice(["point", "upper"])), max_accept=int(rng.choice([1, 2, 4])),
+                race_windows=rng.choice([None, 4]), min_m=2, progress=False)
+      batch = rng.choice([None, 1, 4])
+      noise = float(rng.choice([0.0, 0.5, 2.0]))
+      start, tolerances = np.full(sens.shape, 10, np.int32), (0.005, 0.03)
+      with self.subTest(case=case, layers=layers, batch=batch, noise=noise, **kw):
+        runs = {}
+        for bound in (False, True):
+          ev = cached(Noisy(sens, noise, case), batch_size=batch)
+          runs[bound] = ev, precision_search.search(ev, macs, start, tolerances, bound=bound, **kw)
+        (plain_ev, plain), (bound_ev, bounded) = runs[False], runs[True]
+        for tol in tolerances:
+          self.assertEqual([p.tolist() for p in bounded[tol].path],
+                           [p.tolist() for p in plain[tol].path])
+          self.assertEqual(plain[tol].skipped, 0)
+        self.assertLessEqual(bound_ev.window_evaluations, plain_ev.window_evaluations)
+        skipped += sum(r.skipped for r in bounded.values())
+    self.assertGreater(skipped, 0)  # the cases above exercise the bound
+
+  def test_a_free_high_saving_step_skips_the_other_types(self):
+    # Per layer, 3 layers; type 2 saves the most (MACS) and adds no loss: the first round
+    # evaluates its 3 candidates only (the rest cannot be chosen), and the choice is the same.
+    sens = np.broadcast_to(np.array([4.0, 1.0, 0.0, 64.0]), (3, 4))
+    macs, start = np.broadcast_to(MACS, (3, 4)), np.full((3, 4), 8, np.int32)
+    kw = dict(max_rounds=1, progress=False)
+    plain_ev, bound_ev = cached(Counter(sens)), cached(Counter(sens))
+    plain = precision_search.search(plain_ev, macs, start, (0.01,), bound=False, **kw)[0.01]
+    bounded = precision_search.search(bound_ev, macs, start, (0.01,), **kw)[0.01]
+    np.testing.assert_array_equal(bounded.precision, plain.precision)
+    self.assertEqual(np.flatnonzero(start - bounded.precision).tolist(), [2])  # layer 0, type 2
+    self.assertEqual(bounded.skipped, 9)
+    self.assertEqual(bound_ev.evaluated, 2 + 3)  # float, start, then type 2 of each layer
+    self.assertEqual(plain_ev.evaluated, 2 + 12)
+
+
 class RacingTest(parameterized.TestCase):
 
   @parameterized.product(rule=("point", "upper"), per_layer=(False, True), race_windows=(4, 8))

@@ -326,6 +326,18 @@ class WindowEvaluatorTest(absltest.TestCase):
     # Per slice: 12 candidates x 2 windows x (3, 2, 1 layers), the prefix 4 copies x 2 windows x 2.
     self.assertEqual(fast.layer_passes, 2 * (4 * 2 * (3 + 2 + 1) + 4 * 2 * 2))
     self.assertEqual(fast.layer_passes_without_reuse, 2 * 12 * 2 * 3)
+    # As a bounded round asks: one module type at a time, the slices alternating. Two a batch:
+    # (layer 0, layer 1) from the tokens, (layer 2) from the kept state entering layer 2.
+    by_type = candidates.reshape(3, 4, 3, 4).transpose(1, 0, 2, 3).reshape(12, 3, 4)
+    kw["config_batch"] = 2
+    kept = exp_search.WindowEvaluator(model, windows, spec, reuse_prefix=True, **kw)
+    plain = exp_search.WindowEvaluator(model, windows, spec, reuse_prefix=False, **kw)
+    for group in np.split(by_type, 4):
+      for part in (slice(0, 2), slice(2, 4)):
+        np.testing.assert_array_equal(kept(group, part, base), plain(group, part, base))
+    # Per type and slice: 2 windows x (2 x 3 + 1 x 1 layers); the prefix (2 copies x 2 windows
+    # x 2 layers) once per slice, not once per type.
+    self.assertEqual(kept.layer_passes, 4 * 2 * 2 * (2 * 3 + 1) + 2 * (2 * 2 * 2))
 
 
 def _full_rows(run_dir, split="calibration"):
@@ -393,13 +405,13 @@ class ExperimentTest(absltest.TestCase):
     self.assertLessEqual(len(raced), len(plain))
     self.assertEqual({k: plain[k] for k in raced}, raced)
 
-    # Per layer, with racing and prefix reuse: the same choices and sums as without either.
+    # Per layer, with racing, the bound and prefix reuse: the same choices and sums as without.
     layer = dict(granularity="layer", start_m=4, tolerances=(0.02, 0.2), rule="upper")
     with evaluate.count_compilations() as compiled:
       fast_dir = exp_search.run(self._config(tmp, "tiny_layer", **layer))
     self.assertLen(compiled, 1)  # from a hidden state (the one from the tokens exists above)
     slow_dir = exp_search.run(self._config(tmp, "tiny_layer_plain", race_windows=None,
-                                           prefix_reuse=False, **layer))
+                                           prefix_reuse=False, bound=False, **layer))
     fast = json.loads((fast_dir / "chosen.json").read_text())
     slow = json.loads((slow_dir / "chosen.json").read_text())
     self.assertEqual([c["path"] for c in fast["chosen"]], [c["path"] for c in slow["chosen"]])
@@ -412,6 +424,8 @@ class ExperimentTest(absltest.TestCase):
     self.assertGreater(fast["work"]["layer_passes"], 0)
     self.assertEqual(slow["work"]["layer_passes"], slow["work"]["layer_passes_without_prefix_reuse"])
     self.assertIn("(layer mean)", (fast_dir / "report.md").read_text())
+    self.assertRegex((fast_dir / "report.md").read_text(), r"\d+ skipped by the bound\.")
+    self.assertEqual(sum(c["skipped_by_bound"] for c in slow["chosen"]), 0)
     self.assertTrue((fast_dir / "layers.png").exists())  # the chosen M per (layer, type)
     self.assertFalse((run_dir / "layers.png").exists())  # per type: the table says it all
     self.assertRegex((slow_dir / "report.md").read_text(),
@@ -480,12 +494,14 @@ class BenchTest(absltest.TestCase):
     from experiments import bench_search  # pylint: disable=g-import-not-at-top
 
     tmp = testlib.tempdir(self)
-    ckpt = testlib.make_checkpoint(tmp / "ckpt", n_layers=2, d_model=32, d_ff=64)
+    ckpt = testlib.make_checkpoint(tmp / "ckpt", n_layers=4, d_model=32, d_ff=64)
     (tmp / "corpus.txt").write_text(testlib.corpus_text())
     out = bench_search.run(["search", f"--model={ckpt}", f"--corpus={tmp / 'corpus.txt'}",
                             "--group_size=32", "--seq_len=16", "--windows=16", "--race_windows=8",
-                            "--type_start_m=6", "--layer_start_m=5,3"])
-    self.assertEqual(list(out), ["type", "layer from M=5", "layer from M=3"])
+                            "--type_start_m=6", "--layer_start_m=5,3", "--layer_rounds_from_type=2"])
+    self.assertEqual(list(out)[:3], ["type", "layer from M=5", "layer from M=3"])
+    self.assertStartsWith(list(out)[3], "layer from the per-type result")
+    self.assertLen(out, 4)
     for runs in out.values():
       plain, fast = runs["plain"]["results"], runs["fast"]["results"]
       self.assertEqual({t: [c.tolist() for c in r.path] for t, r in plain.items()},
@@ -497,16 +513,18 @@ class BenchTest(absltest.TestCase):
 
 @pytest.mark.real_model
 class QuickConfigTest(absltest.TestCase):
-  """configs/search.py:quick on SmolLM2: racing chooses what full evaluation chooses."""
+  """configs/search.py:quick on SmolLM2: racing and the bound choose what full evaluation
+  chooses."""
 
-  def test_racing_chooses_what_full_evaluation_chooses(self):
+  def test_racing_and_the_bound_choose_what_full_evaluation_chooses(self):
     from configs import search as search_config  # pylint: disable=g-import-not-at-top
 
     tmp = testlib.tempdir(self)
     chosen = {}
-    for name, race in (("fast", search_config.get_config("quick").race_windows), ("plain", None)):
+    for name, race, bound in (("fast", search_config.get_config("quick").race_windows, True),
+                              ("plain", None, False)):
       cfg = search_config.get_config("quick")
-      cfg.results_dir, cfg.run_name, cfg.race_windows = str(tmp), name, race
+      cfg.results_dir, cfg.run_name, cfg.race_windows, cfg.bound = str(tmp), name, race, bound
       chosen[name] = json.loads((exp_search.run(cfg) / "chosen.json").read_text())["chosen"]
     self.assertEqual([c["path"] for c in chosen["fast"]], [c["path"] for c in chosen["plain"]])
     self.assertGreater(sum(c["dropped_by_racing"] for c in chosen["fast"]), 0)
