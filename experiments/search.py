@@ -161,7 +161,8 @@ class WindowEvaluator:
   that layer and run `config_batch` at a time (a fixed shape: one compilation per input kind),
   each batch from its first configuration's layer. Not with stochastic rounding (see
   anda_jax.prefix): then every configuration runs from the embedding. Counts layer passes
-  (configuration x window x layer, the prefix's own included) and what they would have been without the reuse."""
+  (configuration x window x layer, the prefix's own included) and what they would have been
+  without the reuse."""
 
   def __init__(self, model, windows: np.ndarray, spec, *, score_from: int, batch_size: int,
                config_batch: int, key=None, mesh="auto", reuse_prefix: bool = True):

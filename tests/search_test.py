@@ -498,7 +498,8 @@ class BenchTest(absltest.TestCase):
     (tmp / "corpus.txt").write_text(testlib.corpus_text())
     out = bench_search.run(["search", f"--model={ckpt}", f"--corpus={tmp / 'corpus.txt'}",
                             "--group_size=32", "--seq_len=16", "--windows=16", "--race_windows=8",
-                            "--type_start_m=6", "--layer_start_m=5,3", "--layer_rounds_from_type=2"])
+                            "--type_start_m=6", "--layer_start_m=5,3",
+                            "--layer_rounds_from_type=2"])
     self.assertEqual(list(out)[:3], ["type", "layer from M=5", "layer from M=3"])
     self.assertStartsWith(list(out)[3], "layer from the per-type result")
     self.assertLen(out, 4)
