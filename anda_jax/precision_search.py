@@ -364,10 +364,10 @@ def search(evaluate: CachedEvaluator, macs: np.ndarray, start: np.ndarray,
       step = evaluate.batch_size or len(joints) or 1
       for i in range(0, len(joints), step):
         chunk = joints[i:i + step]
-        fitting = [(j, s) for j, s in zip(chunk, evaluate(chunk, base=current))
-                   if fits(s, fp, tokens, tol, rule)]
-        if fitting:
-          best = fitting[0]
+        joint_fits = [(j, s) for j, s in zip(chunk, evaluate(chunk, base=current))
+                      if fits(s, fp, tokens, tol, rule)]
+        if joint_fits:
+          best = joint_fits[0]
           break
       current, current_sums = best
       path.append(current)

@@ -16,9 +16,8 @@ AVX-512), model and corpus cached. Resumable.
 Per layer and type: --config.granularity=layer --config.run_name=search_smollm2_layer. Each
 candidate runs from the hidden state entering its layer (prefix_reuse), and the bound skips the
 candidates that cannot be chosen (a module type's 30 at a time), but a round can still evaluate
-120 candidates (about 6 min on a 2-core AMD EPYC), and one bit a
-round from M = 10 takes hundreds of rounds (--config.max_rounds bounds it; a stopped run
-resumes). What finishes:
+120 candidates (about 6 min on a 2-core AMD EPYC), and one bit a round from M = 10 takes
+hundreds of rounds (--config.max_rounds bounds it; a stopped run resumes). What finishes:
 --config.start_types='(7,6,7,8)' starts every layer from a per-type result, and
 --config.max_accept=32 takes up to 32 of a round's fitting candidates at once (if together they
 still fit; else 16, 8, ...). Measured: 21 rounds to the end (about 2 h 15 min), and the result

@@ -393,8 +393,7 @@ def _run(cfg, run_dir: pathlib.Path, digest: str) -> None:
         uniform_m=list(cfg.uniform_m), rule=cfg.rule, interval=common.INTERVAL_METHOD,
         race_windows=race, race_level=cfg.race_level, prefix_reuse=ev.reuse,
         max_rounds=cfg.max_rounds, max_accept=cfg.max_accept, bound=cfg.bound,
-        other_formats=list(others),
-        cost=cfg.cost.to_dict(),
+        other_formats=list(others), cost=cfg.cost.to_dict(),
         noise_floor=None if floor is None else floor[0],
         chosen=[dict(tolerance=tol, precision=r.precision.tolist(), rounds=r.rounds,
                      within_tolerance=r.within_tolerance,
@@ -430,7 +429,8 @@ def measure_formats(log: SearchLog, model, windows: dict, others: dict, cfg, bat
 
 
 def _search_work(chosen: dict) -> str:
-  """What each tolerance's search did and what racing and prefix reuse saved (chosen.json)."""
+  """What each tolerance's search did and what racing, the bound and prefix reuse saved
+  (chosen.json)."""
   accept = chosen.get("max_accept", 1)
   lines = [f"Up to {accept} of a round's fitting candidates accepted together (`max_accept`)."
            if accept > 1 else "One bit removed per round (`max_accept` = 1, the paper's greedy)."]
