@@ -156,7 +156,8 @@ class TorchPeer:
 def full_logits_nll(features, head, targets, chunk=None, precision=None):
   """The LM head as evaluate computed it before streaming: all logits, then logsumexp."""
   del chunk
-  logits = jnp.matmul(features.astype(jnp.float32), head.astype(jnp.float32), precision=precision)
+  logits = jnp.matmul(features.astype(jnp.float32), head.astype(jnp.float32).T,
+                      precision=precision)
   picked = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
   return jax.nn.logsumexp(logits, axis=-1) - picked
 

@@ -41,7 +41,7 @@ class FullLogitsTest(absltest.TestCase):
   def test_old_head_equals_the_streamed_one(self):
     rng = np.random.default_rng(0)
     features = jnp.asarray(rng.standard_normal((2, 5, 16)), jnp.float32)
-    head = jnp.asarray(rng.standard_normal((16, 300)), jnp.float32)
+    head = jnp.asarray(rng.standard_normal((300, 16)), jnp.float32)
     targets = jnp.asarray(rng.integers(0, 300, (2, 5)))
     np.testing.assert_allclose(bench_sweep.full_logits_nll(features, head, targets),
                                cross_entropy.streamed_nll(features, head, targets, chunk=64), rtol=1e-5)

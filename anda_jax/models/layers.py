@@ -164,14 +164,14 @@ class DecoderLM(nnx.Module):
 
   def head(self, h):
     """Logits float32 [..., vocab] of the hidden states leaving the last layer."""
-    return self.matmul(self.head_input(h), self.head_weight().astype(jnp.float32))
+    return self.matmul(self.head_input(h), self.head_weight().astype(jnp.float32).T)
 
   def head_weight(self):
-    """The LM head as [D, vocab]: its own matrix, or the embedding's transpose when tied (XLA
-    folds the transpose into the product). In the checkpoint dtype: callers upcast at use (the
-    streamed cross-entropy one vocabulary chunk at a time, so no float32 copy of it exists)."""
+    """The LM head as vocabulary rows [vocab, D], as checkpoints store it: its own matrix, or
+    the embedding when tied. In the checkpoint dtype: callers upcast at use (the streamed
+    cross-entropy one vocabulary chunk at a time, so no float32 copy of it exists)."""
     head = self.lm_head.get_value()
-    return self.embedding[...].T if head is None else head
+    return self.embedding[...] if head is None else head
 
   def _set_layers(self, layers: dict):
     """Stacked layer weights as loaded: INT4 stays packed, float weights keep their checkpoint

@@ -24,9 +24,9 @@ flag]); _one_source turns them into LLAMA_FROM_GGUF and LLAMA_FROM_HF.
   shape            torch order ([n_out, K] for a linear layer), in dims the builder derives from
                    the config (d, f, vocab, ...); the reader fails on any other shape
   transform        vector:       1-D as stored
-                   table:        2-D as stored, float (embedding and position tables)
+                   table:        2-D as stored, float (embedding and position tables, and
+                                 the LM head, which is no FP-INT product site: vocabulary rows)
                    linear:       [n_out, K] -> W [K, n_out]; 4-bit GGUF stays Int4Weights
-                   float linear: linear, always float (the head is no FP-INT product site)
                    rotary:       linear, then llama.cpp's Q/K row order undone (GGUF only;
                                  HF files keep the order, so read as linear)
   flag             read only when dims[flag] is true; otherwise the destination is None
@@ -62,7 +62,7 @@ LLAMA_WEIGHTS = (  # destination, llama.cpp name (GGUF), transformers name (HF),
     ("layers.down", "blk.{i}.ffn_down.weight", "layers.{i}.mlp.down_proj.weight", ("d", "f"), "linear"),
     ("embed", "token_embd.weight", "embed_tokens.weight", ("vocab", "d"), "table"),
     ("final_norm", "output_norm.weight", "norm.weight", ("d",), "vector"),
-    ("head", "output.weight", "lm_head.weight", ("vocab", "d"), "float linear", "untied"),
+    ("head", "output.weight", "lm_head.weight", ("vocab", "d"), "table", "untied"),
 )
 
 
@@ -98,7 +98,7 @@ OPT_FROM_HF = (  # transformers' OPTForCausalLM, names after the "model.decoder.
     ("layers.{i}.fc1.bias", "layers.up_b", ("f",), "vector"),
     ("layers.{i}.fc2.weight", "layers.down", ("d", "f"), "linear"),
     ("layers.{i}.fc2.bias", "layers.down_b", ("d",), "vector"),
-    ("lm_head.weight", "head", ("vocab", "dw"), "float linear", "untied"),
+    ("lm_head.weight", "head", ("vocab", "dw"), "table", "untied"),
     ("embed_tokens.weight", "embed", ("vocab", "dw"), "table"),
     ("embed_positions.weight", "positions", ("positions", "d"), "table"),
     ("project_in.weight", "project_in", ("d", "dw"), "linear", "projected"),
@@ -289,7 +289,6 @@ _TRANSFORMS = {
     "vector": lambda r, name, shape, dims: r.vector(name, *shape),
     "table": lambda r, name, shape, dims: r.rows(name, *shape),
     "linear": lambda r, name, shape, dims: r.matrix(name, *shape),
-    "float linear": lambda r, name, shape, dims: r.rows(name, *shape).T,
     "rotary": lambda r, name, shape, dims: _unpermute_rotary(r.matrix(name, *shape), shape[0],
                                                              dims["head_dim"]),
 }
