@@ -25,6 +25,8 @@ Writes results/<run>/ :
                  skips what is in it
   chosen.json    the configuration chosen for each tolerance, its losses with their intervals,
                  the noise floor, and what racing, the bound and prefix reuse saved
+  work.json      what each process of the run did (seconds, window evaluations, layer passes),
+                 kept up to date as results come, so a resumed run reports its whole work
   report.md      tolerance, M per type, perplexity and loss [interval] on calibration and test,
                  mean M, storage bits, BOPs saving, modeled speedup / energy vs FP16, whether
                  each tolerance is below the calibration set's noise floor; the chosen
@@ -38,8 +40,10 @@ The report and the plot are drawn only from these files (`write_report(run_dir)`
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import json
 import math
+import os
 import pathlib
 import time
 
@@ -150,6 +154,45 @@ class SearchLog(common.Results):
                    bops_saving=cost.summarize(self.shape, config)["bops_saving"])
       self.append([row | common.window_fields(sums, tokens)])
     return on_result
+
+
+class WorkLog:
+  """work.json in a run folder: what each process of the run did, this process's entry
+  rewritten after every result, so that a run resumed after an interruption (a kill included)
+  reports the work of all its processes, less at most the last result's. The counters
+  (numbers) are the caller's; the seconds count from the search's start."""
+
+  def __init__(self, run_dir: pathlib.Path, write: bool = True):
+    self.path, self.write = run_dir / "work.json", write
+    self.processes = {}
+    if self.path.exists():
+      try:
+        self.processes = json.loads(self.path.read_text())
+      except json.JSONDecodeError as e:  # only a hand edit can break it (written atomically)
+        logging.warning("%s is not JSON (%s): the work of earlier processes is not counted",
+                        self.path, e)
+    self.name = f"{datetime.datetime.now().isoformat(timespec='microseconds')} pid {os.getpid()}"
+    self.t0, self.search_seconds = time.time(), None
+
+  def record(self, **counts) -> None:
+    seconds = round(time.time() - self.t0, 1)
+    self.processes[self.name] = dict(
+        seconds_search=seconds if self.search_seconds is None else self.search_seconds,
+        seconds_total=seconds, **counts)
+    if self.write:
+      common.write_text(self.path, json.dumps(self.processes, indent=1) + "\n")
+
+  def search_done(self) -> None:
+    self.search_seconds = round(time.time() - self.t0, 1)
+
+  def total(self) -> dict:
+    """Every counter summed over the processes, and `processes`: how many there were."""
+    sums = {}
+    for counts in self.processes.values():
+      for k, v in counts.items():
+        sums[k] = sums.get(k, 0) + v
+    return dict(processes=len(self.processes),
+                **{k: round(v, 1) if isinstance(v, float) else v for k, v in sums.items()})
 
 
 class WindowEvaluator:
@@ -349,6 +392,17 @@ def _run(cfg, run_dir: pathlib.Path, digest: str) -> None:
   batch = cfg.window_batch or evaluate.auto_batch_size(config_batch, cfg.data.seq_len,
                                                         model.config.vocab)
   window_evaluators, evaluators = {}, {}
+
+  def record_work():
+    ev = window_evaluators[SPLITS[0]]
+    work.record(calibration_window_evaluations=evaluators[SPLITS[0]].window_evaluations,
+                layer_passes=ev.layer_passes,
+                layer_passes_without_prefix_reuse=ev.layer_passes_without_reuse)
+
+  def on_result(split):  # the row, then this process's work so far
+    append = log.appender(split, window_evaluators[split].window_tokens)
+    return lambda config, sums: (append(config, sums), record_work())
+
   for split in SPLITS:
     window_evaluators[split] = ev = WindowEvaluator(
         model, windows[split], spec, score_from=common.score_from(cfg.data), batch_size=batch,
@@ -358,15 +412,17 @@ def _run(cfg, run_dir: pathlib.Path, digest: str) -> None:
     # candidates in a per-layer round), so an interrupted round loses little.
     evaluators[split] = precision_search.CachedEvaluator(
         ev, ev.window_tokens, batch_size=config_batch, cache=log.cache(split),
-        on_result=log.appender(split, ev.window_tokens))
+        on_result=on_result(split))
 
   t0 = time.time()
+  work = WorkLog(run_dir, write=is_main)  # its seconds count from here
   cal = evaluators[SPLITS[0]]
   results = precision_search.search(cal, macs, start, tuple(cfg.tolerances), min_m=cfg.min_m,
                                     rule=cfg.rule, race_windows=race, race_level=cfg.race_level,
                                     max_rounds=cfg.max_rounds, max_accept=cfg.max_accept,
                                     bound=cfg.bound)
   t_search = time.time() - t0
+  work.search_done()
   uniform = [np.full_like(start, m) for m in cfg.uniform_m]
   cal(uniform)
   fp = np.zeros_like(start)
@@ -386,6 +442,7 @@ def _run(cfg, run_dir: pathlib.Path, digest: str) -> None:
                     for tol, r in results.items()} for split, e in evaluators.items()}
     # Racing's saving: the windows of the candidates it dropped that were never needed later.
     saved = sum(n_cal - len(s) for s in cal.cache.values() if len(s) < n_cal)
+    record_work()
     ev = window_evaluators[SPLITS[0]]
     common.write_text(run_dir / "chosen.json", json.dumps(dict(
         granularity=cfg.granularity, min_m=cfg.min_m,
@@ -402,11 +459,8 @@ def _run(cfg, run_dir: pathlib.Path, digest: str) -> None:
                      candidates=r.candidates, dropped_by_racing=r.dropped,
                      skipped_by_bound=r.skipped,
                      path=[p.tolist() for p in r.path]) for tol, r in results.items()],
-        # What this process evaluated (a resumed run counts only what it added).
-        work=dict(seconds_search=round(t_search, 1), seconds_total=round(elapsed, 1),
-                  calibration_window_evaluations=cal.window_evaluations,
-                  saved_by_racing=saved, layer_passes=ev.layer_passes,
-                  layer_passes_without_prefix_reuse=ev.layer_passes_without_reuse),
+        # What the run's processes evaluated, summed (work.json has each one's).
+        work=work.total() | dict(saved_by_racing=saved),
     ), indent=1) + "\n")
     write_report(run_dir)
 
@@ -444,10 +498,13 @@ def _search_work(chosen: dict) -> str:
                  + (f", {c['skipped_by_bound']} skipped by the bound" if "skipped_by_bound" in c
                     else "") + ".")
   work = chosen.get("work")
-  if work:  # this process only: a resumed run counts what it added
+  if work:
     passes, without = work["layer_passes"], work["layer_passes_without_prefix_reuse"]
+    n = work.get("processes")
+    who = ("This process" if n is None  # a chosen.json from before work.json: the last one only
+           else "This run" if n == 1 else f"This run, over {n} processes (resumed)")
     lines.append(
-        f"This process: search {work['seconds_search']:.0f} s, total {work['seconds_total']:.0f} "
+        f"{who}: search {work['seconds_search']:.0f} s, total {work['seconds_total']:.0f} "
         f"s; {work['calibration_window_evaluations']} calibration window evaluations, "
         f"{work['saved_by_racing']} saved by racing; {passes} layer passes"
         + (f", {without} without prefix reuse ({1 - passes / without:.0%} saved)" if without

@@ -397,6 +397,25 @@ class ExperimentTest(absltest.TestCase):
     exp_search.run(cfg)
     self.assertEqual((run_dir / "search.jsonl").read_text(), before)
     self.assertEqual(json.loads((run_dir / "chosen.json").read_text())["chosen"], chosen["chosen"])
+    # The work of both processes is counted (the second evaluated nothing).
+    work = json.loads((run_dir / "chosen.json").read_text())["work"]
+    self.assertEqual(work["processes"], 2)
+    self.assertEqual(work["calibration_window_evaluations"],
+                     chosen["work"]["calibration_window_evaluations"])
+    # Cut short (after one round) and resumed: in all, the uninterrupted run's work, over two
+    # processes, each one's in work.json.
+    cut = self._config(tmp, "tiny_cut", max_rounds=1)
+    cut_dir = exp_search.run(cut)
+    cut.max_rounds = None
+    exp_search.run(cut)
+    cut_work = json.loads((cut_dir / "chosen.json").read_text())["work"]
+    processes = json.loads((cut_dir / "work.json").read_text()).values()
+    self.assertEqual(cut_work["processes"], 2)
+    self.assertEqual(cut_work["calibration_window_evaluations"],
+                     chosen["work"]["calibration_window_evaluations"])
+    self.assertTrue(all(p["calibration_window_evaluations"] > 0 for p in processes))
+    self.assertIn("This run, over 2 processes (resumed): search",
+                  (cut_dir / "report.md").read_text())
     # Without racing: the same choices, and the same sums for every configuration both ran whole.
     plain_dir = exp_search.run(self._config(tmp, "tiny_plain", race_windows=None))
     self.assertEqual([c["path"] for c in json.loads((plain_dir / "chosen.json").read_text())["chosen"]],
