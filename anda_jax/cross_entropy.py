@@ -6,10 +6,10 @@ the way. Memory is bounded by one chunk ([..., chunk] floats) whatever the vocab
 perplexity batches can be as large as the activations allow; the FLOPs are the same.
 
 The head is taken as the checkpoints and the embedding store it, vocabulary rows [V, D], so a
-chunk is a contiguous block of rows: sliced from the [D, V] transpose, each chunk was a strided
-copy (measured: the head 10% slower on SmolLM2's shapes, the same bits). Only a vocabulary
-that is no multiple of the chunk masks the columns its last chunk shares with the one before
-(a mask costs another pass over every chunk's logits; the results are bit-identical either way).
+chunk is a contiguous block of rows (sliced from the [D, V] transpose, each chunk was a strided
+copy). Only a vocabulary that is no multiple of the chunk masks the logits its last chunk shares
+with the one before: a mask costs a pass over every chunk's logits. Without the copy and the
+mask the head takes 21 to 26% less time on SmolLM2's shapes, with bit-identical results.
 """
 
 from __future__ import annotations
@@ -35,8 +35,8 @@ def streamed_nll(features, head, targets, chunk: int = DEFAULT_CHUNK, precision=
 
   def step(carry, i):
     running_max, running_sum, picked = carry
-    # A ragged last chunk is read as the last `chunk` columns (no padded copy of the head, which
-    # for a 7B model is 256 MB); the columns it shares with the chunk before are masked out.
+    # A ragged last chunk is read as the head's last `chunk` rows (no padded copy of the head,
+    # which for a 7B model is 256 MB); the logits it shares with the chunk before are masked out.
     start = i * chunk
     read_from = jnp.minimum(start, vocab - chunk)
     w = jax.lax.dynamic_slice_in_dim(head, read_from, chunk, axis=0).astype(jnp.float32)
