@@ -21,8 +21,9 @@ hundreds of rounds (--config.max_rounds bounds it; a stopped run resumes). What 
 --config.start_types='(7,6,7,8)' starts every layer from a per-type result, and
 --config.max_accept=32 takes up to 32 of a round's fitting candidates at once (if together they
 still fit; else 16, 8, ...). Measured: 21 rounds to the end (about 2 h 15 min), and the result
-overfit the 16 calibration windows (+0.11% there, +1.03% on test): a per-layer search needs
-more calibration windows than a per-type one (README, "Adaptive precision search").
+overfit the 16 calibration windows (+0.11% there, +1.03% on test; --config.test.path=True shows
+the test loss of every accepted step): a per-layer search needs more calibration windows than a
+per-type one (README, "Adaptive precision search").
 
 quick: a search for a 2-core CPU on few short windows:
 
@@ -46,8 +47,10 @@ from configs import common
 def get_config(arg=None):
   c = common.experiment("search_smollm2", group_sizes=(64,), split="calibration", windows=16)
   # The held-out check: FP, the chosen configurations and (uniform=True) the uniform-M curve
-  # on this many windows of the test split.
-  c.test = ml_collections.ConfigDict(dict(windows=64, uniform=True))
+  # on this many windows of the test split; path=True: also every configuration each search
+  # accepted on its way, so the report shows where the test loss parts from the calibration
+  # loss (a per-layer search overfits its calibration windows; one more evaluation per round).
+  c.test = ml_collections.ConfigDict(dict(windows=64, uniform=True, path=False))
   c.granularity = "type"  # "type": M per module type [4]; "layer": per layer and type [L, 4]
   c.start_m = 10  # every type starts here; one bit comes off one entry per round
   # Or M per type (qkv, o, up, down) to start from, in every layer: e.g. a per-type search's

@@ -11,10 +11,10 @@ against FP is within it (rule="upper"; rule="point": its estimate, the paper's r
 (race_windows) drops candidates that are clearly over the tolerance on a first slice of the
 windows; the bound skips the candidates that cannot be chosen (bound); with
 granularity="layer" each candidate runs from the hidden state entering its lowered layer under
-the current configuration (prefix_reuse). FP, the chosen configurations and
-(with test.uniform) the uniform-M curve are then evaluated on test.windows windows of the test
-split, from other articles, and so is each of `other_formats` (OCP MX, NVFP4, per-token
-FP8 / INT8) at all four sites. `start_types` starts from M per type instead of start_m (e.g. a
+the current configuration (prefix_reuse). FP, the chosen configurations, (with test.uniform)
+the uniform-M curve and (with test.path) every configuration each search accepted are then
+evaluated on test.windows windows of the test split, from other articles, and so is each of
+`other_formats` (OCP MX, NVFP4, per-token FP8 / INT8) at all four sites. `start_types` starts from M per type instead of start_m (e.g. a
 per-layer search refining a per-type result); the `cost` block sets the modeled accelerator of
 the report (anda_jax.cost.Accelerator), recorded in chosen.json, not in the rows.
 
@@ -34,6 +34,8 @@ Writes results/<run>/ :
                  costs), and how the modeled ratios move with each cost assumption
   pareto.png     calibration perplexity vs mean M with intervals: every evaluated configuration,
                  the Pareto front, the chosen configurations and the uniform-M curve
+  path.png       (test.path) the loss of each accepted configuration on calibration and on
+                 test, round by round, one panel per tolerance
 The report and the plot are drawn only from these files (`write_report(run_dir)`).
 """
 
@@ -160,17 +162,29 @@ class WorkLog:
   """work.json in a run folder: what each process of the run did, this process's entry
   rewritten after every result, so that a run resumed after an interruption (a kill included)
   reports the work of all its processes, less at most the last result's. The counters
-  (numbers) are the caller's; the seconds count from the search's start."""
+  (numbers) are the caller's; the seconds count from the search's start.
 
-  def __init__(self, run_dir: pathlib.Path, write: bool = True):
+  A run begun before work.json existed (`resumed`: its folder already has rows) starts it with
+  the last process's record from chosen.json, if any, and notes that earlier ones are missing."""
+
+  def __init__(self, run_dir: pathlib.Path, write: bool = True, resumed: bool = False):
     self.path, self.write = run_dir / "work.json", write
-    self.processes = {}
+    self.processes, self.unrecorded = {}, False
     if self.path.exists():
       try:
-        self.processes = json.loads(self.path.read_text())
-      except json.JSONDecodeError as e:  # only a hand edit can break it (written atomically)
-        logging.warning("%s is not JSON (%s): the work of earlier processes is not counted",
+        record = json.loads(self.path.read_text())
+        self.processes, self.unrecorded = record["processes"], record["earlier_unrecorded"]
+      except (json.JSONDecodeError, KeyError, TypeError) as e:  # only a hand edit does that
+        logging.warning("%s is unreadable (%r): the work of earlier processes is not counted",
                         self.path, e)
+        self.unrecorded = True
+    elif resumed:
+      self.unrecorded = True
+      chosen = run_dir / "chosen.json"
+      old = json.loads(chosen.read_text()).get("work") if chosen.exists() else None
+      if old and "processes" not in old:
+        self.processes["the last process before work.json (from chosen.json)"] = {
+            k: v for k, v in old.items() if k != "saved_by_racing"}
     self.name = f"{datetime.datetime.now().isoformat(timespec='microseconds')} pid {os.getpid()}"
     self.t0, self.search_seconds = time.time(), None
 
@@ -180,18 +194,20 @@ class WorkLog:
         seconds_search=seconds if self.search_seconds is None else self.search_seconds,
         seconds_total=seconds, **counts)
     if self.write:
-      common.write_text(self.path, json.dumps(self.processes, indent=1) + "\n")
+      common.write_text(self.path, json.dumps(dict(
+          processes=self.processes, earlier_unrecorded=self.unrecorded), indent=1) + "\n")
 
   def search_done(self) -> None:
     self.search_seconds = round(time.time() - self.t0, 1)
 
   def total(self) -> dict:
-    """Every counter summed over the processes, and `processes`: how many there were."""
+    """Every counter summed over the processes; `processes`: how many; `earlier_unrecorded`:
+    whether processes before these are missing."""
     sums = {}
     for counts in self.processes.values():
       for k, v in counts.items():
         sums[k] = sums.get(k, 0) + v
-    return dict(processes=len(self.processes),
+    return dict(processes=len(self.processes), earlier_unrecorded=self.unrecorded,
                 **{k: round(v, 1) if isinstance(v, float) else v for k, v in sums.items()})
 
 
@@ -279,8 +295,9 @@ def validate(cfg) -> None:
     raise ValueError(f"data.split={cfg.data.split!r} is invalid: the search runs on "
                      f"{SPLITS[0]!r} and is checked on {SPLITS[1]!r}")
   common.check_optional_int("test.windows", cfg.test.windows, 1)
-  if not isinstance(cfg.test.uniform, bool):
-    raise ValueError(f"test.uniform={cfg.test.uniform!r} is invalid: must be True or False")
+  for name in ("uniform", "path"):
+    if not isinstance(cfg.test[name], bool):
+      raise ValueError(f"test.{name}={cfg.test[name]!r} is invalid: must be True or False")
   for name in ("start_m", "min_m"):
     check_int(name, cfg[name], MIN_MANTISSA_BITS, MAX_MANTISSA_BITS)
   if cfg.start_types is not None:
@@ -415,7 +432,7 @@ def _run(cfg, run_dir: pathlib.Path, digest: str) -> None:
         on_result=on_result(split))
 
   t0 = time.time()
-  work = WorkLog(run_dir, write=is_main)  # its seconds count from here
+  work = WorkLog(run_dir, write=is_main, resumed=bool(log.rows))  # seconds count from here
   cal = evaluators[SPLITS[0]]
   results = precision_search.search(cal, macs, start, tuple(cfg.tolerances), min_m=cfg.min_m,
                                     rule=cfg.rule, race_windows=race, race_level=cfg.race_level,
@@ -427,7 +444,8 @@ def _run(cfg, run_dir: pathlib.Path, digest: str) -> None:
   cal(uniform)
   fp = np.zeros_like(start)
   chosen = [r.precision for r in results.values()]
-  evaluators["test"]([fp] + chosen + (uniform if cfg.test.uniform else []))
+  evaluators["test"]([fp] + chosen + (uniform if cfg.test.uniform else [])
+                     + ([c for r in results.values() for c in r.path] if cfg.test.path else []))
   measure_formats(log, model, windows, others, cfg, batch, mesh, np.ones_like(start))
   elapsed = time.time() - t0
   logging.info("search %.1f s; with the uniform curve and the test split %.1f s; %d new "
@@ -450,6 +468,7 @@ def _run(cfg, run_dir: pathlib.Path, digest: str) -> None:
         uniform_m=list(cfg.uniform_m), rule=cfg.rule, interval=common.INTERVAL_METHOD,
         race_windows=race, race_level=cfg.race_level, prefix_reuse=ev.reuse,
         max_rounds=cfg.max_rounds, max_accept=cfg.max_accept, bound=cfg.bound,
+        test_path=cfg.test.path,
         other_formats=list(others), cost=cfg.cost.to_dict(),
         noise_floor=None if floor is None else floor[0],
         chosen=[dict(tolerance=tol, precision=r.precision.tolist(), rounds=r.rounds,
@@ -502,6 +521,8 @@ def _search_work(chosen: dict) -> str:
     passes, without = work["layer_passes"], work["layer_passes_without_prefix_reuse"]
     n = work.get("processes")
     who = ("This process" if n is None  # a chosen.json from before work.json: the last one only
+           else f"The last {n} processes of this run (earlier ones were not recorded)"
+           if work.get("earlier_unrecorded")
            else "This run" if n == 1 else f"This run, over {n} processes (resumed)")
     lines.append(
         f"{who}: search {work['seconds_search']:.0f} s, total {work['seconds_total']:.0f} "
@@ -694,6 +715,20 @@ def write_report(run_dir) -> str:
       columns[f"loss {short}"] = [m[1] for m in measured]
     out += [f"Tolerance {100 * c['tolerance']:g}%: M = {_fmt_config(config)}", "",
             cost.format_table(table, columns), ""]
+  paths = _paths_on_test(chosen, by_key, fp, setup["windows"]) if chosen.get("test_path") else []
+  if paths:
+    out += ["## The path on the test split", "",
+            "Every configuration each search accepted, round by round (0: the start), with its "
+            "loss on the calibration windows it was chosen on and on the held-out test windows "
+            "(the search never sees them): where the two part, the search follows the noise of "
+            "its calibration windows.", "",
+            "| tolerance | round | mean M | loss calib | loss test |", "|---|---:|---:|---:|---:|"]
+    for c, points in paths:
+      out += [f"| {100 * c['tolerance']:g}% | {i} | {cost.mean_mantissa_bits(shape, config):.2f} "
+              f"| {perplexity('calibration', config)[1]} | {perplexity('test', config)[1]} |"
+              for i, config in enumerate(c["path"]) if i in points]
+    out += ["", "![loss along the path](path.png)", ""]
+    _plot_paths(run_dir, paths)
   last = np.asarray(chosen["chosen"][-1]["precision"])
   out += ["## How the modeled ratios depend on the assumptions", "",
           f"The chosen configuration of tolerance {100 * chosen['chosen'][-1]['tolerance']:g}% "
@@ -711,6 +746,53 @@ def write_report(run_dir) -> str:
   common.write_text(run_dir / "report.md", text)
   _plot(run_dir, shape, cal_rows, chosen, fp["calibration"], like)
   return text
+
+
+def _paths_on_test(chosen, by_key, fp, windows) -> list:
+  """[(chosen entry, {round: (calibration, test) intervals})] for the tolerances whose path
+  (evaluated on the test split with test.path) has more than its start, the rounds whose
+  configuration has per-window sums on every window of both splits."""
+  out = []
+  for c in chosen["chosen"]:
+    points = {}
+    for i, config in enumerate(c.get("path", [])):
+      key = precision_search.config_key(np.asarray(config))
+      pair = []
+      for split in SPLITS:
+        row = by_key[split].get(key)
+        if (row is None or fp[split] is None or "window_nll" not in row
+            or _n_windows(row) < windows[split]["n"]):
+          break
+        pair.append(common.increase_interval(row, fp[split]))
+      if len(pair) == len(SPLITS) and None not in pair:
+        points[i] = tuple(pair)
+    if len(points) > 1:
+      out.append((c, points))
+  return out
+
+
+def _plot_paths(run_dir, paths) -> None:
+  """path.png: loss with its interval on calibration and on test against the round, one panel
+  per tolerance, the tolerance as a line."""
+  plt = common.pyplot()
+  fig, axes = plt.subplots(1, len(paths), squeeze=False, figsize=(1 + 4.2 * len(paths), 3.6))
+  for ax, (c, points) in zip(axes[0], paths):
+    rounds = sorted(points)
+    for j, (split, marker) in enumerate(zip(SPLITS, "os")):
+      iv = [points[i][j] for i in rounds]
+      y = np.array([100 * v.estimate for v in iv])
+      err = np.array([[100 * (v.estimate - v.low), 100 * (v.high - v.estimate)] for v in iv]).T
+      ax.errorbar(np.array(rounds) + (j - 0.5) * 0.15, y, yerr=np.maximum(err, 0), fmt=marker + "-",
+                  ms=3, capsize=2, label=split)
+    ax.axhline(100 * c["tolerance"], c="0.4", ls="--", lw=0.8, label="tolerance")
+    ax.axhline(0, c="0.8", lw=0.6)
+    ax.set(title=f"tolerance {100 * c['tolerance']:g}%", xlabel="round (accepted steps)",
+           ylabel="loss vs FP (%)")
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.legend(fontsize=8)
+  fig.tight_layout()
+  common.save_figure(fig, run_dir / "path.png", dpi=110)
+  plt.close(fig)
 
 
 def _plot_layers(run_dir, chosen) -> None:

@@ -3,6 +3,7 @@ end to end on a tiny checkpoint and (marked real_model) on SmolLM2's quick confi
 algorithm itself is tested in precision_search_test.py."""
 
 import json
+import re
 import math
 import pathlib
 
@@ -402,6 +403,20 @@ class ExperimentTest(absltest.TestCase):
     self.assertEqual(work["processes"], 2)
     self.assertEqual(work["calibration_window_evaluations"],
                      chosen["work"]["calibration_window_evaluations"])
+    # A run from before work.json: its last process's record in chosen.json is kept, and the
+    # report says that earlier processes are missing.
+    old_chosen = json.loads((run_dir / "chosen.json").read_text())
+    for k in ("processes", "earlier_unrecorded"):
+      del old_chosen["work"][k]
+    (run_dir / "chosen.json").write_text(json.dumps(old_chosen))
+    (run_dir / "work.json").unlink()
+    exp_search.run(cfg)
+    work = json.loads((run_dir / "chosen.json").read_text())["work"]
+    self.assertEqual((work["processes"], work["earlier_unrecorded"]), (2, True))
+    self.assertEqual(work["calibration_window_evaluations"],
+                     chosen["work"]["calibration_window_evaluations"])
+    self.assertIn("The last 2 processes of this run (earlier ones were not recorded): search",
+                  (run_dir / "report.md").read_text())
     # Cut short (after one round) and resumed: in all, the uninterrupted run's work, over two
     # processes, each one's in work.json.
     cut = self._config(tmp, "tiny_cut", max_rounds=1)
@@ -409,13 +424,28 @@ class ExperimentTest(absltest.TestCase):
     cut.max_rounds = None
     exp_search.run(cut)
     cut_work = json.loads((cut_dir / "chosen.json").read_text())["work"]
-    processes = json.loads((cut_dir / "work.json").read_text()).values()
+    processes = json.loads((cut_dir / "work.json").read_text())["processes"].values()
     self.assertEqual(cut_work["processes"], 2)
     self.assertEqual(cut_work["calibration_window_evaluations"],
                      chosen["work"]["calibration_window_evaluations"])
     self.assertTrue(all(p["calibration_window_evaluations"] > 0 for p in processes))
     self.assertIn("This run, over 2 processes (resumed): search",
                   (cut_dir / "report.md").read_text())
+    # The path on the test split, added by a rerun with test.path: every accepted configuration
+    # on every test window, a table row each where a path has more than its start, and the plot.
+    cut.test.path = True
+    exp_search.run(cut)
+    test_rows = exp_search._by_key(exp_search.read_rows(cut_dir / "search.jsonl"), "test")
+    cut_chosen = json.loads((cut_dir / "chosen.json").read_text())["chosen"]
+    for c in cut_chosen:
+      for config in c["path"]:
+        self.assertEqual(test_rows[_key(config)]["windows"], 8)
+    report = (cut_dir / "report.md").read_text()
+    self.assertIn("## The path on the test split", report)
+    self.assertLen(re.findall(r"^\| \d+(?:\.\d+)?% \| \d+ \| \d+\.\d\d \|", report, re.M),
+                   sum(len(c["path"]) for c in cut_chosen if len(c["path"]) > 1))
+    self.assertTrue((cut_dir / "path.png").exists())
+    self.assertNotIn("The path on the test split", (run_dir / "report.md").read_text())
     # Without racing: the same choices, and the same sums for every configuration both ran whole.
     plain_dir = exp_search.run(self._config(tmp, "tiny_plain", race_windows=None))
     self.assertEqual([c["path"] for c in json.loads((plain_dir / "chosen.json").read_text())["chosen"]],
