@@ -14,9 +14,10 @@ granularity="layer" each candidate runs from the hidden state entering its lower
 the current configuration (prefix_reuse). FP, the chosen configurations, (with test.uniform)
 the uniform-M curve and (with test.path) every configuration each search accepted are then
 evaluated on test.windows windows of the test split, from other articles, and so is each of
-`other_formats` (OCP MX, NVFP4, per-token FP8 / INT8) at all four sites. `start_types` starts from M per type instead of start_m (e.g. a
-per-layer search refining a per-type result); the `cost` block sets the modeled accelerator of
-the report (anda_jax.cost.Accelerator), recorded in chosen.json, not in the rows.
+`other_formats` (OCP MX, NVFP4, per-token FP8 / INT8) at all four sites. `start_types` starts
+from M per type instead of start_m (e.g. a per-layer search refining a per-type result); the
+`cost` block sets the modeled accelerator of the report (anda_jax.cost.Accelerator), recorded in
+chosen.json, not in the rows.
 
 Writes results/<run>/ :
   setup.json     what the rows below are valid for (model, format, windows' sha256, shapes)
