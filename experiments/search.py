@@ -432,14 +432,12 @@ def _run(cfg, run_dir: pathlib.Path, digest: str) -> None:
         ev, ev.window_tokens, batch_size=config_batch, cache=log.cache(split),
         on_result=on_result(split))
 
-  t0 = time.time()
   work = WorkLog(run_dir, write=is_main, resumed=bool(log.rows))  # seconds count from here
   cal = evaluators[SPLITS[0]]
   results = precision_search.search(cal, macs, start, tuple(cfg.tolerances), min_m=cfg.min_m,
                                     rule=cfg.rule, race_windows=race, race_level=cfg.race_level,
                                     max_rounds=cfg.max_rounds, max_accept=cfg.max_accept,
                                     bound=cfg.bound)
-  t_search = time.time() - t0
   work.search_done()
   uniform = [np.full_like(start, m) for m in cfg.uniform_m]
   cal(uniform)
@@ -448,9 +446,8 @@ def _run(cfg, run_dir: pathlib.Path, digest: str) -> None:
   evaluators["test"]([fp] + chosen + (uniform if cfg.test.uniform else [])
                      + ([c for r in results.values() for c in r.path] if cfg.test.path else []))
   measure_formats(log, model, windows, others, cfg, batch, mesh, np.ones_like(start))
-  elapsed = time.time() - t0
   logging.info("search %.1f s; with the uniform curve and the test split %.1f s; %d new "
-               "configurations in %d calls", t_search, elapsed,
+               "configurations in %d calls", work.search_seconds, time.time() - work.t0,
                sum(e.evaluated for e in evaluators.values()),
                sum(e.calls for e in evaluators.values()))
 
@@ -716,7 +713,7 @@ def write_report(run_dir) -> str:
       columns[f"loss {short}"] = [m[1] for m in measured]
     out += [f"Tolerance {100 * c['tolerance']:g}%: M = {_fmt_config(config)}", "",
             cost.format_table(table, columns), ""]
-  paths = _paths_on_test(chosen, by_key, fp, setup["windows"]) if chosen.get("test_path") else []
+  paths = _paths_on_test(chosen, by_key, fp) if chosen.get("test_path") else []
   if paths:
     out += ["## The path on the test split", "",
             "Every configuration each search accepted, round by round (0: the start), with its "
@@ -749,24 +746,19 @@ def write_report(run_dir) -> str:
   return text
 
 
-def _paths_on_test(chosen, by_key, fp, windows) -> list:
+def _paths_on_test(chosen, by_key, fp) -> list:
   """[(chosen entry, {round: (calibration, test) intervals})] for the tolerances whose path
   (evaluated on the test split with test.path) has more than its start, the rounds whose
-  configuration has per-window sums on every window of both splits."""
+  configuration has an interval against FP on both splits (per-window sums on FP's windows)."""
   out = []
   for c in chosen["chosen"]:
     points = {}
     for i, config in enumerate(c.get("path", [])):
       key = precision_search.config_key(np.asarray(config))
-      pair = []
-      for split in SPLITS:
-        row = by_key[split].get(key)
-        if (row is None or fp[split] is None or "window_nll" not in row
-            or _n_windows(row) < windows[split]["n"]):
-          break
-        pair.append(common.increase_interval(row, fp[split]))
-      if len(pair) == len(SPLITS) and None not in pair:
-        points[i] = tuple(pair)
+      pair = tuple(common.increase_interval(by_key[split][key], fp[split])
+                   if key in by_key[split] else None for split in SPLITS)
+      if None not in pair:
+        points[i] = pair
     if len(points) > 1:
       out.append((c, points))
   return out
