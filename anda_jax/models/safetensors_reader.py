@@ -84,11 +84,24 @@ class Tensors:
     self.files = tensor_files(self.path)
     self.prefix = next((p for p in prefixes if any(k.startswith(p) for k in self.files)), prefixes[0])
 
-  def get(self, name, shape) -> np.ndarray:
+  def _full_name(self, name) -> str:
     full = name if name == _HEAD else self.prefix + name
     if full not in self.files:
       where = "(tie_word_embeddings is false)" if name == _HEAD else "in the safetensors files"
       fail(self.path, f"missing tensor '{full}' {where}")
+    return full
+
+  def kind(self, name) -> str:
+    """The stored dtype of a tensor, as safetensors names it (F32, F16, BF16, ...)."""
+    full = self._full_name(name)
+    try:
+      with _safe_open(self.files[full]) as s:
+        return s.get_slice(full).get_dtype()
+    except Exception as e:  # pylint: disable=broad-except
+      _unreadable(self.files[full], e)
+
+  def get(self, name, shape) -> np.ndarray:
+    full = self._full_name(name)
     t = read_tensor(self.files[full], full)
     if tuple(t.shape) != tuple(shape):
       fail(self.path, f"tensor '{full}' has shape {list(t.shape)}, expected {list(shape)}")

@@ -1,12 +1,13 @@
-"""Tokenizers: byte-level BPE rebuilt from a GGUF file's metadata, or a directory's
-tokenizer.json, both with the `tokenizers` library behind a small `Tokenizer` wrapper."""
+"""Tokenizers: byte-level BPE or SentencePiece-style BPE (byte fallback) rebuilt from a GGUF
+file's metadata, or a directory's tokenizer.json, all with the `tokenizers` library behind a
+small `Tokenizer` wrapper."""
 
 from __future__ import annotations
 
 import pathlib
 
 import tokenizers
-from tokenizers import decoders, models, pre_tokenizers
+from tokenizers import decoders, models, normalizers, pre_tokenizers
 
 # llama.cpp's LLaMA-3 pre-tokenizer split expression (llama-vocab.cpp).
 _LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
@@ -20,6 +21,7 @@ _GPT2_LIKE = ("default", "gpt2", "gpt-2", "smollm", "starcoder", "refact", "comm
 _LLAMA3_LIKE = ("llama3", "llama-v3", "llama-bpe", "falcon3", "smaug-bpe", "dbrx")
 
 _CONTROL, _USER_DEFINED = 3, 4  # llama.cpp token types
+_SPACE = "\u2581"  # SentencePiece's visible space
 
 
 class Tokenizer:
@@ -65,11 +67,21 @@ def _pre_tokenizer(pre: str, path):
 
 
 def from_gguf(gguf_file) -> Tokenizer:
-  """Byte-level BPE ("gpt2" tokenizer model) from a GGUFFile's metadata."""
-  path = gguf_file.path
+  """The tokenizer a GGUFFile's metadata describes: byte-level BPE (tokenizer.ggml.model "gpt2")
+  or SentencePiece-style BPE with byte fallback ("llama", e.g. Gemma's)."""
   model = gguf_file.meta("tokenizer.ggml.model")
-  if model != "gpt2":
-    raise ValueError(f"{path}: unsupported tokenizer model tokenizer.ggml.model={model!r}: supported is 'gpt2' (byte-level BPE)")
+  builders = {"gpt2": _byte_level_bpe, "llama": _sentencepiece_bpe}
+  if model not in builders:
+    raise ValueError(f"{gguf_file.path}: unsupported tokenizer model tokenizer.ggml.model={model!r}: "
+                     "supported are 'gpt2' (byte-level BPE) and 'llama' (SentencePiece BPE)")
+  backend = builders[model](gguf_file)
+  return Tokenizer(backend, bos_id=gguf_file.meta("tokenizer.ggml.bos_token_id", None),
+                   eos_id=gguf_file.meta("tokenizer.ggml.eos_token_id", None),
+                   add_bos=bool(gguf_file.meta("tokenizer.ggml.add_bos_token", model == "llama")))
+
+
+def _byte_level_bpe(gguf_file) -> tokenizers.Tokenizer:
+  path = gguf_file.path
   tokens = list(gguf_file.meta("tokenizer.ggml.tokens"))
   merges = list(gguf_file.meta("tokenizer.ggml.merges"))
   types = list(gguf_file.meta("tokenizer.ggml.token_type", [1] * len(tokens)))
@@ -96,9 +108,48 @@ def from_gguf(gguf_file) -> Tokenizer:
           for t, k in zip(tokens, types) if k == _USER_DEFINED]
   backend.add_special_tokens(control)
   backend.add_tokens(user)
-  return Tokenizer(backend, bos_id=gguf_file.meta("tokenizer.ggml.bos_token_id", None),
-                   eos_id=gguf_file.meta("tokenizer.ggml.eos_token_id", None),
-                   add_bos=bool(gguf_file.meta("tokenizer.ggml.add_bos_token", False)))
+  return backend
+
+
+def _merges_by_rank(vocab: dict[str, int]) -> list[tuple[str, str]]:
+  """The BPE merges a SentencePiece vocabulary implies: every split of a token into two tokens,
+  ranked by the merged token's place in the vocabulary (earlier first; of one token's splits, the
+  longer left piece first). A GGUF lists no merges for these; transformers' GGUF loader derives
+  the same list (the file order, not the scores, which some files leave flat)."""
+  merges = []
+  for token, rank in vocab.items():
+    splits = [(token[:j], token[j:]) for j in range(1, len(token))
+              if token[:j] in vocab and token[j:] in vocab]
+    splits.sort(key=lambda lr: (vocab[lr[0]], vocab[lr[1]]))
+    merges.extend((rank, -len(left), -len(right), left, right) for left, right in splits)
+  merges.sort(key=lambda m: m[:3])  # stable: equal keys keep the order above
+  return [(left, right) for *_, left, right in merges]
+
+
+def _sentencepiece_bpe(gguf_file) -> tokenizers.Tokenizer:
+  """SentencePiece BPE ("llama" tokenizer model) from a GGUF's vocabulary: spaces as U+2581, no
+  prefix space, unknown characters as their UTF-8 bytes (<0xNN> tokens), control tokens special
+  and user-defined ones (e.g. Gemma's newline runs and HTML tags) matched whole."""
+  path = gguf_file.path
+  if gguf_file.meta("tokenizer.ggml.add_space_prefix", False):
+    raise ValueError(f"{path}: tokenizer.ggml.add_space_prefix=true is not supported")
+  tokens = list(gguf_file.meta("tokenizer.ggml.tokens"))
+  types = list(gguf_file.meta("tokenizer.ggml.token_type", [1] * len(tokens)))
+  # Runs of spaces are stored with real spaces; the model looks them up spelled with U+2581.
+  spelled = [_SPACE * len(t) if " " in t and not t.strip() else t for t in tokens]
+  vocab = {t: i for i, t in enumerate(spelled)}
+  unk = gguf_file.meta("tokenizer.ggml.unknown_token_id", None)
+  backend = tokenizers.Tokenizer(models.BPE(
+      vocab=vocab, merges=_merges_by_rank(vocab), fuse_unk=True, byte_fallback=True,
+      unk_token=None if unk is None else tokens[unk]))
+  backend.normalizer = normalizers.Replace(" ", _SPACE)
+  backend.decoder = decoders.Sequence([decoders.Replace(_SPACE, " "), decoders.ByteFallback(),
+                                       decoders.Fuse()])
+  backend.add_special_tokens([tokenizers.AddedToken(t, special=True, normalized=False)
+                              for t, k in zip(tokens, types) if k == _CONTROL])
+  backend.add_tokens([tokenizers.AddedToken(t, special=False, normalized=False)
+                      for t, k in zip(tokens, types) if k == _USER_DEFINED and t in vocab])
+  return backend
 
 
 def from_directory(directory) -> Tokenizer | None:

@@ -1,7 +1,9 @@
 """Weight maps: which checkpoint tensor goes where in our models' weights, as one table per
-family (LLAMA_WEIGHTS, read from GGUF or HF; OPT_FROM_HF), and the builders that read a
-checkpoint, apply its table and build the config: llama_from_gguf, llama_from_hf, opt_from_hf
-(HF_BUILDERS by config.json model_type).
+family (LLAMA_WEIGHTS and GEMMA3_WEIGHTS, read from GGUF or HF; OPT_FROM_HF), and the builders
+that read a checkpoint, apply its table and build the config: llama_from_gguf, llama_from_hf,
+gemma3_from_gguf, gemma3_from_hf, opt_from_hf (GGUF_BUILDERS by general.architecture,
+HF_BUILDERS by config.json model_type). Every builder returns (config, weights); weights
+["weight_types"] says what the tensors were stored as and what they became.
 
 Our layout is y = x @ W with W [K, N]; per-layer matrices are stacked along a leading layer
 axis, and matrices that share an activation are fused along N (q|k|v, gate|up), which gives the
@@ -17,7 +19,7 @@ upcast to float32 only inside the quantizer's compiled program), never the model
 
 A table row, as apply_table reads it, is (checkpoint name, destination, shape as stored,
 transform[, flag]). LLAMA_WEIGHTS rows are (destination, GGUF name, HF name, shape, transform[,
-flag]); _one_source turns them into LLAMA_FROM_GGUF and LLAMA_FROM_HF.
+flag]); _one_source turns them into LLAMA_FROM_GGUF and LLAMA_FROM_HF (GEMMA3_WEIGHTS likewise).
   checkpoint name  as the reader names it (HF: after the "model." prefix); "{i}" is the layer index
   destination      "layers.x" is weights["layers"]["x"], stacked over layers; else weights[key].
                    Rows with one destination are fused along N, in table order.
@@ -29,6 +31,8 @@ flag]); _one_source turns them into LLAMA_FROM_GGUF and LLAMA_FROM_HF.
                    linear:       [n_out, K] -> W [K, n_out]; 4-bit GGUF stays Int4Weights
                    rotary:       linear, then llama.cpp's Q/K row order undone (GGUF only;
                                  HF files keep the order, so read as linear)
+                   norm:         (Gemma) a norm's factor 1 + w: GGUF stores it (read as vector),
+                                 HF stores w (read as one_plus)
   flag             read only when dims[flag] is true; otherwise the destination is None
 Tensors are read in table order, layer by layer, then the rest (for LLaMA in each source's own
 order), so of several broken tensors the first one is reported.
@@ -36,6 +40,7 @@ order), so of several broken tensors the first one is reported.
 
 from __future__ import annotations
 
+import collections
 import logging
 import pathlib
 
@@ -44,8 +49,10 @@ import numpy as np
 
 from anda_jax import int4
 from anda_jax import precision
+from anda_jax.models import gemma3 as gemma3_lib
 from anda_jax.models import llama as llama_lib
 from anda_jax.models import opt as opt_lib
+from anda_jax.models import weight_types
 from anda_jax.models.checkpoints import fail, positive_int
 from anda_jax.models.gguf_reader import GGUFFile
 from anda_jax.models.safetensors_reader import Tensors
@@ -66,20 +73,45 @@ LLAMA_WEIGHTS = (  # destination, llama.cpp name (GGUF), transformers name (HF),
 )
 
 
-def _one_source(shared, column: int, rest_order, rotary: str):
+def _one_source(shared, column: int, rest_order, renames: dict):
   """One source's table (checkpoint name, destination, shape, transform[, flag]) from a shared
-  table: names from `column`, "rotary" rows read as `rotary`, the per-layer rows in table order,
-  then the others in `rest_order` (by destination)."""
-  rows = [(row[column], row[0], row[3], rotary if row[4] == "rotary" else row[4], *row[5:])
-          for row in shared]
+  table: names from `column`, transforms renamed as `renames` says (e.g. "rotary" rows read as
+  "linear"), the per-layer rows in table order, then the others in `rest_order` (by
+  destination)."""
+  rows = [(row[column], row[0], row[3], renames.get(row[4], row[4]), *row[5:]) for row in shared]
   in_layer = [row for row in rows if row[1].startswith("layers.")]
   rest = [row for row in rows if not row[1].startswith("layers.")]
   return tuple(in_layer + sorted(rest, key=lambda row: rest_order.index(row[1])))
 
 
-LLAMA_FROM_GGUF = _one_source(LLAMA_WEIGHTS, 1, ("embed", "final_norm", "head"), rotary="rotary")
+LLAMA_FROM_GGUF = _one_source(LLAMA_WEIGHTS, 1, ("embed", "final_norm", "head"), {})
 # transformers keeps the Q/K row order; its LLaMA files were always read head first.
-LLAMA_FROM_HF = _one_source(LLAMA_WEIGHTS, 2, ("head", "embed", "final_norm"), rotary="linear")
+LLAMA_FROM_HF = _one_source(LLAMA_WEIGHTS, 2, ("head", "embed", "final_norm"), {"rotary": "linear"})
+
+# Gemma 3: llama.cpp keeps the Q/K row order (its Gemma rotary is "rotate half") and stores every
+# norm weight as the factor 1 + w, transformers w itself ("norm" rows: read 1 + w from HF).
+GEMMA3_WEIGHTS = (  # destination, llama.cpp name (GGUF), transformers name (HF), shape, transform[, flag]
+    ("layers.attn_norm", "blk.{i}.attn_norm.weight", "layers.{i}.input_layernorm.weight", ("d",), "norm"),
+    ("layers.qkv", "blk.{i}.attn_q.weight", "layers.{i}.self_attn.q_proj.weight", ("q", "d"), "linear"),
+    ("layers.qkv", "blk.{i}.attn_k.weight", "layers.{i}.self_attn.k_proj.weight", ("kv", "d"), "linear"),
+    ("layers.qkv", "blk.{i}.attn_v.weight", "layers.{i}.self_attn.v_proj.weight", ("kv", "d"), "linear"),
+    ("layers.q_norm", "blk.{i}.attn_q_norm.weight", "layers.{i}.self_attn.q_norm.weight", ("head_dim",), "norm"),
+    ("layers.k_norm", "blk.{i}.attn_k_norm.weight", "layers.{i}.self_attn.k_norm.weight", ("head_dim",), "norm"),
+    ("layers.o", "blk.{i}.attn_output.weight", "layers.{i}.self_attn.o_proj.weight", ("d", "q"), "linear"),
+    ("layers.post_attn_norm", "blk.{i}.post_attention_norm.weight",
+     "layers.{i}.post_attention_layernorm.weight", ("d",), "norm"),
+    ("layers.mlp_norm", "blk.{i}.ffn_norm.weight", "layers.{i}.pre_feedforward_layernorm.weight", ("d",), "norm"),
+    ("layers.up", "blk.{i}.ffn_gate.weight", "layers.{i}.mlp.gate_proj.weight", ("f", "d"), "linear"),
+    ("layers.up", "blk.{i}.ffn_up.weight", "layers.{i}.mlp.up_proj.weight", ("f", "d"), "linear"),
+    ("layers.down", "blk.{i}.ffn_down.weight", "layers.{i}.mlp.down_proj.weight", ("d", "f"), "linear"),
+    ("layers.post_mlp_norm", "blk.{i}.post_ffw_norm.weight", "layers.{i}.post_feedforward_layernorm.weight",
+     ("d",), "norm"),
+    ("embed", "token_embd.weight", "embed_tokens.weight", ("vocab", "d"), "table"),
+    ("final_norm", "output_norm.weight", "norm.weight", ("d",), "norm"),
+    ("head", "output.weight", "lm_head.weight", ("vocab", "d"), "table", "untied"),
+)
+GEMMA3_FROM_GGUF = _one_source(GEMMA3_WEIGHTS, 1, ("embed", "final_norm", "head"), {"norm": "vector"})
+GEMMA3_FROM_HF = _one_source(GEMMA3_WEIGHTS, 2, ("head", "embed", "final_norm"), {"norm": "one_plus"})
 
 OPT_FROM_HF = (  # transformers' OPTForCausalLM, names after the "model.decoder." prefix
     ("layers.{i}.self_attn_layer_norm.weight", "layers.attn_ln_w", ("d",), "vector"),
@@ -225,18 +257,23 @@ def _one_scheme(ws, group_size: int, site: str, path) -> list:
           for w in ws]
 
 
-def _read_rows(reader, rows, dims, i=None, int4_group_size=None, to_device=False) -> dict:
+def _read_rows(reader, rows, dims, i=None, int4_group_size=None, to_device=False,
+               sources=None) -> dict:
   """{destination key: array} from the rows (of layer i), parts of one destination fused. With
-  int4_group_size, each float part of an FP-INT site (precision.MODULE_TYPES) of the layers is
-  RTN-quantized as soon as it is read, so one float tensor is alive at a time. to_device: each
-  tensor becomes a device array as soon as it is read (one host copy alive at a time)."""
+  int4_group_size, each part of an FP-INT site (precision.MODULE_TYPES) of the layers that is
+  not INT4 with this group size already is RTN-quantized as soon as it is read, so one float
+  tensor is alive at a time. to_device: each tensor becomes a device array as soon as it is read
+  (one host copy alive at a time). sources: {destination: Counter of stored types}, counted."""
   parts = {}
   for name, dest, shape, transform, *flag in rows:
     if flag and not dims[flag[0]]:
       parts[dest] = None
       continue
     w = _TRANSFORMS[transform](reader, name.format(i=i), tuple(dims[s] for s in shape), dims)
-    if _quantized(dest, int4_group_size) and not isinstance(w, int4.Int4Weights):
+    if sources is not None:
+      sources.setdefault(dest, collections.Counter())[reader.kind(name.format(i=i))] += 1
+    if _quantized(dest, int4_group_size) and not (isinstance(w, int4.Int4Weights)
+                                                  and w.group_size == int4_group_size):
       w = _rtn(w, int4_group_size, dest.removeprefix("layers."), reader.path)
     if to_device:
       w = jax.tree.map(_on_device, w)
@@ -256,14 +293,16 @@ def _quantized(dest: str, int4_group_size) -> bool:
 
 
 def apply_table(table, reader, dims: dict, n_layers: int, int4_group_size=None) -> dict:
-  """Our weights from reader's tensors as `table` says; int4_group_size: RTN-quantize the float
-  FP-INT matrices (precision.MODULE_TYPES) to INT4 with this group size along K, each as it is
-  read (4-bit GGUF tensors stay as stored, unless they must join another scheme). Layer weights
-  come back stacked, the others one by one, as device arrays."""
+  """Our weights from reader's tensors as `table` says; int4_group_size: RTN-quantize the
+  FP-INT matrices (precision.MODULE_TYPES) to INT4 with this group size along K from the file's
+  numbers, each as it is read (4-bit GGUF tensors of this group size stay as stored, unless they
+  must join another scheme). Layer weights come back stacked, the others one by one, as device
+  arrays; "weight_types" holds what they were stored as and became (weight_types.WeightTypes)."""
   in_layer = [row for row in table if row[1].startswith("layers.")]
   stacks = {}
+  sources = {}
   for i in range(n_layers):
-    for site, w in _read_rows(reader, in_layer, dims, i, int4_group_size).items():
+    for site, w in _read_rows(reader, in_layer, dims, i, int4_group_size, sources=sources).items():
       if site not in stacks:
         unify = None
         if _quantized("layers." + site, int4_group_size):
@@ -273,7 +312,8 @@ def apply_table(table, reader, dims: dict, n_layers: int, int4_group_size=None) 
         stacks[site].add(w)
   layers = {site: None if s is None else s.result() for site, s in stacks.items()}
   rest = [row for row in table if not row[1].startswith("layers.")]
-  return dict(_read_rows(reader, rest, dims, to_device=True), layers=layers)
+  weights = dict(_read_rows(reader, rest, dims, to_device=True, sources=sources), layers=layers)
+  return dict(weights, weight_types=weight_types.describe(sources, weights))
 
 
 def _unpermute_rotary(w, n_out, head_dim):
@@ -291,6 +331,8 @@ _TRANSFORMS = {
     "linear": lambda r, name, shape, dims: r.matrix(name, *shape),
     "rotary": lambda r, name, shape, dims: _unpermute_rotary(r.matrix(name, *shape), shape[0],
                                                              dims["head_dim"]),
+    # HF Gemma's norm: x * (1 + w), 1 + w computed in float32 as transformers does.
+    "one_plus": lambda r, name, shape, dims: 1.0 + r.vector(name, *shape).astype(np.float32),
 }
 
 
@@ -302,12 +344,8 @@ def _llama_dims(c: llama_lib.LlamaConfig) -> dict:
 # ----------------------------------------------------------------------------- builders
 
 
-def llama_from_gguf(path, int4_group_size=None):
-  """A llama-architecture GGUF -> (LlamaConfig, weights, GGUFFile)."""
-  f = GGUFFile(path)
-  arch = f.meta("general.architecture")
-  if arch != "llama":
-    fail(f.path, f"unsupported architecture '{arch}': supported is 'llama'")
+def llama_from_gguf(f: GGUFFile, int4_group_size=None):
+  """A llama-architecture GGUFFile -> (LlamaConfig, weights)."""
   a = lambda key, *default: f.meta(f"llama.{key}", *default)
   size = lambda key, *default: positive_int(f.path, f"llama.{key}", a(key, *default))
   n_heads = size("attention.head_count")
@@ -329,8 +367,7 @@ def llama_from_gguf(path, int4_group_size=None):
       norm_eps=float(a("attention.layer_norm_rms_epsilon", 1e-5)),
       tie_embeddings="output.weight" not in f.tensors,
       max_positions=int(a("context_length", 2048)))
-  weights = apply_table(LLAMA_FROM_GGUF, f, _llama_dims(config), config.n_layers, int4_group_size)
-  return config, weights, f
+  return config, apply_table(LLAMA_FROM_GGUF, f, _llama_dims(config), config.n_layers, int4_group_size)
 
 
 def llama_from_hf(directory, cfg: dict, int4_group_size=None):
@@ -384,4 +421,89 @@ def opt_from_hf(directory, cfg: dict, int4_group_size=None):
   return config, apply_table(OPT_FROM_HF, tensors, dims, c.n_layers, int4_group_size)
 
 
-HF_BUILDERS = {"llama": llama_from_hf, "opt": opt_from_hf}
+def _gemma3_dims(c: gemma3_lib.Gemma3Config) -> dict:
+  return dict(d=c.d_model, f=c.d_ff, vocab=c.vocab, head_dim=c.head_dim, q=c.n_heads * c.head_dim,
+              kv=c.n_kv_heads * c.head_dim, untied=not c.tie_embeddings)
+
+
+def gemma3_from_gguf(f: GGUFFile, int4_group_size=None):
+  """A gemma3-architecture GGUFFile (llama.cpp's converter) -> (Gemma3Config, weights). What the
+  file does not say is llama.cpp's: rotary base 10,000 on local layers, five local layers per
+  global one, and queries scaled by head_dim^-1/2 (d_model / heads for the 62-layer 27B)."""
+  a = lambda key, *default: f.meta(f"gemma3.{key}", *default)
+  size = lambda key, *default: positive_int(f.path, f"gemma3.{key}", a(key, *default))
+  n_layers, d_model, n_heads = size("block_count"), size("embedding_length"), size("attention.head_count")
+  head_dim = size("attention.key_length", 256)
+  if size("attention.value_length", head_dim) != head_dim:
+    fail(f.path, "gemma3.attention.value_length differs from key_length: not supported")
+  rope_dim = int(a("rope.dimension_count", head_dim))
+  if rope_dim != head_dim:
+    fail(f.path, f"partial rotary (rope.dimension_count={rope_dim} < head_dim={head_dim}) is not supported")
+  scaling, factor = a("rope.scaling.type", "none"), 1.0
+  if scaling == "linear":
+    factor = float(a("rope.scaling.factor"))
+  elif scaling not in ("none", None):
+    fail(f.path, f"unsupported rope scaling '{scaling}': supported are none and linear")
+  embd = f.tensors.get("token_embd.weight")
+  if embd is None:
+    fail(f.path, "missing tensor 'token_embd.weight'")
+  config = gemma3_lib.Gemma3Config(
+      n_layers=n_layers, d_model=d_model, n_heads=n_heads,
+      n_kv_heads=size("attention.head_count_kv", n_heads), d_ff=size("feed_forward_length"),
+      vocab=int(embd.shape[1]), head_dim=head_dim, rope_theta=float(a("rope.freq_base", 1e6)),
+      rope_scaling=factor, sliding_window=size("attention.sliding_window", 512),
+      query_pre_attn_scalar=d_model / n_heads if n_layers == 62 else head_dim,
+      norm_eps=float(a("attention.layer_norm_rms_epsilon", 1e-6)),
+      tie_embeddings="output.weight" not in f.tensors, max_positions=size("context_length", 32768))
+  return config, apply_table(GEMMA3_FROM_GGUF, f, _gemma3_dims(config), n_layers, int4_group_size)
+
+
+def _gemma3_rope(path, cfg: dict) -> tuple[float, float, float]:
+  """(global base, local base, global linear scaling factor) of a Gemma 3 config.json: the
+  rope_parameters of transformers >= 5 (per layer type), or the older rope_theta,
+  rope_local_base_freq and rope_scaling."""
+  params = cfg.get("rope_parameters") or {}
+  full = params.get("full_attention") or dict(cfg.get("rope_scaling") or {}, rope_theta=cfg.get("rope_theta", 1e6))
+  local = params.get("sliding_attention") or dict(rope_theta=cfg.get("rope_local_base_freq", 1e4))
+  kinds = {kind: p.get("rope_type", p.get("type", "default")) for kind, p in
+           (("full_attention", full), ("sliding_attention", local))}
+  if kinds["full_attention"] not in ("default", "linear") or kinds["sliding_attention"] != "default":
+    fail(path, f"rope types {kinds} are not supported: must be 'default' (or 'linear' on full_attention)")
+  factor = float(full.get("factor", 1.0)) if kinds["full_attention"] == "linear" else 1.0
+  return float(full.get("rope_theta", 1e6)), float(local.get("rope_theta", 1e4)), factor
+
+
+def gemma3_from_hf(directory, cfg: dict, int4_group_size=None):
+  """A transformers Gemma3ForCausalLM directory (model_type gemma3_text) -> (Gemma3Config, weights)."""
+  directory = pathlib.Path(directory)
+  path = directory / "config.json"
+  for flag in ("attention_bias", "use_bidirectional_attention", "final_logit_softcapping",
+               "attn_logit_softcapping"):
+    if cfg.get(flag):
+      fail(path, f"{flag}={cfg[flag]!r} is not supported")
+  if cfg.get("hidden_activation", "gelu_pytorch_tanh") != "gelu_pytorch_tanh":
+    fail(path, f"hidden_activation={cfg['hidden_activation']!r} is not supported: must be gelu_pytorch_tanh")
+  size = lambda key, *default: positive_int(path, key, cfg.get(key, *default))
+  n_layers = size("num_hidden_layers")
+  pattern = size("sliding_window_pattern", gemma3_lib.SLIDING_WINDOW_PATTERN)
+  types = cfg.get("layer_types") or ["sliding_attention" if s else "full_attention"
+                                     for s in gemma3_lib.default_sliding_layers(n_layers, pattern)]
+  if len(types) != n_layers or not set(types) <= {"sliding_attention", "full_attention"}:
+    fail(path, f"layer_types={types!r} is invalid: must be {n_layers} of sliding_attention / full_attention")
+  theta, local_theta, factor = _gemma3_rope(path, cfg)
+  n_heads = size("num_attention_heads")
+  config = gemma3_lib.Gemma3Config(
+      n_layers=n_layers, d_model=size("hidden_size"), n_heads=n_heads,
+      n_kv_heads=size("num_key_value_heads", n_heads), d_ff=size("intermediate_size"),
+      vocab=size("vocab_size"), head_dim=size("head_dim", 256), rope_theta=theta,
+      rope_local_theta=local_theta, rope_scaling=factor, sliding_window=size("sliding_window", 4096),
+      sliding_layers=tuple(t == "sliding_attention" for t in types),
+      query_pre_attn_scalar=float(cfg.get("query_pre_attn_scalar", 256)),
+      norm_eps=float(cfg.get("rms_norm_eps", 1e-6)), tie_embeddings=bool(cfg.get("tie_word_embeddings", True)),
+      max_positions=size("max_position_embeddings", 131072))
+  tensors = Tensors(directory, ("model.", ""))
+  return config, apply_table(GEMMA3_FROM_HF, tensors, _gemma3_dims(config), n_layers, int4_group_size)
+
+
+HF_BUILDERS = {"llama": llama_from_hf, "opt": opt_from_hf, "gemma3_text": gemma3_from_hf}
+GGUF_BUILDERS = {"llama": llama_from_gguf, "gemma3": gemma3_from_gguf}
