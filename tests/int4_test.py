@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from anda_jax import int4
+import testlib
 
 Q = gguf.GGMLQuantizationType
 
@@ -34,17 +35,6 @@ def _rtn_reference(w, group_size, symmetric):
   ratio = base / np.where(d == 0, 1.0, d)[:, None, :]
   q = np.clip(np.round(ratio), lo, hi).astype(np.int64)
   return q.reshape(k, n), d, z, ratio.reshape(k, n)
-
-
-def _random_gguf(rng, qtype, n_out, k):
-  """Random GGUF blocks: random code bytes, finite random f16 scale/min fields."""
-  block_bytes = {Q.Q4_0: 18, Q.Q4_1: 20, Q.Q8_0: 34}[qtype]
-  nb = k // 32
-  raw = rng.integers(0, 256, size=(n_out, nb, block_bytes), dtype=np.uint8)
-  n_f16 = 2 if qtype == Q.Q4_1 else 1  # Q4_1 has d and m
-  halves = rng.normal(size=(n_out, nb, n_f16)).astype(np.float16)
-  raw[..., : 2 * n_f16] = halves.view(np.uint8).reshape(n_out, nb, 2 * n_f16)
-  return raw.reshape(n_out, nb * block_bytes)
 
 
 class QuantizeRtnTest(parameterized.TestCase):
@@ -158,53 +148,69 @@ class PackingTest(parameterized.TestCase):
 class GgufTest(parameterized.TestCase):
 
   @parameterized.parameters(
-      (Q.Q4_0, int4.from_gguf_q4_0, True),
-      (Q.Q4_1, int4.from_gguf_q4_1, False),
+      (Q.Q4_0, int4.from_gguf_q4_0, True, 128),
+      (Q.Q4_1, int4.from_gguf_q4_1, False, 128),
+      (Q.Q4_K, int4.from_gguf_q4_k, False, 768),
   )
-  def test_random_blocks_match_gguf_dequantize(self, qtype, ctor, symmetric):
+  def test_random_blocks_match_gguf_dequantize(self, qtype, ctor, symmetric, k):
+    """Bit for bit: dequantizing our INT4 gives gguf's own dequantization, signed zeros too."""
     rng = np.random.default_rng(int(qtype))
-    n_out, k = 5, 128
-    raw = _random_gguf(rng, qtype, n_out, k)
+    n_out = 5
+    raw = testlib.random_gguf_blocks(rng, qtype, n_out, k, scale=0.05)
     ref = gguf.quants.dequantize(raw, qtype)  # [n_out, k] float32
     qw = ctor(raw, n_out, k)
     self.assertEqual(qw.shape, (k, n_out))
     self.assertEqual(qw.group_size, 32)
     self.assertEqual(qw.symmetric, symmetric)
-    np.testing.assert_array_equal(np.asarray(int4.dequantize(qw)).T, ref)
-    np.testing.assert_array_equal(np.asarray(jax.jit(int4.dequantize)(qw)).T, ref)
+    testlib.assert_bit_exact(np.asarray(int4.dequantize(qw)).T, ref)
+    testlib.assert_bit_exact(np.asarray(jax.jit(int4.dequantize)(qw)).T, ref)
+    # Flat bytes are accepted too.
+    chex.assert_trees_all_equal(ctor(raw.ravel(), n_out, k), qw)
+
+  def test_q4_k_scales_are_per_32_weight_sub_block(self):
+    """Q4_K's 6-bit sub-block scales and minimums, decoded by a float64 reading of the layout
+    (llama.cpp's get_scale_min_k4), give our scale and offset; codes are the stored nibbles."""
+    raw = testlib.random_gguf_blocks(np.random.default_rng(4), Q.Q4_K, 3, 512)
+    qw = int4.from_gguf_q4_k(raw, 3, 512)
+    blocks = raw.reshape(3, 2, 144)
+    d = blocks[..., 0:2].copy().view(np.float16)[..., 0].astype(np.float64)
+    dmin = blocks[..., 2:4].copy().view(np.float16)[..., 0].astype(np.float64)
+    s = blocks[..., 4:16].astype(np.int64)
+    for j in range(8):
+      if j < 4:
+        sc, m = s[..., j] & 63, s[..., j + 4] & 63
+      else:
+        sc = (s[..., j + 4] & 0xF) | ((s[..., j - 4] >> 6) << 4)
+        m = (s[..., j + 4] >> 4) | ((s[..., j] >> 6) << 4)
+      np.testing.assert_array_equal(np.asarray(qw.scale)[j::8].T, d * sc)
+      np.testing.assert_array_equal(np.asarray(qw.offset)[j::8].T, -dmin * m)
+      qs = blocks[..., 16 + 32 * (j // 2):16 + 32 * (j // 2) + 32]
+      nibbles = (qs >> (4 * (j % 2))) & 0xF  # [3, 2, 32]
+      codes = np.asarray(int4.codes(qw)).T.reshape(3, 2, 8, 32)[:, :, j]
+      np.testing.assert_array_equal(codes, nibbles)
 
   @parameterized.parameters(Q.Q4_0, Q.Q4_1)
   def test_gguf_quantized_weights(self, qtype):
     # Real-looking data through gguf's own quantizer, as a GGUF file would hold it.
     w = np.random.default_rng(11).normal(size=(4, 64)).astype(np.float32)
     raw = gguf.quants.quantize(w, qtype)
-    ctor = int4.from_gguf_q4_0 if qtype == Q.Q4_0 else int4.from_gguf_q4_1
-    qw = ctor(raw, 4, 64)
+    qw = int4.GGUF_INT4_TYPES[qtype.name](raw, 4, 64)
     np.testing.assert_array_equal(
         np.asarray(int4.dequantize(qw)).T, gguf.quants.dequantize(raw, qtype))
 
-  def test_q8_0_matches_gguf_dequantize(self):
-    rng = np.random.default_rng(8)
-    raw = _random_gguf(rng, Q.Q8_0, 3, 96)
-    out = int4.gguf_q8_0_to_float(raw, 3, 96)
-    self.assertEqual(out.dtype, np.float32)
-    np.testing.assert_array_equal(out, gguf.quants.dequantize(raw, Q.Q8_0))
-    # Flat bytes are accepted too.
-    np.testing.assert_array_equal(int4.gguf_q8_0_to_float(raw.ravel(), 3, 96), out)
-
   @parameterized.parameters(
-      (int4.from_gguf_q4_0, 18), (int4.from_gguf_q4_1, 20), (int4.gguf_q8_0_to_float, 34))
-  def test_bad_inputs_raise(self, ctor, block_bytes):
-    good = np.zeros(2 * 2 * block_bytes, np.uint8)  # n_out=2, k=64
-    ctor(good, 2, 64)
+      (int4.from_gguf_q4_0, 18, 32), (int4.from_gguf_q4_1, 20, 32), (int4.from_gguf_q4_k, 144, 256))
+  def test_bad_inputs_raise(self, ctor, block_bytes, block):
+    good = np.zeros(2 * 2 * block_bytes, np.uint8)  # n_out=2, k=2 blocks
+    ctor(good, 2, 2 * block)
     with self.assertRaisesRegex(ValueError, f"raw has {good.size - 1} bytes.*expected"):
-      ctor(good[:-1], 2, 64)
-    with self.assertRaisesRegex(ValueError, "k=48 must be a multiple of 32"):
+      ctor(good[:-1], 2, 2 * block)
+    with self.assertRaisesRegex(ValueError, f"k=48 must be a multiple of {block}"):
       ctor(good, 2, 48)
     with self.assertRaisesRegex(ValueError, "n_out=.* is invalid: must be an integer >= 1"):
-      ctor(good, 0, 64)
+      ctor(good, 0, 2 * block)
     with self.assertRaisesRegex(ValueError, "dtype float32"):
-      ctor(good.astype(np.float32), 2, 64)
+      ctor(good.astype(np.float32), 2, 2 * block)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,9 @@
-"""LLaMA and OPT models against Hugging Face transformers (torch CPU, float32) on tiny random
-checkpoints this test builds with `save_pretrained`, and the precision semantics of the models."""
+"""LLaMA, Gemma 3 and OPT models against Hugging Face transformers (torch CPU, float32) on tiny
+random checkpoints this test builds with `save_pretrained`, and the precision semantics of the
+models."""
+
+import json
+import pathlib
 
 from absl.testing import absltest
 from absl.testing import parameterized
@@ -32,7 +36,13 @@ CASES = (
     ("opt_pre_ln", "opt", {}),
     ("opt_post_ln_project", "opt", dict(do_layer_norm_before=False, word_embed_proj_dim=32)),
     ("opt_pre_ln_project_untied", "opt", dict(word_embed_proj_dim=32, tie_word_embeddings=False)),
+    ("gemma3_local_global", "gemma3", {}),
+    ("gemma3_untied_mha_linear_rope", "gemma3", dict(
+        num_key_value_heads=4, tie_word_embeddings=False,
+        rope_parameters={"full_attention": {"rope_type": "linear", "factor": 4.0, "rope_theta": 500.0},
+                         "sliding_attention": {"rope_type": "default", "rope_theta": 50.0}})),
 )
+_CLASSES = {"llama": models.Llama, "opt": models.OPT, "gemma3": models.Gemma3}
 
 _FORWARD = jax.jit(lambda m, t, p: m(t, p, ProductSpec(AndaFormat(group_size=32))))
 
@@ -44,12 +54,12 @@ class HFParityTest(parameterized.TestCase):
     hf = testlib.hf_tiny_model(kind, **overrides)
     model, tokenizer = models.load(_save(self, hf))
     self.assertIsNone(tokenizer)  # no tokenizer.json in these directories
-    self.assertIsInstance(model, models.Llama if kind == "llama" else models.OPT)
+    self.assertIsInstance(model, _CLASSES[kind])
     ref = testlib.hf_logits(hf, TOKENS)
     self.assertGreater(np.abs(ref).max(), 1.0)
     np.testing.assert_allclose(np.asarray(_FORWARD(model, TOKENS, None)), ref, atol=1e-4, rtol=0)
 
-  @parameterized.named_parameters(("llama", "llama"), ("opt", "opt"))
+  @parameterized.named_parameters(("llama", "llama"), ("opt", "opt"), ("gemma3", "gemma3"))
   def test_int4_rtn_equals_float_model_on_dequantized_weights(self, kind):
     """RTN INT4 loading: the model computes with exactly the dequantized weights."""
     import torch  # pylint: disable=g-import-not-at-top
@@ -58,6 +68,10 @@ class HFParityTest(parameterized.TestCase):
     directory = _save(self, hf)
     model, _ = models.load(directory, int4_group_size=32)
     self.assertIsInstance(model.layers.get_value()["up"], int4.Int4Weights)
+    rtn = "F32 -> INT4 asymmetric G=32 (RTN)"
+    self.assertEqual(model.weight_types.counts()[rtn], 7 * 3 if kind != "opt" else 6 * 3)
+    self.assertEqual(model.weight_types.as_dict()["down"],
+                     {"F32": {"tensors": 3, "as": "INT4 asymmetric G=32 (RTN)"}})
     # Reference: HF with every FP-INT weight replaced by its RTN-dequantized value.
     with torch.no_grad():
       for name, p in hf.named_parameters():
@@ -66,6 +80,29 @@ class HFParityTest(parameterized.TestCase):
           p.copy_(torch.from_numpy(np.array(int4.dequantize(int4.quantize_rtn(w, 32, symmetric=False))).T))
     np.testing.assert_allclose(np.asarray(_FORWARD(model, TOKENS, None)),
                                testlib.hf_logits(hf, TOKENS), atol=1e-4, rtol=0)
+
+  def test_gemma3_older_config_keys(self):
+    """config.json as transformers < 5 wrote it: the layer pattern and the rotary bases as single
+    settings (here describing the same model as the tiny default)."""
+    hf = testlib.hf_tiny_model("gemma3")
+    directory = _save(self, hf)
+    path = pathlib.Path(directory) / "config.json"
+    cfg = json.loads(path.read_text())
+    for key in ("layer_types", "rope_parameters"):
+      del cfg[key]
+    cfg.update(sliding_window_pattern=2, rope_theta=500.0, rope_local_base_freq=50.0)
+    path.write_text(json.dumps(cfg))
+    model, _ = models.load(directory)
+    self.assertEqual(model.config.sliding_layers, (True, False, True))
+    np.testing.assert_allclose(np.asarray(_FORWARD(model, TOKENS, None)), testlib.hf_logits(hf, TOKENS),
+                               atol=1e-4, rtol=0)
+
+  def test_weight_types_of_a_float_checkpoint(self):
+    model, _ = models.load(_save(self, testlib.hf_tiny_model("llama")))
+    # 3 layers x (2 norms + 7 matrices), the embedding and the final norm (the head is tied).
+    self.assertEqual(model.weight_types.counts(), {"F32 -> float32": 3 * 9 + 2})
+    self.assertEqual(model.weight_types.as_dict()["qkv"], {"F32": {"tensors": 9, "as": "float32"}})
+    self.assertEqual(str(model.weight_types), "F32 -> float32: 29")
 
   def test_bad_int4_group_size(self):
     directory = _save(self, testlib.hf_tiny_model("llama"))
@@ -81,9 +118,9 @@ class PrecisionTest(parameterized.TestCase):
   def setUpClass(cls):
     super().setUpClass()
     cls.models = {kind: models.load(_save(cls, testlib.hf_tiny_model(kind)), int4_group_size=32)[0]
-                  for kind in ("llama", "opt")}
+                  for kind in ("llama", "opt", "gemma3")}
 
-  @parameterized.parameters("llama", "opt")
+  @parameterized.parameters("llama", "opt", "gemma3")
   def test_precision_semantics(self, kind):
     model = self.models[kind]
     float_logits = _FORWARD(model, TOKENS, None)
@@ -101,7 +138,7 @@ class PrecisionTest(parameterized.TestCase):
       m[site] = 2
       self.assertGreater(err(m), 1e-3, msg=f"site {site}")
 
-  @parameterized.parameters("llama", "opt")
+  @parameterized.parameters("llama", "opt", "gemma3")
   def test_run_layers_with_traced_start_reuses_float_prefix(self, kind):
     model = self.models[kind]
     prec = np.full((3, 4), 6, np.int32)
@@ -136,6 +173,8 @@ class PrecisionTest(parameterized.TestCase):
                      dict(qkv=3 * d * (h + 2 * kv) * dh, o=3 * h * dh * d, up=3 * d * 2 * f, down=3 * f * d))
     self.assertEqual(self.models["opt"].macs_per_token(),
                      dict(qkv=3 * d * 3 * d, o=3 * d * d, up=3 * d * f, down=3 * f * d))
+    self.assertEqual(self.models["gemma3"].macs_per_token(),
+                     dict(qkv=3 * d * (h + 2 * kv) * dh, o=3 * h * dh * d, up=3 * d * 2 * f, down=3 * f * d))
 
   def test_invalid_precision(self):
     model = self.models["llama"]

@@ -127,6 +127,29 @@ def int4_float64(qw: int4.Int4Weights):
   return q, d, z
 
 
+# Where each GGUF block holds its f16 scale (and minimum) fields, in bytes from the block's start.
+_GGUF_F16_FIELDS = {"Q4_0": (0,), "Q4_1": (0, 2), "Q5_0": (0,), "Q5_1": (0, 2), "Q8_0": (0,),
+                    "Q2_K": (80, 82), "Q3_K": (108,), "Q4_K": (0, 2), "Q5_K": (0, 2), "Q6_K": (208,)}
+
+
+def random_gguf_blocks(rng: np.random.Generator, qtype, n_out: int, k: int, scale: float = 1.0):
+  """Raw bytes uint8 [n_out, bytes per row] of a GGUF tensor [n_out, k] of type `qtype` (a
+  gguf.GGMLQuantizationType of _GGUF_F16_FIELDS): random code and sub-scale bytes, and f16
+  scale / minimum fields drawn from normal(0, scale) (finite, either sign), with one block's
+  fields exactly zero when there are several blocks."""
+  import gguf  # pylint: disable=g-import-not-at-top
+
+  block, type_size = gguf.GGML_QUANT_SIZES[qtype]
+  nb = k // block
+  raw = rng.integers(0, 256, size=(n_out, nb, type_size), dtype=np.uint8)
+  for offset in _GGUF_F16_FIELDS[qtype.name]:
+    halves = (rng.normal(size=(n_out, nb)) * scale).astype(np.float16)
+    if n_out * nb > 1:
+      halves[0, 0] = 0.0
+    raw[..., offset:offset + 2] = halves[..., None].view(np.uint8)
+  return raw.reshape(n_out, nb * type_size)
+
+
 # ------------------------------------------------------------------------------ Hugging Face
 
 HF_TINY_VOCAB = 96
@@ -137,13 +160,22 @@ _HF_TINY = dict(
                tie_word_embeddings=True, rope_theta=500.0),
     opt=dict(vocab_size=HF_TINY_VOCAB, hidden_size=64, ffn_dim=96, num_hidden_layers=3,
              num_attention_heads=4, max_position_embeddings=64, do_layer_norm_before=True),
+    # A sliding window (8) shorter than the test windows, a global layer between local ones,
+    # and a query scale other than head_dim^-1/2.
+    gemma3=dict(vocab_size=HF_TINY_VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=3,
+                num_attention_heads=4, num_key_value_heads=2, head_dim=16, sliding_window=8,
+                layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+                query_pre_attn_scalar=24, max_position_embeddings=256, tie_word_embeddings=True,
+                rope_parameters={"full_attention": {"rope_type": "default", "rope_theta": 500.0},
+                                 "sliding_attention": {"rope_type": "default", "rope_theta": 50.0}}),
 )
 
 
 def hf_tiny_model(kind: str, seed: int = 0, **config):
-  """A random transformers LlamaForCausalLM ("llama") or OPTForCausalLM ("opt"), float32, in
-  eval mode. The default init (std 0.02) leaves logits near zero, so the weights are wider (std
-  0.15, norm weights 1 +- 0.2) and a parity check against it bites."""
+  """A random transformers LlamaForCausalLM ("llama"), OPTForCausalLM ("opt") or
+  Gemma3ForCausalLM ("gemma3"), float32, in eval mode. The default init (std 0.02) leaves logits
+  near zero, so the weights are wider (std 0.15, norm factors 1 +- 0.2: Gemma's norm weights w
+  scale by 1 + w) and a parity check against it bites."""
   import torch  # pylint: disable=g-import-not-at-top
   import transformers  # pylint: disable=g-import-not-at-top
 
@@ -151,12 +183,14 @@ def hf_tiny_model(kind: str, seed: int = 0, **config):
   kwargs = dict(_HF_TINY[kind], **config)
   if kind == "llama":
     model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**kwargs))
+  elif kind == "gemma3":
+    model = transformers.Gemma3ForCausalLM(transformers.Gemma3TextConfig(**kwargs))
   else:
     model = transformers.OPTForCausalLM(transformers.OPTConfig(**kwargs))
   with torch.no_grad():
     for name, p in model.named_parameters():
       if "norm" in name and name.endswith("weight"):
-        p.copy_(1.0 + 0.2 * torch.randn_like(p))
+        p.copy_((0.0 if kind == "gemma3" else 1.0) + 0.2 * torch.randn_like(p))
       else:
         p.copy_(0.15 * torch.randn_like(p))
   return model.eval()
