@@ -129,7 +129,8 @@ def int4_float64(qw: int4.Int4Weights):
 
 # Where each GGUF block holds its f16 scale (and minimum) fields, in bytes from the block's start.
 _GGUF_F16_FIELDS = {"Q4_0": (0,), "Q4_1": (0, 2), "Q5_0": (0,), "Q5_1": (0, 2), "Q8_0": (0,),
-                    "Q2_K": (80, 82), "Q3_K": (108,), "Q4_K": (0, 2), "Q5_K": (0, 2), "Q6_K": (208,)}
+                    "Q2_K": (80, 82), "Q3_K": (108,), "Q4_K": (0, 2), "Q5_K": (0, 2), "Q6_K": (208,),
+                    "IQ4_NL": (0,), "IQ4_XS": (0,)}
 
 
 def random_gguf_blocks(rng: np.random.Generator, qtype, n_out: int, k: int, scale: float = 1.0):
