@@ -14,8 +14,8 @@ import pathlib
 import jax.numpy as jnp
 import numpy as np
 
-from anda_jax import int4
 from anda_jax.models.checkpoints import check_finite, fail
+from anda_jax.numerics import int4
 
 _REQUIRED = object()
 _FLOAT_TYPES = ("F32", "F16", "BF16", "Q8_0")
