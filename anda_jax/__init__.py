@@ -1,9 +1,9 @@
 """anda-jax: the Anda variable-length grouped activation format in JAX, and the formats it is
 compared with (OCP MX, NVFP4, per-token FP8 / INT8)."""
 
-from anda_jax.anda_format import AndaEncoding, AndaFormat, NONFINITE_EXPONENT, decode, encode, quantize
-from anda_jax.formats import MXFormat, NVFP4Format, PerTokenFormat, fake_quantize, storage_bits
 from anda_jax.matmul import ProductSpec, anda_matmul
+from anda_jax.numerics.anda import AndaEncoding, AndaFormat, NONFINITE_EXPONENT, decode, encode, quantize
+from anda_jax.numerics.baselines import MXFormat, NVFP4Format, PerTokenFormat, fake_quantize, storage_bits
 from anda_jax.precision import MODULE_TYPES
 
 __all__ = [

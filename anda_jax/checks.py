@@ -1,5 +1,5 @@
 """Validation of user-given settings at the library's boundary: one clear ValueError naming
-the setting, its value and what is allowed (DESIGN.md: errors at the boundary)."""
+the setting, its value and what is allowed (docs/design.md: errors at the boundary)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Hardware cost of a precision configuration (spec section 6) and format comparisons.
+"""Hardware cost of a precision configuration (docs/formats.md, section 9) and format comparisons.
 
 Everything here is plain numpy on plain numbers: a model enters only through its shapes
 (`ModelShape`, built from numbers, a config or a model's `.config`), so the cost model
@@ -13,11 +13,11 @@ Three layers of cost, from exact to modelled:
    not in the code, when you have better ones.
 3. `compare_formats`: the same workload on the same silicon area with other activation
    formats (GPU-like FP16xFP16, FIGNA-like pre-aligned FP-INT, uniform block FP, and any of
-   `anda_jax.formats`: OCP MX, NVFP4, per-token FP8 / INT8), each with its storage bits and
+   `anda_jax.numerics.baselines`: OCP MX, NVFP4, per-token FP8 / INT8), each with its storage bits and
    memory traffic.
 
 Conventions: a precision configuration is an int array [4] or [n_layers, 4] over
-("qkv", "o", "up", "down"); M = 0 means the activation stays FP16 (spec section 5).
+("qkv", "o", "up", "down"); M = 0 means the activation stays FP16 (docs/formats.md, section 8).
 """
 
 from __future__ import annotations
@@ -27,10 +27,10 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from anda_jax import formats
-from anda_jax import precision as precision_lib
-from anda_jax.anda_format import AndaFormat
 from anda_jax.checks import check_int
+from anda_jax.numerics.anda import AndaFormat
+from anda_jax.numerics import baselines
+from anda_jax import precision as precision_lib
 from anda_jax.precision import MODULE_TYPES
 
 FAMILIES = ("llama", "opt")
@@ -178,7 +178,7 @@ def activation_bits(shape: ModelShape, precision: Any, fmt: Any = AndaFormat()) 
   out = np.full(p.shape, float(FP16_BITS))
   for (layer, t), m in np.ndenumerate(p):
     if m:
-      out[layer, t] = formats.storage_bits(fmts[t], *_m_or_row(fmts[t], int(m), int(k[t])))
+      out[layer, t] = baselines.storage_bits(fmts[t], *_m_or_row(fmts[t], int(m), int(k[t])))
   return out
 
 
@@ -197,14 +197,14 @@ def format_storage_bits(shape: ModelShape, precision: Any, fmt: Any = AndaFormat
 def _per_type(fmt: Any) -> tuple:
   """One format per type from one format or a tuple of four (as ProductSpec takes them)."""
   fmts = fmt if isinstance(fmt, tuple) else (fmt,) * len(MODULE_TYPES)
-  if len(fmts) != len(MODULE_TYPES) or not all(isinstance(f, formats.FORMATS) for f in fmts):
+  if len(fmts) != len(MODULE_TYPES) or not all(isinstance(f, baselines.FORMATS) for f in fmts):
     raise ValueError(f"fmt={fmt!r} is invalid: must be one format of "
-                     f"{[f.__name__ for f in formats.FORMATS]} or a tuple of one per type {MODULE_TYPES}")
+                     f"{[f.__name__ for f in baselines.FORMATS]} or a tuple of one per type {MODULE_TYPES}")
   return fmts
 
 
 def _m_or_row(fmt: Any, m: int, row_length: int) -> tuple:
-  """The arguments formats.storage_bits takes after the format: (M,) for Anda, (None, K) else."""
+  """The arguments baselines.storage_bits takes after the format: (M,) for Anda, (None, K) else."""
   return (m,) if isinstance(fmt, AndaFormat) else (None, row_length)
 
 
@@ -284,7 +284,7 @@ class Accelerator:
   an on-chip buffer of `memory_bits_per_cycle` bandwidth; a bit moved costs
   `energy_per_memory_bit` lane-ops (SRAM access energy per bit is one to two orders above a
   1 x 4-bit add; 20 is an assumption). Stored bits: FP16 16; Anda/BFP 1 + M + e/G; the
-  other formats `anda_jax.formats.storage_bits` (element + block scale share, + a float32
+  other formats `anda_jax.numerics.baselines.storage_bits` (element + block scale share, + a float32
   per-token scale over K for NVFP4 and the per-token formats); FIGNA-like stores FP16 and
   aligns inside the unit.
 
@@ -330,8 +330,8 @@ class Accelerator:
                        f"{FP_ELEMENT_MODELS}")
 
   def element_lanes(self, element: str) -> float:
-    """Lane-cycles per MAC of an element format of `anda_jax.formats` (see the docstring)."""
-    e = formats.element_spec(element)
+    """Lane-cycles per MAC of an element format of `anda_jax.numerics.baselines` (see the docstring)."""
+    e = baselines.element_spec(element)
     aligned = e.mantissa + 1 + e.emax - e.emin  # the magnitude as an integer on the block's grid
     if element.startswith("int") or self.fp_elements == "aligned":
       return float(aligned)
@@ -340,12 +340,12 @@ class Accelerator:
   def site(self, fmt: Any, mantissa_bits: int, row_length: int) -> tuple[float, float, float]:
     """(lane-cycles per MAC, stored bits per element, compressor output bits per element
     besides the sign) of one GeMM's activation in `fmt`: Anda at `mantissa_bits`, or any format
-    of `anda_jax.formats`, on tokens of `row_length` (the contraction length K)."""
-    stored = formats.storage_bits(fmt, *_m_or_row(fmt, mantissa_bits, row_length))
+    of `anda_jax.numerics.baselines`, on tokens of `row_length` (the contraction length K)."""
+    stored = baselines.storage_bits(fmt, *_m_or_row(fmt, mantissa_bits, row_length))
     if isinstance(fmt, AndaFormat):
       return float(mantissa_bits), stored, float(mantissa_bits)
-    element = "fp4_e2m1" if isinstance(fmt, formats.NVFP4Format) else fmt.element
-    return self.element_lanes(element), stored, float(formats.element_spec(element).bits - 1)
+    element = "fp4_e2m1" if isinstance(fmt, baselines.NVFP4Format) else fmt.element
+    return self.element_lanes(element), stored, float(baselines.element_spec(element).bits - 1)
 
   def cost(self, shape: ModelShape, lanes_per_mac: np.ndarray,
            stored_bits: np.ndarray, compressed_bits: np.ndarray | None) -> dict[str, float]:
@@ -403,7 +403,7 @@ class Accelerator:
 
   def mxint8(self, shape: ModelShape) -> dict[str, float]:
     """OCP MXINT8 at every site: groups of 32, 8-bit elements, one 8-bit shared scale."""
-    return self.run(shape, np.ones(4, np.int32), formats.MXFormat("int8"))
+    return self.run(shape, np.ones(4, np.int32), baselines.MXFormat("int8"))
 
   def bfp(self, shape: ModelShape, mantissa_bits: int, group_size: int = 64,
           exponent_bits: int = 8) -> dict[str, float]:
@@ -496,11 +496,11 @@ def compare_formats(shape: ModelShape, precision: Any, group_size: int = 64,
   """Rows for a side-by-side table: the same model in each activation format.
 
   Rows: GPU-like FP16xFP16 (the baseline of the ratios), FIGNA-like FP16, each format of
-  `other_formats` (formats of `anda_jax.formats`, at the sites where `precision` > 0, FP16 at
+  `other_formats` (formats of `anda_jax.numerics.baselines`, at the sites where `precision` > 0, FP16 at
   the others; default MXINT8), block FP at one uniform M (by default ceil of Anda's M̄: the
   smallest uniform length that is no cheaper than the Anda configuration in planes), and Anda
   (this configuration). Each row: its `format` (label; for `other_formats`, the format's name
-  in anda_jax.formats.FORMAT_NAMES), lane_cycles_per_mac (the MAC-weighted mean of the per-MAC
+  in anda_jax.numerics.baselines.FORMAT_NAMES), lane_cycles_per_mac (the MAC-weighted mean of the per-MAC
   compute cost: for Anda M̄, for FP16xFP16 the FMA's area in lanes), storage_bits (mean per
   activation element), memory_bits (moved per token: activations written and read, weights),
   cycles, energy, and the ratios vs FP16xFP16.
@@ -511,11 +511,11 @@ def compare_formats(shape: ModelShape, precision: Any, group_size: int = 64,
   p = layer_precision(precision, shape.n_layers)
   on = (p != 0).astype(np.int32)
   uniform = np.full(4, uniform_m, np.int32)
-  others = (formats.MXFormat("int8"),) if other_formats is None else tuple(other_formats)
+  others = (baselines.MXFormat("int8"),) if other_formats is None else tuple(other_formats)
   rows = [
       ("FP16xFP16 (GPU-like)", hw.fp16_gpu(shape), FP16_BITS),
       (f"FP-INT, {hw.figna_mantissa_bits}-bit aligned (FIGNA-like)", hw.figna(shape), FP16_BITS),
-      *((formats.format_name(f), hw.run(shape, on, f), format_storage_bits(shape, on, f))
+      *((baselines.format_name(f), hw.run(shape, on, f), format_storage_bits(shape, on, f))
         for f in others),
       (f"BFP, uniform M={uniform_m}", hw.bfp(shape, uniform_m, group_size, exponent_bits),
        storage_bits(shape, uniform, group_size, exponent_bits)),

@@ -55,12 +55,12 @@ import numpy as np
 from flax import nnx
 import optax
 
-from anda_jax import cross_entropy
-from anda_jax import files
-from anda_jax import precision as anda_precision
 from anda_jax.checks import check_int
+from anda_jax.evaluation import cross_entropy
+from anda_jax import files
 from anda_jax.matmul import ProductSpec, lax_precision
 from anda_jax.models import layers as layers_lib
+from anda_jax import precision as anda_precision
 
 SUBSETS = ("norms", "lora")
 # The normalization weights of a layer (LLaMA RMSNorm gains; OPT LayerNorm gains and biases) and

@@ -4,7 +4,7 @@ impl="fake" quantizes the activation and multiplies in floating point with the d
 weights (fast on any backend); impl="bitserial" packs the activation into bit planes with the
 runtime-compressor kernel and runs the bit-serial Pallas kernel, an exact emulation of the
 hardware. Both compute decode(x) @ dequantize(W). This module sits above the kernels and
-below the models (DESIGN.md: numerics -> kernels -> product -> models).
+below the models (docs/design.md: numerics -> kernels -> product -> models).
 """
 
 from __future__ import annotations
@@ -15,11 +15,11 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from anda_jax import anda_format
-from anda_jax import formats
-from anda_jax import int4
 from anda_jax.kernels import bitplane_kernel
 from anda_jax.kernels import bitserial_kernel
+from anda_jax.numerics import anda
+from anda_jax.numerics import baselines
+from anda_jax.numerics import int4
 from anda_jax.precision import FLOAT, MAX_PLANES, MODULE_TYPES
 
 IMPLS = ("fake", "bitserial")
@@ -33,11 +33,11 @@ class ProductSpec:
   mantissa lengths stay traced operands.
 
   fmt: one format for every product type, or a tuple of one per type (qkv, o, up, down):
-  `AndaFormat` (M from the precision configuration) or any of `anda_jax.formats` (MX, NVFP4,
+  `AndaFormat` (M from the precision configuration) or any of `anda_jax.numerics.baselines` (MX, NVFP4,
   per-token), which have no M: there a configuration's M > 0 switches the format on and
   M = FLOAT leaves the activation in floating point, so one vector of M still selects sites."""
 
-  fmt: Any = anda_format.AndaFormat()
+  fmt: Any = anda.AndaFormat()
   impl: str = "fake"
 
   def __post_init__(self):
@@ -45,15 +45,15 @@ class ProductSpec:
     if isinstance(self.fmt, tuple) and len(fmts) != len(MODULE_TYPES):
       raise ValueError(f"fmt holds {len(fmts)} formats: must be one, or one per type {MODULE_TYPES}")
     for fmt in fmts:
-      if not isinstance(fmt, formats.FORMATS):
+      if not isinstance(fmt, baselines.FORMATS):
         raise ValueError(f"fmt={fmt!r} is invalid: must be one of "
-                         f"{[f.__name__ for f in formats.FORMATS]}")
+                         f"{[f.__name__ for f in baselines.FORMATS]}")
       if fmt.axis != -1:
         raise ValueError(f"fmt.axis={fmt.axis} is invalid for a product: activations are grouped "
                          "along the contraction axis (-1)")
     if self.impl not in IMPLS:
       raise ValueError(f"impl={self.impl!r} is invalid: must be one of {IMPLS}")
-    if self.impl == "bitserial" and not all(isinstance(f, anda_format.AndaFormat) for f in fmts):
+    if self.impl == "bitserial" and not all(isinstance(f, anda.AndaFormat) for f in fmts):
       raise ValueError("impl='bitserial' is invalid for non-Anda formats: the bit-serial kernel "
                        "streams Anda bit planes (use impl='fake')")
 
@@ -77,7 +77,7 @@ class ProductSpec:
     if isinstance(self.fmt, tuple):
       raise ValueError("this ProductSpec holds one format per product type: call spec.at(site)")
     x = jnp.asarray(x, jnp.float32)
-    m_bits = anda_format.check_mantissa_bits(mantissa_bits, lo=FLOAT)
+    m_bits = anda.check_mantissa_bits(mantissa_bits, lo=FLOAT)
     precision = lax_precision(precision)
     if self.impl == "bitserial":
       return _bitserial(x, w, self.fmt, m_bits, key, precision)
@@ -87,11 +87,11 @@ class ProductSpec:
     """The activation the product multiplies: x fake-quantized (straight-through gradient),
     x itself at M = FLOAT. Also what a LoRA adapter beside the product sees (models.layers.linear)."""
     x = jnp.asarray(x, jnp.float32)
-    m_bits = anda_format.check_mantissa_bits(mantissa_bits, lo=FLOAT)
-    if isinstance(self.fmt, anda_format.AndaFormat):
-      quantize = lambda x: anda_format.quantize(x, self.fmt, jnp.maximum(m_bits, 1), key)
+    m_bits = anda.check_mantissa_bits(mantissa_bits, lo=FLOAT)
+    if isinstance(self.fmt, anda.AndaFormat):
+      quantize = lambda x: anda.quantize(x, self.fmt, jnp.maximum(m_bits, 1), key)
     else:
-      quantize = lambda x: formats.fake_quantize(x, self.fmt)
+      quantize = lambda x: baselines.fake_quantize(x, self.fmt)
     # A cond, not a select: with a scalar M the float path skips quantization entirely (under
     # vmap over configurations JAX turns it into a select, which is still exact).
     return jax.lax.cond(m_bits > FLOAT, quantize, lambda x: x, x)
@@ -107,7 +107,7 @@ def lax_precision(name: str) -> jax.lax.Precision:
   return MATMUL_PRECISIONS[name]
 
 
-def anda_matmul(x, w, fmt: anda_format.AndaFormat, mantissa_bits, impl: str = "fake", key=None):
+def anda_matmul(x, w, fmt: anda.AndaFormat, mantissa_bits, impl: str = "fake", key=None):
   """x [..., K] @ w [K, N] with x in Anda `fmt` at `mantissa_bits`: `ProductSpec(fmt, impl)`
   applied once, for callers outside a model."""
   return ProductSpec(fmt, impl)(x, w, mantissa_bits, key)
@@ -122,13 +122,13 @@ def _bitserial(x, w, fmt, m_bits, key, precision) -> jax.Array:
   A traced M above MAX_PLANES is clipped to it."""
   if not isinstance(w, int4.Int4Weights):
     raise ValueError(f"w={type(w).__name__} is invalid for impl='bitserial': the bit-serial "
-                     "kernel needs anda_jax.int4.Int4Weights (use impl='fake' for float weights)")
+                     "kernel needs anda_jax.numerics.int4.Int4Weights (use impl='fake' for float weights)")
   if x.ndim == 0:
     raise ValueError("x has rank 0, which is invalid: must be [..., K]")
   traced = isinstance(m_bits, jax.core.Tracer)
   if not traced and int(m_bits) > MAX_PLANES:
     raise ValueError(f"mantissa_bits={int(m_bits)} is invalid for impl='bitserial': the bit-plane "
-                     f"path supports at most {MAX_PLANES} (spec section 4)")
+                     f"path supports at most {MAX_PLANES} (docs/formats.md, section 4)")
   lead, k = x.shape[:-1], x.shape[-1]
   x2 = x.reshape(-1, k)  # the kernel wants [rows, K]
   exact = lambda: jnp.matmul(x2, int4.dequantize(w), precision=precision).reshape(*lead, w.shape[1])

@@ -1,4 +1,4 @@
-"""Module types of a transformer block and precision configurations (ANDA_SPEC.md section 5).
+"""Module types of a transformer block and precision configurations (docs/formats.md, section 8).
 
 A precision configuration gives the mantissa length M of the activation feeding each
 FP-INT product type, shape [4] (shared by all layers) or [n_layers, 4]. M = 0 keeps that
@@ -16,8 +16,8 @@ MODULE_TYPES = ("qkv", "o", "up", "down")
 QKV, O, UP, DOWN = range(len(MODULE_TYPES))  # indices into a configuration's last axis
 TYPE_INDEX = {name: i for i, name in enumerate(MODULE_TYPES)}
 FLOAT = 0  # M = 0: the activation stays in floating point (exactly; no Anda at all)
-MIN_MANTISSA_BITS, MAX_MANTISSA_BITS = 1, 24  # Anda's M (spec section 1); fake quantization
-MAX_PLANES = 16  # the bit-plane and bit-serial path: M <= 16 keeps its sums in int32 (spec section 4)
+MIN_MANTISSA_BITS, MAX_MANTISSA_BITS = 1, 24  # Anda's M (docs/formats.md, section 1); fake quantization
+MAX_PLANES = 16  # the bit-plane and bit-serial path: M <= 16 keeps its sums in int32 (docs/formats.md, section 4)
 
 
 def layer_precision(precision, n_layers: int) -> jax.Array:
@@ -58,3 +58,17 @@ def single_type(type_name: str, mantissa_bits: int) -> np.ndarray:
   config = np.zeros(len(MODULE_TYPES), np.int32)
   config[TYPE_INDEX[type_name]] = mantissa_bits
   return config
+
+
+Key = tuple  # (shape, values) of a configuration: hashable, for caches of results
+
+
+def config_key(config: np.ndarray) -> Key:
+  """A configuration as a dictionary key: equal for equal shapes and values."""
+  config = np.asarray(config)
+  return (config.shape, tuple(int(v) for v in config.ravel()))
+
+
+def key_config(key: Key) -> np.ndarray:
+  shape, values = key
+  return np.asarray(values, np.int32).reshape(shape)

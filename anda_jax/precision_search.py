@@ -8,11 +8,11 @@ The search is written against an evaluation callable that returns per-window NLL
 (experiments/search.py) runs the model on the calibration windows. `base` is a hint: each
 configuration differs from it in one entry (it is the current configuration of the round), so
 an evaluator may run each from the hidden state `base` has entering that entry's layer
-(anda_jax.prefix) instead of from the embedding. CachedEvaluator keeps every configuration's
+(anda_jax.evaluation.prefix) instead of from the embedding. CachedEvaluator keeps every configuration's
 sums, so no window of a configuration is evaluated twice.
 
 A loss is the relative perplexity increase over the all-float configuration (M = 0 everywhere)
-on the same windows, with its paired-bootstrap interval (anda_jax.intervals).
+on the same windows, with its paired-bootstrap interval (anda_jax.evaluation.intervals).
 
 Algorithm (per tolerance τ):
   1. start from every entry at a high M (`start`);
@@ -59,22 +59,12 @@ from absl import logging
 import numpy as np
 import tqdm
 
-from anda_jax import intervals
 from anda_jax.checks import check_int
+from anda_jax.evaluation import intervals
+from anda_jax.precision import config_key, key_config
 
 Evaluate = Callable[[np.ndarray, slice, "np.ndarray | None"], np.ndarray]
-Key = tuple  # (shape, values) of a configuration; hashable
 RULES = ("upper", "point")
-
-
-def config_key(config: np.ndarray) -> Key:
-  config = np.asarray(config)
-  return (config.shape, tuple(int(v) for v in config.ravel()))
-
-
-def key_config(key: Key) -> np.ndarray:
-  shape, values = key
-  return np.asarray(values, np.int32).reshape(shape)
 
 
 class CachedEvaluator:
@@ -154,7 +144,7 @@ def relative_loss(sums, fp_sums, window_tokens) -> float:
 
 
 def loss_interval(sums, fp_sums, window_tokens) -> intervals.Interval:
-  """The loss against FP with its paired-bootstrap interval (anda_jax.intervals)."""
+  """The loss against FP with its paired-bootstrap interval (anda_jax.evaluation.intervals)."""
   return intervals.relative_increase(sums, fp_sums, window_tokens)
 
 
@@ -287,6 +277,52 @@ def _validate(start, macs, tolerances, min_m, rule, race_windows, race_level, ma
   return start.astype(np.int32)
 
 
+def _fitting(evaluate: CachedEvaluator, cands, savings, current, current_sums, base_loss, fp,
+             tol, rule, race, race_level, bound, max_accept):
+  """One round's fitting candidates (steps 3 to 5 of the module docstring): ({index in cands:
+  (step 5's order key, the best first; per-window sums)}, how many racing dropped, how many the
+  bound skipped)."""
+  tokens = evaluate.window_tokens
+  fitting, dropped, skipped = {}, 0, 0
+  for g, group in enumerate(groups := _groups(savings, bound, evaluate.batch_size or 1)):
+    free = sorted((k for k, _ in fitting.values() if k[0]), reverse=True)
+    if len(free) >= max_accept and free[max_accept - 1][1] > savings[group[0]]:
+      skipped += sum(map(len, groups[g:]))  # none of them can be among the accepted
+      break
+    if race:
+      first = evaluate([cands[i] for i in group], race, base=current)
+      survivors = [i for i, s in zip(group, first)
+                   if not raced_out(s, current_sums, fp, tokens, tol, race_level)]
+      dropped += len(group) - len(survivors)
+      group = survivors
+    for i, s in zip(group, evaluate([cands[i] for i in group], base=current) if group else []):
+      if fits(s, fp, tokens, tol, rule):
+        loss = relative_loss(s, fp, tokens)
+        added = loss - base_loss
+        fitting[i] = ((added <= 0, savings[i] / added if added > 0 else savings[i], -loss, -i), s)
+  return fitting, dropped, skipped
+
+
+def _accept(evaluate: CachedEvaluator, ranked, current, fp, tol, rule, max_accept):
+  """(configuration, per-window sums) a round accepts (step 6): the top k fitting candidates
+  together, each lowering its own entry, for k = max_accept, k // 2, ..., else the best one."""
+  sizes, k = [], min(max_accept, len(ranked))
+  while k > 1:
+    sizes.append(k)
+    k //= 2
+  # As many joints per call as the evaluator batches, which would otherwise pad a lone joint
+  # with copies.
+  joints = [current - sum(current - c for _, c, _ in ranked[:k]) for k in sizes]
+  step = evaluate.batch_size or len(joints) or 1
+  for i in range(0, len(joints), step):
+    chunk = joints[i:i + step]
+    joint_fits = [(j, s) for j, s in zip(chunk, evaluate(chunk, base=current))
+                  if fits(s, fp, evaluate.window_tokens, tol, rule)]
+    if joint_fits:
+      return joint_fits[0]
+  return ranked[0][1:]
+
+
 def search(evaluate: CachedEvaluator, macs: np.ndarray, start: np.ndarray,
            tolerances: Sequence[float] = (0.001, 0.01), *, min_m: int = 1, rule: str = "upper",
            race_windows: int | None = None, race_level: float = 0.99,
@@ -331,45 +367,15 @@ def search(evaluate: CachedEvaluator, macs: np.ndarray, start: np.ndarray,
       base_loss = relative_loss(current_sums, fp, tokens)
       # MACs of the lowered entry: its cost saving (step 5), exact for integer MACs.
       savings = [float(np.ravel(macs)[np.flatnonzero(c != current)[0]]) for c in cands]
-      fitting = {}  # i -> (step 5's order key, the best first; per-window sums)
-      for g, group in enumerate(groups := _groups(savings, bound, evaluate.batch_size or 1)):
-        free = sorted((k for k, _ in fitting.values() if k[0]), reverse=True)
-        if len(free) >= max_accept and free[max_accept - 1][1] > savings[group[0]]:
-          skipped += sum(map(len, groups[g:]))  # none of them can be among the accepted
-          break
-        if race:
-          first = evaluate([cands[i] for i in group], race, base=current)
-          survivors = [i for i, s in zip(group, first)
-                       if not raced_out(s, current_sums, fp, tokens, tol, race_level)]
-          dropped += len(group) - len(survivors)
-          group = survivors
-        for i, s in zip(group, evaluate([cands[i] for i in group], base=current) if group else []):
-          if fits(s, fp, tokens, tol, rule):
-            loss = relative_loss(s, fp, tokens)
-            added = loss - base_loss
-            fitting[i] = ((added <= 0, savings[i] / added if added > 0 else savings[i], -loss, -i),
-                          s)
+      fitting, n_dropped, n_skipped = _fitting(
+          evaluate, cands, savings, current, current_sums, base_loss, fp, tol, rule, race,
+          race_level, bound, max_accept)
+      dropped, skipped = dropped + n_dropped, skipped + n_skipped
       ranked = sorted(((k, cands[i], s) for i, (k, s) in fitting.items()), key=lambda r: r[0],
                       reverse=True)
       if not ranked:
         break
-      best = ranked[0][1:]
-      sizes, k = [], min(max_accept, len(ranked))
-      while k > 1:
-        sizes.append(k)
-        k //= 2
-      # The top k together, each lowering its own entry, for k, k // 2, ... (step 6); as many
-      # per call as the evaluator batches, which would otherwise pad a lone joint with copies.
-      joints = [current - sum(current - c for _, c, _ in ranked[:k]) for k in sizes]
-      step = evaluate.batch_size or len(joints) or 1
-      for i in range(0, len(joints), step):
-        chunk = joints[i:i + step]
-        joint_fits = [(j, s) for j, s in zip(chunk, evaluate(chunk, base=current))
-                      if fits(s, fp, tokens, tol, rule)]
-        if joint_fits:
-          best = joint_fits[0]
-          break
-      current, current_sums = best
+      current, current_sums = _accept(evaluate, ranked, current, fp, tol, rule, max_accept)
       path.append(current)
       bar.update()
       loss = relative_loss(current_sums, fp, tokens)

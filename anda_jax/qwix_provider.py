@@ -3,8 +3,8 @@
 google/qwix quantizes models it did not write: `qwix.quantize_model(model, provider, *inputs)`
 makes a copy of the model whose `__call__` runs with the provider intercepting the products,
 and rules pick the products by the path of the module that computes them. `AndaProvider`
-fake-quantizes the activation operand of every matched product to Anda (ANDA_SPEC.md sections
-1-2) along its contraction axis with `anda_format.quantize`; the other operand (the weight) is
+fake-quantizes the activation operand of every matched product to Anda (docs/formats.md,
+section 1) along its contraction axis with `anda.quantize`; the other operand (the weight) is
 untouched, so INT4 weights stay whatever the model dequantizes them to.
 
     import qwix
@@ -62,7 +62,7 @@ from opt_einsum import parser as einsum_parser
 import qwix
 from qwix._src.utils import flax_util
 
-from anda_jax import anda_format
+from anda_jax.numerics import anda
 from anda_jax.precision import FLOAT, MAX_MANTISSA_BITS, MODULE_TYPES
 
 __all__ = ["AndaRule", "AndaProvider", "QuantizedProduct", "site_rules"]
@@ -78,7 +78,7 @@ class AndaRule(qwix.QuantizationRule):
   Matching (qwix's): `module_path` (a regex, fully matched against the module path) and
   `op_names` (empty = every op; else a subset of OP_NAMES).
   Format: `mantissa_bits` M (1..24, or 0 = keep floating point), `group_size`,
-  `exponent_bits`, `rounding` ("truncate" or "nearest"), as `anda_format.AndaFormat`.
+  `exponent_bits`, `rounding` ("truncate" or "nearest"), as `anda.AndaFormat`.
   `activation`: which operand is the activation: "lhs" (the default, as in every Flax layer:
   x @ W, dot_general(inputs, kernel), einsum(eq, inputs, kernel)), "rhs", or "auto" (the
   operand that is not a parameter of the current module, found as qwix finds weights; lhs when
@@ -99,7 +99,7 @@ class AndaRule(qwix.QuantizationRule):
     if self.rounding == "stochastic":
       raise ValueError("rounding='stochastic' is not supported by the qwix provider (it needs a "
                        "PRNG key per product): use 'truncate' or 'nearest'")
-    anda_format.AndaFormat(self.group_size, self.exponent_bits, self.rounding)  # validates
+    anda.AndaFormat(self.group_size, self.exponent_bits, self.rounding)  # validates
     if self.activation not in ACTIVATION_OPERANDS:
       raise ValueError(f"activation={self.activation!r} is invalid: must be one of {ACTIVATION_OPERANDS}")
     if isinstance(self.op_names, str) or set(self.op_names) - set(OP_NAMES):
@@ -110,10 +110,10 @@ class AndaRule(qwix.QuantizationRule):
                          "provider ignores qwix's own quantization settings, leave it None")
 
   @property
-  def fmt(self) -> anda_format.AndaFormat:
+  def fmt(self) -> anda.AndaFormat:
     """The rule's format, grouping along the last axis (the provider moves the product's
     contraction axis there)."""
-    return anda_format.AndaFormat(self.group_size, self.exponent_bits, self.rounding)
+    return anda.AndaFormat(self.group_size, self.exponent_bits, self.rounding)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,7 +126,7 @@ class QuantizedProduct:
   shape: tuple[int, ...]  # the activation's shape
   axes: tuple[int, ...]  # its contraction axes (the Anda groups run along them)
   mantissa_bits: int
-  fmt: anda_format.AndaFormat
+  fmt: anda.AndaFormat
 
 
 class AndaProvider(qwix.QuantizationProvider):
@@ -241,24 +241,24 @@ class AndaProvider(qwix.QuantizationProvider):
     return (xq, rhs) if operand == "lhs" else (lhs, xq)
 
 
-def quantize_along(x, axes: Sequence[int], fmt: anda_format.AndaFormat, mantissa_bits) -> jax.Array:
+def quantize_along(x, axes: Sequence[int], fmt: anda.AndaFormat, mantissa_bits) -> jax.Array:
   """Anda fake quantization of `x` with groups along its contraction `axes` (ascending). Several
   axes are flattened in x's axis order into one K, as a reshape to [..., K] @ [K, N] would."""
   axes = tuple(axes)
   if len(axes) == 1:
-    return anda_format.quantize(x, dataclasses.replace(fmt, axis=axes[0]), mantissa_bits)
+    return anda.quantize(x, dataclasses.replace(fmt, axis=axes[0]), mantissa_bits)
   rest = [i for i in range(x.ndim) if i not in axes]
   perm = rest + list(axes)
   moved = jnp.transpose(x, perm)
   flat = moved.reshape(*moved.shape[:len(rest)], -1)
-  q = anda_format.quantize(flat, dataclasses.replace(fmt, axis=-1), mantissa_bits)
+  q = anda.quantize(flat, dataclasses.replace(fmt, axis=-1), mantissa_bits)
   return jnp.transpose(q.reshape(moved.shape), np.argsort(perm))
 
 
-def site_rules(precision, fmt: anda_format.AndaFormat = anda_format.AndaFormat()) -> list[AndaRule]:
+def site_rules(precision, fmt: anda.AndaFormat = anda.AndaFormat()) -> list[AndaRule]:
   """Rules for this project's own models (`anda_jax.models.Llama` / `OPT`), whose four FP-INT
   product types run in sub-modules named after them ("qkv", "o", "up", "down"): M per type
-  from a precision configuration of shape [4] (spec section 5), in `fmt`."""
+  from a precision configuration of shape [4] (docs/formats.md, section 8), in `fmt`."""
   values = np.asarray(precision)
   if values.shape != (len(MODULE_TYPES),):
     raise ValueError(f"precision has shape {list(values.shape)}: must be [{len(MODULE_TYPES)}] (one M "

@@ -26,7 +26,7 @@ from ml_collections import config_dict
 
 VARIANTS = ("full", "quick")
 # The formats Anda is compared with (configs/formats.py, configs/search.py): the names of
-# anda_jax.formats.FORMAT_NAMES, spelled out because configs import nothing from the library.
+# anda_jax.numerics.baselines.FORMAT_NAMES, spelled out because configs import nothing from the library.
 OTHER_FORMATS = ("mxfp4", "mxfp6_e2m3", "mxfp6_e3m2", "mxfp8_e4m3", "mxfp8_e5m2", "mxint8",
                  "nvfp4", "fp8_token", "int8_token")
 

@@ -35,12 +35,9 @@ the pipeline, racing (on the first 4 windows) and two other formats (MXINT8, MXF
 not a result.
 """
 
-import dataclasses
-
 import ml_collections
 from ml_collections import config_dict
 
-from anda_jax import cost
 from configs import common
 
 
@@ -86,13 +83,17 @@ def get_config(arg=None):
   # choice is the same as with False; only the work differs.
   c.bound = True
   # Measured next to the chosen configurations (each at all four sites, on both splits; each is
-  # one compilation): names of anda_jax.formats.FORMAT_NAMES, () for none.
+  # one compilation): names of anda_jax.numerics.baselines.FORMAT_NAMES, () for none.
   c.other_formats = common.OTHER_FORMATS
-  # The modeled accelerator of the report's cost columns: the fields of anda_jax.cost.Accelerator,
-  # each an assumption explained in its docstring (e.g. --config.cost.fp16_fma_lanes=16). They
-  # change only the report (chosen.json), never an evaluated row.
-  c.cost = ml_collections.ConfigDict(
-      {f.name: f.default for f in dataclasses.fields(cost.Accelerator)})
+  # The modeled accelerator of the report's cost columns: the fields of anda_jax.cost.Accelerator
+  # with its defaults (tests/cost_test.py checks that they agree), each an assumption explained
+  # in its docstring (e.g. --config.cost.fp16_fma_lanes=16). They change only the report
+  # (chosen.json), never an evaluated row.
+  c.cost = ml_collections.ConfigDict(dict(
+      lanes=16384, memory_bits_per_cycle=2048.0, tokens_per_weight_read=256,
+      fp16_fma_lanes=30.25, figna_mantissa_bits=16, weight_bits=4, weight_group_size=32,
+      compressor_elements_per_cycle=64.0, energy_per_memory_bit=20.0,
+      energy_per_compressor_op=1.0, fp_elements="aligned", fp_shift_lanes_per_exponent_bit=1.0))
   # config_batch None: 4 configurations per forward pass (one layer's candidates; a bounded round's
   # batch of one type's candidates runs from the first of their layers). 1 wastes no layer pass
   # on that, yet measured slower per layer (README, Benchmarks) and moves results' last bits.

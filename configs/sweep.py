@@ -31,7 +31,7 @@ def get_config(arg=None):
   c = common.experiment("sweep_smollm2", group_sizes=(16, 32, 64, 128), split="test", windows=32)
   c.mantissa_bits = tuple(range(2, 11))
   c.types = ("qkv", "o", "up", "down", "all")  # "all": every type with the same M
-  # Other formats evaluated next to Anda on the same windows, by name (anda_jax.formats.
+  # Other formats evaluated next to Anda on the same windows, by name (anda_jax.numerics.baselines.
   # FORMAT_NAMES, options after a colon: "mxfp4:block_size=16"), each at the sites of
   # other_format_types ("all": every type at once): configs/formats.py.
   c.other_formats = ()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from anda_jax import anda_format
+from anda_jax.numerics import anda
 from experiments.bench import time_call
 
 
@@ -19,8 +19,8 @@ def run(argv) -> None:
         f"G={group_size}, M={mantissa_bits}")
   print(f"{'baseline x * 2 + 1':<28} {baseline * 1e3:8.2f} ms  {gbytes / baseline:6.2f} GB/s")
   for rounding in ("truncate", "nearest"):
-    fmt = anda_format.AndaFormat(group_size=group_size, rounding=rounding)
-    quantize = jax.jit(lambda x, m: anda_format.quantize(x, fmt, m))
+    fmt = anda.AndaFormat(group_size=group_size, rounding=rounding)
+    quantize = jax.jit(lambda x, m: anda.quantize(x, fmt, m))
     seconds = time_call(quantize, x, jnp.int32(mantissa_bits), repeats=10)
     print(f"{'quantize ' + rounding:<28} {seconds * 1e3:8.2f} ms  {gbytes / seconds:6.2f} GB/s  "
           f"throughput ratio vs baseline {baseline / seconds:.2f} (target >= 0.5)")

@@ -26,7 +26,7 @@ import numpy as np
 from experiments.bench import time_call
 
 # SmolLM2-135M: d_model 576, 9 query and 3 key/value heads of 64, FFN 1536, one 8192-column
-# chunk of the 49152-token LM head (anda_jax.cross_entropy.DEFAULT_CHUNK).
+# chunk of the 49152-token LM head (anda_jax.evaluation.cross_entropy.DEFAULT_CHUNK).
 SHAPES = dict(qkv=(576, 960), o=(576, 576), gate_up=(576, 3072), down=(1536, 576),
               head_chunk=(576, 8192))
 

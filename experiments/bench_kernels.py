@@ -22,13 +22,13 @@ import jax.numpy as jnp
 import numpy as np
 
 import anda_jax
-from anda_jax import bitplane
-from anda_jax import bitserial
-from anda_jax import anda_format
-from anda_jax import int4
 from anda_jax.kernels import bitplane_kernel
 from anda_jax.kernels import bitserial_kernel
 from anda_jax.kernels import quantize_kernel
+from anda_jax.numerics import anda
+from anda_jax.numerics import bitplane
+from anda_jax.numerics import bitserial
+from anda_jax.numerics import int4
 
 
 M_PLANES = 8  # static planes the traced M is packed into
@@ -73,21 +73,21 @@ def run(argv) -> None:
   mode = "interpret mode" if backend == "cpu" else "compiled"
   print(f"jax {jax.__version__}, backend {backend}: kernels run in {mode}", flush=True)
   k, n, m = 576, 1536, 8
-  fmt = anda_format.AndaFormat(group_size=64, rounding="nearest")
+  fmt = anda.AndaFormat(group_size=64, rounding="nearest")
   x = _activations(args.rows, k)
   m_bits = jnp.int32(m)
   shape = f"[{args.rows}, {k}] G=64 M={m}"
 
   _report("anda_quantize", shape,
           jax.jit(lambda x, m: quantize_kernel.anda_quantize(x, fmt, m)),
-          jax.jit(lambda x, m: anda_format.quantize(x, fmt, m)), (x, m_bits), args.repeats)
+          jax.jit(lambda x, m: anda.quantize(x, fmt, m)), (x, m_bits), args.repeats)
   _report("bitplane_pack", shape,
           jax.jit(lambda x, m: bitplane_kernel.bitplane_pack(x, fmt, m, M_PLANES)),
-          jax.jit(lambda x, m: bitplane.pack(anda_format.encode(x, fmt, m), M_PLANES)), (x, m_bits), args.repeats)
-  bp = bitplane.pack(anda_format.encode(x, fmt, m))
+          jax.jit(lambda x, m: bitplane.pack(anda.encode(x, fmt, m), M_PLANES)), (x, m_bits), args.repeats)
+  bp = bitplane.pack(anda.encode(x, fmt, m))
   _report("bitplane_unpack", shape,
           jax.jit(bitplane_kernel.bitplane_unpack),
-          jax.jit(lambda bp: anda_format.decode(bitplane.unpack(bp))), (bp,), args.repeats)
+          jax.jit(lambda bp: anda.decode(bitplane.unpack(bp))), (bp,), args.repeats)
   for symmetric in (True, False):
     qw = int4.quantize_rtn(jnp.asarray(np.random.default_rng(1).normal(size=(k, n)) * 0.05, jnp.float32),
                            32, symmetric)

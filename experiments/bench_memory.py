@@ -5,7 +5,7 @@ Builds, in a temporary folder, a synthetic Hugging Face checkpoint shaped like L
 tensor, a config.json and a small trained BPE tokenizer.json), once with 2 layers and once with 4.
 Each is loaded with int4_group_size=128 in a fresh process, which then evaluates 2 configurations
 (M = 0, the float activation, and M = 8) on 2 windows of 256 tokens with
-anda_jax.evaluate.perplexity. Printed: the peak resident memory of each process (the child's
+anda_jax.evaluation.evaluate.perplexity. Printed: the peak resident memory of each process (the child's
 ru_maxrss, from os.wait4), the per-layer slope between the two, the packed INT4 bytes of one
 layer (4-bit codes + float32 scales + offsets of the seven matrices), and the extrapolation to
 32 layers (LLaMA-2-7B), with PASS / FAIL against the targets:
@@ -161,7 +161,9 @@ def _peak_bytes() -> int:
 def _child(args) -> None:
   """Loads one checkpoint and evaluates it; prints one JSON line of measurements."""
   import jax  # pylint: disable=g-import-not-at-top
-  from anda_jax import AndaFormat, evaluate, int4, models  # pylint: disable=g-import-not-at-top
+  from anda_jax import AndaFormat, models  # pylint: disable=g-import-not-at-top
+  from anda_jax.evaluation import evaluate  # pylint: disable=g-import-not-at-top
+  from anda_jax.numerics import int4  # pylint: disable=g-import-not-at-top
   from anda_jax.matmul import ProductSpec  # pylint: disable=g-import-not-at-top
 
   out = dict(platform=jax.devices()[0].platform, rss_after_import=_rss_bytes())

@@ -20,6 +20,10 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+from anda_jax import AndaFormat
+from anda_jax import assets, models
+from anda_jax import data
+from anda_jax.matmul import ProductSpec
 
 
 def _parse(argv):
@@ -38,7 +42,6 @@ def _windows(tokenizer, n, seq_len, vocab):
   """Real text windows when the corpus is at hand, else fixed random ids (speed does not depend
   on which tokens they are)."""
   try:
-    from anda_jax import data  # pylint: disable=g-import-not-at-top
     corpus = data.load_corpus("enwiki-excerpt")
     w = data.token_windows(corpus.test, tokenizer, seq_len, max_windows=n)
     if len(w) == n:
@@ -71,9 +74,6 @@ def _round_robin(fns: dict, repeats: int, calls: dict) -> dict:
 
 def run(argv) -> None:
   args = _parse(argv)
-  from anda_jax import assets, models  # pylint: disable=g-import-not-at-top
-  from anda_jax import AndaFormat  # pylint: disable=g-import-not-at-top
-  from anda_jax.matmul import ProductSpec  # pylint: disable=g-import-not-at-top
 
   path = assets.fetch(args.model) if args.model in models.REGISTRY else args.model
   model, tokenizer = models.load(path)

@@ -28,6 +28,13 @@ import argparse
 import time
 
 import numpy as np
+from anda_jax import cost
+from anda_jax.evaluation import evaluate
+from anda_jax import precision_search
+from configs import search as search_config
+from experiments.harness import config_checks
+from experiments.harness import loading
+from experiments import search
 
 
 def _parse(argv):
@@ -59,21 +66,15 @@ def _parse(argv):
 
 def run(argv) -> dict:
   """Prints the table; returns {granularity: {"plain": Timed, "fast": Timed}}."""
-  from anda_jax import cost  # pylint: disable=g-import-not-at-top
-  from anda_jax import evaluate  # pylint: disable=g-import-not-at-top
-  from anda_jax import precision_search  # pylint: disable=g-import-not-at-top
-  from configs import search as search_config  # pylint: disable=g-import-not-at-top
-  from experiments import common  # pylint: disable=g-import-not-at-top
-  from experiments import search  # pylint: disable=g-import-not-at-top
 
   args = _parse(argv)
   cfg = search_config.get_config()
   cfg.model.name, cfg.data.corpus = args.model, args.corpus
   cfg.data.seq_len, cfg.data.windows = args.seq_len, args.windows
   cfg.format.group_sizes = (args.group_size,)
-  model, tokenizer = common.load_model(cfg.model)
-  windows = common.load_windows(cfg.data, tokenizer, {"calibration": args.windows})["calibration"]
-  spec = common.product_spec(cfg, args.group_size)
+  model, tokenizer = loading.load_model(cfg.model)
+  windows = loading.load_windows(cfg.data, tokenizer, {"calibration": args.windows})["calibration"]
+  spec = config_checks.product_spec(cfg, args.group_size)
   shape = cost.as_shape(model)
   n_types = len(shape.macs()[0])
   auto = evaluate.auto_batch_size(args.config_batch, args.seq_len, model.config.vocab)

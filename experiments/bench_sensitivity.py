@@ -14,6 +14,9 @@ from __future__ import annotations
 
 import argparse
 import tempfile
+from configs import sensitivity as sensitivity_config
+from experiments.harness import loading
+from experiments import sensitivity
 
 
 def _parse(argv):
@@ -32,9 +35,6 @@ def _parse(argv):
 def run(argv) -> dict:
   """Prints the two times and their ratio; returns {"prefix": Outcome, "embedding": Outcome}
   of the timed runs (sensitivity.Outcome: rows, seconds, compilations)."""
-  from configs import sensitivity as sensitivity_config  # pylint: disable=g-import-not-at-top
-  from experiments import common  # pylint: disable=g-import-not-at-top
-  from experiments import sensitivity  # pylint: disable=g-import-not-at-top
 
   args = _parse(argv)
   with tempfile.TemporaryDirectory() as tmp:
@@ -49,7 +49,7 @@ def run(argv) -> dict:
       c.layers = layers
       return c
 
-    loaded = common.load_model_and_windows(config("load"))
+    loaded = loading.load_model_and_windows(config("load"))
     for reuse in (True, False):  # warm-up on layer 1: compiles both paths and the prefix step
       sensitivity.run(config(f"warmup_{reuse}", layers=(1,)), reuse_prefix=reuse, loaded=loaded)
     reused = sensitivity.run(config("prefix"), reuse_prefix=True, loaded=loaded)

@@ -5,13 +5,13 @@ G = 64, truncation) on the same windows (8 x 256 test tokens by default), in one
 
   ours         evaluate.window_nll_sums: the configurations vmapped in batches of
                `config_batch`, the windows in batches of `window_batch`, the LM head streamed
-               over vocabulary chunks (anda_jax.cross_entropy);
+               over vocabulary chunks (anda_jax.evaluation.cross_entropy);
   full logits  the same with the LM head as it was before it was streamed: the whole
                [configs, windows, T, vocab] logits, then logsumexp (the jitted program is a
                second copy of evaluate's, traced with the old head);
   PyTorch      transformers' LLaMA loaded from the same GGUF (dequantized to float32), with
                forward pre-hooks on q/k/v, o, gate/up and down that Anda-quantize their input
-               (`anda_truncate_torch` below, a torch reading of ANDA_SPEC.md section 2), one
+               (`anda_truncate_torch` below, a torch reading of docs/formats.md, section 1), one
                forward per configuration over all windows.
 
 First, unless --settings names one setting, ours runs the whole sweep once at each
@@ -32,6 +32,7 @@ import argparse
 import collections
 import functools
 import gzip
+import importlib.metadata
 import json
 import os
 import pathlib
@@ -44,6 +45,14 @@ from unittest import mock
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from anda_jax import assets, models
+from anda_jax.evaluation import evaluate
+from anda_jax import precision as anda_precision
+from configs import sweep as sweep_config
+from experiments.harness import config_checks
+from experiments.harness import loading
+from experiments import sweep
 
 
 def _parse(argv):
@@ -80,10 +89,10 @@ def _settings(text: str) -> list[tuple[int, int]]:
 # ---------------------------------------------------------------------- the PyTorch peer
 
 def anda_truncate_torch(x, mantissa_bits: int, group_size: int = 64, exponent_bits: int = 8):
-  """Anda quantization with truncation (ANDA_SPEC.md section 2) of a float32 torch tensor along
+  """Anda quantization with truncation (docs/formats.md, section 1) of a float32 torch tensor along
   its last axis, as a researcher would write it in torch: the shared exponent from frexp of the
   group maximum, scale by a power of two, floor, clamp, scale back. Bit-identical to
-  anda_jax.anda_format.quantize (tests/bench_sweep_test.py)."""
+  anda_jax.numerics.anda.quantize (tests/bench_sweep_test.py)."""
   import torch  # pylint: disable=g-import-not-at-top
 
   k = x.shape[-1]
@@ -115,8 +124,6 @@ class TorchPeer:
   def __init__(self, path, group_size: int):
     import torch  # pylint: disable=g-import-not-at-top
     from transformers import AutoModelForCausalLM  # pylint: disable=g-import-not-at-top
-
-    from anda_jax import precision as anda_precision  # pylint: disable=g-import-not-at-top
 
     torch.set_num_threads(os.cpu_count())
     path = pathlib.Path(path)
@@ -179,20 +186,16 @@ class Ours:
   compiled side by side)."""
 
   def __init__(self, model, spec, config_batch: int, window_batch: int, full_logits: bool = False):
-    from anda_jax import evaluate  # pylint: disable=g-import-not-at-top
-
     self.model, self.spec, self.cb, self.wb = model, spec, config_batch, window_batch
     self.program = evaluate._nll_sums  # pylint: disable=protected-access
     if full_logits:
       self.program = _with_full_logits(self.program)
 
   def _patched(self):
-    from anda_jax import evaluate  # pylint: disable=g-import-not-at-top
     return mock.patch.object(evaluate, "_nll_sums", self.program)
 
   def __call__(self, windows, precisions) -> np.ndarray:
     """float64 [C, N] per-window NLL sums."""
-    from anda_jax import evaluate  # pylint: disable=g-import-not-at-top
 
     with self._patched():
       return evaluate.window_nll_sums(self.model, windows, precisions, self.spec, batch_size=self.wb,
@@ -325,32 +328,11 @@ def temp_megabytes(ours: Ours, windows, precisions) -> float:
 
 # ---------------------------------------------------------------------- the benchmark
 
-def run(argv) -> dict:
-  """Prints the comparison; returns {"configs": ids, "seconds": {variant: s per configuration},
-  "ppl": {variant: [C]}, "best": (config_batch, window_batch), "tried": {setting: s}, "compile": s,
-  "memory": {variant: MB of XLA temporaries of one call}}."""
-  from anda_jax import assets, models  # pylint: disable=g-import-not-at-top
-  from configs import sweep as sweep_config  # pylint: disable=g-import-not-at-top
-  from experiments import common  # pylint: disable=g-import-not-at-top
-  from experiments import sweep  # pylint: disable=g-import-not-at-top
-
-  args = _parse(argv)
-  settings = _settings(args.settings)
-  cfg = sweep_config.get_config("quick")
-  cfg.model.name, cfg.data.corpus = args.model, args.corpus
-  cfg.data.seq_len, cfg.data.windows = args.seq_len, args.windows
-  model, windows, _ = common.load_model_and_windows(cfg)
-  spec = common.product_spec(cfg, args.group_size)
-  configs = sweep.sweep_configs((args.group_size,), [int(m) for m in args.mantissa_bits.split(",")],
-                                sweep.SWEEP_TYPES)
-  precisions = np.array([c.precision for c in configs], np.int32)
-  n = len(configs)
-  print(f"sweep benchmark: {n} configurations x {windows.shape[0]} windows x {windows.shape[1]} tokens "
-        f"(model {args.model}, G = {args.group_size}, truncate); jax {jax.__version__}, "
-        f"{os.cpu_count()} CPU threads")
-
-  # 1. Ours at each setting: compile (one window batch), then the whole sweep.
-  tried, compile_s, setting_sums = {}, {}, {}
+def _try_settings(model, spec, windows, precisions, settings):
+  """Ours at each (config_batch, window_batch) setting: compiled on one window batch, then (with
+  several settings) timed on the whole sweep. Returns ({setting: s of the sweep}, {setting: s
+  to compile with the first batch})."""
+  tried, compile_s, setting_sums, n = {}, {}, {}, len(precisions)
   for cb, wb in settings:
     ours = Ours(model, spec, cb, wb)
     _, compile_s[(cb, wb)] = _timed(ours, windows[:wb], precisions[:cb])
@@ -359,9 +341,49 @@ def run(argv) -> dict:
       # The batch shape can change XLA's product blocking, hence float sums in the last bits,
       # which Anda's rounding can amplify: how far each setting's sums are from the first's.
       moved = np.abs(setting_sums[(cb, wb)] - setting_sums[settings[0]]).max()
-      print(f"  ours at config_batch={cb}, window_batch={wb}: {tried[(cb, wb)] / n:.2f} s per configuration "
-            f"(compile and first batch {compile_s[(cb, wb)]:.1f} s); largest per-window NLL sum "
-            f"difference to {settings[0][0]}x{settings[0][1]}: {moved:.3g} nats")
+      print(f"  ours at config_batch={cb}, window_batch={wb}: {tried[(cb, wb)] / n:.2f} s per "
+            f"configuration (compile and first batch {compile_s[(cb, wb)]:.1f} s); largest "
+            f"per-window NLL sum difference to {settings[0][0]}x{settings[0][1]}: {moved:.3g} nats")
+  return tried, compile_s
+
+
+def _print_perplexities(configs, ppl: dict, with_torch: bool) -> None:
+  names = list(ppl)
+  print("\nperplexities" + (" (PyTorch vs ours: relative difference)" if with_torch else ""))
+  print(f"{'configuration':<16}" + "".join(f"{name:>14}" for name in names)
+        + ("   diff" if with_torch else ""))
+  for i, c in enumerate(configs):
+    diff = f"{ppl['PyTorch'][i] / ppl['ours'][i] - 1:>+7.2%}" if with_torch else ""
+    print(f"{c.id:<16}" + "".join(f"{ppl[name][i]:>14.4f}" for name in names) + f"  {diff}")
+  if with_torch:
+    high = [i for i, c in enumerate(configs) if c.mantissa_bits >= 6 or c.group_size is None]
+    worst = max(abs(ppl["PyTorch"][i] / ppl["ours"][i] - 1) for i in high)
+    print(f"max |PyTorch / ours - 1| at FP and M >= 6: {worst:.3%} (target < 1%). Not identical: "
+          "the two frameworks sum float32 products in different orders, and a last-bit "
+          "difference before quantization can move a value across a truncation boundary")
+
+
+def run(argv) -> dict:
+  """Prints the comparison; returns {"configs": ids, "seconds": {variant: s per configuration},
+  "ppl": {variant: [C]}, "best": (config_batch, window_batch), "tried": {setting: s}, "compile": s,
+  "memory": {variant: MB of XLA temporaries of one call}}."""
+
+  args = _parse(argv)
+  settings = _settings(args.settings)
+  cfg = sweep_config.get_config("quick")
+  cfg.model.name, cfg.data.corpus = args.model, args.corpus
+  cfg.data.seq_len, cfg.data.windows = args.seq_len, args.windows
+  model, windows, _ = loading.load_model_and_windows(cfg)
+  spec = config_checks.product_spec(cfg, args.group_size)
+  configs = sweep.sweep_configs((args.group_size,), [int(m) for m in args.mantissa_bits.split(",")],
+                                sweep.SWEEP_TYPES)
+  precisions = np.array([c.precision for c in configs], np.int32)
+  n = len(configs)
+  print(f"sweep benchmark: {n} configurations x {windows.shape[0]} windows x {windows.shape[1]} tokens "
+        f"(model {args.model}, G = {args.group_size}, truncate); jax {jax.__version__}, "
+        f"{os.cpu_count()} CPU threads")
+
+  tried, compile_s = _try_settings(model, spec, windows, precisions, settings)
   best = min(tried, key=tried.get) if tried else settings[0]
   cb, wb = best
 
@@ -410,18 +432,7 @@ def run(argv) -> dict:
     print(f"streamed LM head vs full logits (window batch {variants['full logits'].wb}): "
           f"{per_config['ours'] / per_config['full logits']:.3f} of the time; XLA temporary buffers of "
           f"one call {memory['ours']:.0f} MB vs {memory['full logits']:.0f} MB")
-  names = list(ppl)
-  print("\nperplexities" + (" (PyTorch vs ours: relative difference)" if peer else ""))
-  print(f"{'configuration':<16}" + "".join(f"{name:>14}" for name in names) + ("   diff" if peer else ""))
-  for i, c in enumerate(configs):
-    diff = f"{ppl['PyTorch'][i] / ppl['ours'][i] - 1:>+7.2%}" if peer else ""
-    print(f"{c.id:<16}" + "".join(f"{ppl[name][i]:>14.4f}" for name in names) + f"  {diff}")
-  if peer is not None:
-    high = [i for i, c in enumerate(configs) if c.mantissa_bits >= 6 or c.group_size is None]
-    worst = max(abs(ppl["PyTorch"][i] / ppl["ours"][i] - 1) for i in high)
-    print(f"max |PyTorch / ours - 1| at FP and M >= 6: {worst:.3%} (target < 1%). Not identical: "
-          "the two frameworks sum float32 products in different orders, and a last-bit "
-          "difference before quantization can move a value across a truncation boundary")
+  _print_perplexities(configs, ppl, peer is not None)
   if args.profile:
     print("\n" + profile(variants["ours"], windows, precisions, args.top))
   return dict(configs=[c.id for c in configs], seconds=per_config, ppl=ppl, best=best, tried=tried,
@@ -429,7 +440,6 @@ def run(argv) -> dict:
 
 
 def _version(name: str) -> str:
-  import importlib.metadata  # pylint: disable=g-import-not-at-top
   return importlib.metadata.version(name)
 
 

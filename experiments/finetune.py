@@ -30,7 +30,6 @@ and prints a table. Training runs on one device (no mesh); the test evaluations 
 
 from __future__ import annotations
 
-import json
 import math
 import pathlib
 import time
@@ -38,14 +37,19 @@ import time
 from absl import logging
 import numpy as np
 
+from anda_jax.checks import check_int
 from anda_jax import data
-from anda_jax import evaluate
+from anda_jax.evaluation import evaluate
 from anda_jax import finetune
 from anda_jax import precision as anda_precision
-from anda_jax.checks import check_int
 from anda_jax.precision import MAX_MANTISSA_BITS, MIN_MANTISSA_BITS
 from configs import finetune as finetune_config
-from experiments import common
+from experiments.harness import cli
+from experiments.harness import config_checks
+from experiments.harness import distributed
+from experiments.harness import loading
+from experiments.harness import reports
+from experiments.harness import run_folder
 
 BEFORE = "before"
 ROW_FIELDS = ("id",)
@@ -58,8 +62,8 @@ SMOOTH = 5  # steps in the running mean of the plotted training loss
 
 def validate(cfg) -> None:
   """Everything checkable before loading anything heavy; ValueError with a clear message."""
-  common.check_config(cfg, finetune_config.get_config())
-  common.one_group_size(cfg, "fine-tuning")
+  config_checks.check_config(cfg, finetune_config.get_config())
+  config_checks.one_group_size(cfg, "fine-tuning")
   if cfg.data.split != "calibration":
     raise ValueError(f"data.split={cfg.data.split!r} is invalid: training runs on 'calibration' "
                      "(the test split is held out for the report)")
@@ -68,8 +72,8 @@ def validate(cfg) -> None:
                      "loaded model (None)")
   if cfg.impl != "fake":
     raise ValueError(f"impl={cfg.impl!r} is invalid for training: must be 'fake'")
-  common.check_ints("mantissa_bits", cfg.mantissa_bits, MIN_MANTISSA_BITS, MAX_MANTISSA_BITS)
-  common.check_types(cfg.types, anda_precision.MODULE_TYPES)
+  config_checks.check_ints("mantissa_bits", cfg.mantissa_bits, MIN_MANTISSA_BITS, MAX_MANTISSA_BITS)
+  config_checks.check_types(cfg.types, anda_precision.MODULE_TYPES)
   if not cfg.subsets or any(s not in finetune.SUBSETS for s in cfg.subsets):
     raise ValueError(f"subsets={tuple(cfg.subsets)!r} is invalid: must be a non-empty subset of "
                      f"{finetune.SUBSETS}")
@@ -133,7 +137,7 @@ def setup_of(cfg, windows: dict | None, digest: str) -> dict:
                types=list(cfg.types), val=cfg.val.to_dict(), test=cfg.test.to_dict(),
                train=cfg.train.to_dict())
   if windows is not None:
-    setup["windows"] = {s: dict(shape=list(w.shape), sha256=common.windows_sha256(w)[:16])
+    setup["windows"] = {s: dict(shape=list(w.shape), sha256=run_folder.windows_sha256(w)[:16])
                         for s, w in windows.items()}
   return setup
 
@@ -144,9 +148,9 @@ def setup_of(cfg, windows: dict | None, digest: str) -> dict:
 def run(cfg) -> dict:
   """Runs (or resumes) the fine-tuning experiment; returns {id: row}."""
   validate(cfg)
-  common.maybe_initialize_distributed(cfg)
-  digest = common.model_sha256(cfg.model.name)
-  with common.open_run(cfg, setup_of(cfg, None, digest)) as folder:
+  distributed.maybe_initialize_distributed(cfg)
+  digest = loading.model_sha256(cfg.model.name)
+  with run_folder.open_run(cfg, setup_of(cfg, None, digest)) as folder:
     return _run(cfg, folder, digest)
 
 
@@ -155,20 +159,20 @@ def _run(cfg, folder: pathlib.Path, digest: str) -> dict:
   from tqdm import tqdm  # pylint: disable=g-import-not-at-top
 
   t_start = time.time()
-  mesh = common.mesh_of(cfg)  # the test evaluations'; before loading, a bad shape is refused
-  model, tokenizer = common.load_model(cfg.model)
-  common.check_group_size_fits(model, cfg.format.group_sizes, cfg.impl)
-  common.check_mesh_fits(model, mesh, [common.product_spec(cfg, cfg.format.group_sizes[0])])
+  mesh = distributed.mesh_of(cfg)  # the test evaluations'; before loading, a bad shape is refused
+  model, tokenizer = loading.load_model(cfg.model)
+  config_checks.check_group_size_fits(model, cfg.format.group_sizes, cfg.impl)
+  distributed.check_mesh_fits(model, mesh, [config_checks.product_spec(cfg, cfg.format.group_sizes[0])])
   windows = load_windows(cfg, tokenizer)
-  is_main = common.is_main()
-  results = common.Results(folder, setup_of(cfg, windows, digest), write=is_main,
+  is_main = distributed.is_main()
+  results = run_folder.Results(folder, setup_of(cfg, windows, digest), write=is_main,
                            required=ROW_FIELDS)
-  spec = common.product_spec(cfg, cfg.format.group_sizes[0])
-  key = common.rounding_key(cfg)
+  spec = config_checks.product_spec(cfg, cfg.format.group_sizes[0])
+  key = config_checks.rounding_key(cfg)
   fp = np.zeros(len(anda_precision.MODULE_TYPES), np.int32)
   ms = list(cfg.mantissa_bits)
   configs = [fp] + [precision_of(cfg, m) for m in ms]
-  test_kw = dict(score_from=common.score_from(cfg.data), batch_size=cfg.window_batch,
+  test_kw = dict(score_from=loading.score_from(cfg.data), batch_size=cfg.window_batch,
                  config_batch=cfg.config_batch, key=key, mesh=mesh)
   val_kw = dict(batch_size=cfg.train.batch_size, key=key)
   logging.info("windows %s", {s: w.shape for s, w in windows.items()})
@@ -245,7 +249,7 @@ def _ratio(value, base) -> str:
 def report(run_dir) -> str:
   """Writes results.csv and loss_curves.png from results.jsonl; prints and returns the table."""
   run_dir = pathlib.Path(run_dir)
-  rows = {r["id"]: r for r in common.read_rows(run_dir / "results.jsonl", ROW_FIELDS)}
+  rows = {r["id"]: r for r in run_folder.read_rows(run_dir / "results.jsonl", ROW_FIELDS)}
   before = rows.get(BEFORE)
   order = lambda r: (r["mantissa_bits"], finetune.SUBSETS.index(r["subset"]) if r["subset"] in finetune.SUBSETS else 9)
   runs = sorted((r for k, r in rows.items() if k != BEFORE), key=order)
@@ -258,7 +262,7 @@ def report(run_dir) -> str:
     fp_test = test_before.get(0)
   csv_rows = [dict(r, test_ppl_before=test_before.get(r["mantissa_bits"]), test_ppl_fp_before=fp_test)
               for r in runs]
-  common.write_text(run_dir / "results.csv", common.csv_text(fields, csv_rows))
+  reports.write_text(run_dir / "results.csv", reports.csv_text(fields, csv_rows))
   shown = "not measured" if fp_test is None else f"{fp_test:.3f}"
   lines = [f"test perplexity; FP activations, untuned: {shown}. (In brackets: relative to that.) "
            "'gap': the tuned model at M over its own FP perplexity",
@@ -282,7 +286,7 @@ def report(run_dir) -> str:
 
 
 def _plot(run_dir: pathlib.Path, runs: list[dict], before: dict | None) -> None:
-  plt = common.pyplot()
+  plt = reports.pyplot()
 
   ms = sorted({r["mantissa_bits"] for r in runs})
   if not ms:
@@ -306,9 +310,9 @@ def _plot(run_dir: pathlib.Path, runs: list[dict], before: dict | None) -> None:
   axes[0][0].set_ylabel("NLL per token (nats)")
   axes[0][-1].legend(fontsize=7)
   fig.tight_layout()
-  common.save_figure(fig, run_dir / "loss_curves.png", dpi=110)
+  reports.save_figure(fig, run_dir / "loss_curves.png", dpi=110)
   plt.close(fig)
 
 
 if __name__ == "__main__":
-  common.run_with_config(run, "Fine-tuning configuration.")
+  cli.run_with_config(run, "Fine-tuning configuration.")

@@ -20,7 +20,8 @@ import pathlib
 import numpy as np
 
 from anda_jax.precision import MODULE_TYPES
-from experiments import common
+from experiments.harness import perplexity
+from experiments.harness import reports
 
 ANDA = "anda"  # the `format` of Anda rows (rows of runs before the formats have none)
 
@@ -69,7 +70,7 @@ def comparison(anda: list[dict], other: dict) -> dict:
   anda = _finite(anda)
   within = [r for r in anda if r["storage_bits"] <= other["storage_bits"] + 1e-9]
   best = min(within, key=lambda r: r["ppl"], default=None)
-  versus = None if best is None or other["ppl"] is None else common.increase_interval(best, other)
+  versus = None if best is None or other["ppl"] is None else perplexity.increase_interval(best, other)
   as_good = [r for r in anda if other["ppl"] is None or r["ppl"] <= other["ppl"]]
   cheapest = min(as_good, key=lambda r: (r["storage_bits"], r["ppl"]), default=None)
   return dict(best=best, versus=versus, cheapest=cheapest)
@@ -99,7 +100,7 @@ def table(run_name: str, base: dict | None, rows: list[dict]) -> str:
   out = [f"# Anda and other activation formats: {run_name}", "",
          "FP-activation baseline perplexity: " + ("not measured" if base is None else _ppl(base))
          + (f" on {n} windows ({base['tokens']:.0f} scored tokens)" if n else "") + ". "
-         f"Increase: ppl / ppl_FP - 1 on the same windows, in brackets its {common.INTERVAL_METHOD} "
+         f"Increase: ppl / ppl_FP - 1 on the same windows, in brackets its {perplexity.INTERVAL_METHOD} "
          "(in percentage points; as factors once the perplexity has doubled). Storage bits per "
          "activation element: elements plus the shares of their scales (MX: 8 bits per block; "
          "NVFP4: 8 per 16 and a float32 per token; per-token: a float32 per token; Anda: "
@@ -152,7 +153,7 @@ def _bars(rows: list[dict]) -> np.ndarray:
 
 def plot(path: pathlib.Path, run_name: str, base: dict | None, rows: list[dict]) -> None:
   """pareto.png: increase over FP (%, symlog) vs storage bits per activation element."""
-  plt = common.pyplot()
+  plt = reports.pyplot()
 
   if base is None or base["ppl"] is None:
     return
@@ -181,12 +182,12 @@ def plot(path: pathlib.Path, run_name: str, base: dict | None, rows: list[dict])
   ax.set_yscale("symlog", linthresh=1)
   ax.set(xlabel="storage bits per activation element", ylabel="perplexity increase over FP (%)",
          title=f"{run_name}: every format at all four sites (FP ppl {base_ppl:.3f});\n"
-         f"bars: {common.INTERVAL_METHOD}")
+         f"bars: {perplexity.INTERVAL_METHOD}")
   ax.title.set_fontsize(9)
   ax.legend(fontsize=8, loc="upper right")
   ax.grid(alpha=0.3)
   fig.tight_layout()
-  common.save_figure(fig, path, dpi=120)
+  reports.save_figure(fig, path, dpi=120)
   plt.close(fig)
 
 
@@ -194,6 +195,6 @@ def write(run_dir: pathlib.Path, base: dict | None, rows: list[dict]) -> str:
   """formats.md and pareto.png of a run whose rows include other formats; returns the table."""
   run_dir = pathlib.Path(run_dir)
   text = table(run_dir.name, base, rows)
-  common.write_text(run_dir / "formats.md", text)
+  reports.write_text(run_dir / "formats.md", text)
   plot(run_dir / "pareto.png", run_dir.name, base, rows)
   return text

@@ -29,11 +29,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from anda_jax import anda_format
 from anda_jax.checks import check_int
 from anda_jax.matmul import ProductSpec
+from anda_jax import models
+from anda_jax.numerics import anda
 from anda_jax.precision import FLOAT, MAX_MANTISSA_BITS
-from experiments import common
+from experiments.harness import cli
+from experiments.harness import config_checks
+from experiments.harness import errors
 
 _MODEL = flags.DEFINE_string("model", "smollm2-135m", "registry name, .gguf path or HF directory")
 _PROMPT = flags.DEFINE_string("prompt", "What is the capital of France?", "the prompt")
@@ -69,10 +72,9 @@ def parse_precision(text: str):
 
 def check_flags():
   """(precision, spec) of the flags, every flag checked before anything is loaded."""
-  from anda_jax import models  # pylint: disable=g-import-not-at-top
 
   precision = parse_precision(_PRECISION.value)
-  spec = ProductSpec(anda_format.AndaFormat(group_size=_GROUP_SIZE.value))
+  spec = ProductSpec(anda.AndaFormat(group_size=_GROUP_SIZE.value))
   check_int("--max_new_tokens", _MAX_NEW.value, 1)
   if _MODEL.value not in models.REGISTRY and not pathlib.Path(_MODEL.value).expanduser().exists():
     raise ValueError(f"--model={_MODEL.value!r} is invalid: neither a registry name "
@@ -169,13 +171,12 @@ def generate(model, tokenizer, prompt: str, max_new_tokens: int, precision=None,
 def run(argv) -> None:
   del argv
   precision, spec = check_flags()
-  from anda_jax import models  # pylint: disable=g-import-not-at-top
 
   model, tokenizer = models.load(_MODEL.value)
   if tokenizer is None:
     raise ValueError(f"--model={_MODEL.value!r} is invalid: it has no tokenizer (no tokenizer.json)")
   if precision is not None and precision.any():
-    common.check_group_size_fits(model, [_GROUP_SIZE.value], spec.impl, "--group_size")
+    config_checks.check_group_size_fits(model, [_GROUP_SIZE.value], spec.impl, "--group_size")
   t0 = time.perf_counter()
   text = generate(model, tokenizer, _PROMPT.value, _MAX_NEW.value, precision, spec, _CHAT.value,
                   _KV_CACHE.value)
@@ -184,9 +185,9 @@ def run(argv) -> None:
 
 
 def main(argv):
-  common.call_cleanly(run, argv)
+  errors.call_cleanly(run, argv)
 
 
 if __name__ == "__main__":
-  common.define_traceback_flag()
-  app.run(main, flags_parser=common.parse_flags)
+  cli.define_traceback_flag()
+  app.run(main, flags_parser=cli.parse_flags)

@@ -26,13 +26,19 @@ import time
 
 import numpy as np
 
-from anda_jax import evaluate
-from anda_jax import intervals
+from anda_jax.evaluation import evaluate
+from anda_jax.evaluation import intervals
+from anda_jax.evaluation.prefix import Prefix
 from anda_jax import precision as anda_precision
 from anda_jax.precision import MAX_MANTISSA_BITS, MIN_MANTISSA_BITS
-from anda_jax.prefix import Prefix
 from configs import noise_floor as noise_floor_config
-from experiments import common
+from experiments.harness import cli
+from experiments.harness import config_checks
+from experiments.harness import distributed
+from experiments.harness import loading
+from experiments.harness import perplexity
+from experiments.harness import reports
+from experiments.harness import run_folder
 
 ROW_FIELDS = ("id", "mantissa_bits", "perturbed", "ppl", "window_nll", "window_tokens")
 PERTURBED = "~"  # suffix of a perturbed configuration's id: "M8~"
@@ -40,11 +46,11 @@ PERTURBED = "~"  # suffix of a perturbed configuration's id: "M8~"
 
 def validate(cfg) -> None:
   """Everything checkable before loading anything heavy; ValueError with a clear message."""
-  common.check_config(cfg, noise_floor_config.get_config())
-  common.one_group_size(cfg, "noise-floor measurement")
-  common.check_ints("mantissa_bits", cfg.mantissa_bits, MIN_MANTISSA_BITS, MAX_MANTISSA_BITS)
+  config_checks.check_config(cfg, noise_floor_config.get_config())
+  config_checks.one_group_size(cfg, "noise-floor measurement")
+  config_checks.check_ints("mantissa_bits", cfg.mantissa_bits, MIN_MANTISSA_BITS, MAX_MANTISSA_BITS)
   top = cfg.data.windows or 1 << 30
-  common.check_ints("subsets", cfg.subsets, 2, top)
+  config_checks.check_ints("subsets", cfg.subsets, 2, top)
   if cfg.data.windows is not None and any(top % n for n in cfg.subsets):
     raise ValueError(f"subsets={tuple(cfg.subsets)!r} is invalid: each must divide data.windows="
                      f"{cfg.data.windows} (the windows are split into disjoint subsets)")
@@ -63,19 +69,19 @@ def perturb_last_bit(h: np.ndarray, seed: int) -> np.ndarray:
 def run(cfg) -> dict:
   """Runs (or resumes) the measurement; returns {id: row}."""
   validate(cfg)
-  common.maybe_initialize_distributed(cfg)
-  digest = common.model_sha256(cfg.model.name)
-  setup = lambda windows: dict(common.setup_of(cfg, windows, digest), group_size=cfg.format.group_sizes[0],
+  distributed.maybe_initialize_distributed(cfg)
+  digest = loading.model_sha256(cfg.model.name)
+  setup = lambda windows: dict(run_folder.setup_of(cfg, windows, digest), group_size=cfg.format.group_sizes[0],
                                perturb=cfg.perturb)
-  with common.open_run(cfg, setup(None)) as folder:
+  with run_folder.open_run(cfg, setup(None)) as folder:
     t0 = time.time()
-    mesh = common.mesh_of(cfg)
-    model, windows, score_from = common.start(cfg, mesh=mesh)
-    results = common.Results(folder, setup(windows), write=common.is_main(), required=ROW_FIELDS)
+    mesh = distributed.mesh_of(cfg)
+    model, windows, score_from = loading.start(cfg, mesh=mesh)
+    results = run_folder.Results(folder, setup(windows), write=distributed.is_main(), required=ROW_FIELDS)
     weights = evaluate.target_weights(len(windows), windows.shape[1], score_from)
     window_tokens = weights.sum(axis=1, dtype=np.float64)
     ms = [0] + sorted(set(cfg.mantissa_bits), reverse=True)
-    spec = common.product_spec(cfg, cfg.format.group_sizes[0])
+    spec = config_checks.product_spec(cfg, cfg.format.group_sizes[0])
     batch = cfg.window_batch or evaluate.auto_batch_size(cfg.config_batch or len(ms), windows.shape[1],
                                                          model.config.vocab)
     embedded = Prefix(model, windows, batch).h  # the hidden states entering layer 0
@@ -87,16 +93,16 @@ def run(cfg) -> dict:
 
       def on_batch(idx, sums, todo=todo, perturbed=perturbed):
         results.append([dict(id=config_id(todo[i], perturbed), mantissa_bits=todo[i], perturbed=perturbed,
-                             **common.perplexity_fields(s.sum() / window_tokens.sum()),
-                             tokens=float(window_tokens.sum()), **common.window_fields(s, window_tokens))
+                             **perplexity.perplexity_fields(s.sum() / window_tokens.sum()),
+                             tokens=float(window_tokens.sum()), **perplexity.window_fields(s, window_tokens))
                         for i, s in zip(idx, sums)])
 
       precisions = np.stack([anda_precision.uniform(m) for m in todo])
       evaluate.window_nll_sums(model, h, precisions, spec, targets=windows[:, 1:], weights=weights,
-                               batch_size=batch, config_batch=cfg.config_batch, key=common.rounding_key(cfg),
+                               batch_size=batch, config_batch=cfg.config_batch, key=config_checks.rounding_key(cfg),
                                mesh=mesh, on_batch=on_batch)
     print(f"noise floor: {len(windows)} windows x {windows.shape[1]} tokens, wall time {time.time() - t0:.1f} s")
-    if common.is_main():
+    if distributed.is_main():
       report(folder, cfg.subsets)
     return results.rows
 
@@ -140,12 +146,12 @@ def summary(rows: dict, subsets) -> list[dict]:
 
 def report(run_dir, subsets) -> str:
   run_dir = pathlib.Path(run_dir)
-  rows = {r["id"]: r for r in common.read_rows(run_dir / "results.jsonl", ROW_FIELDS)}
+  rows = {r["id"]: r for r in run_folder.read_rows(run_dir / "results.jsonl", ROW_FIELDS)}
   entries = summary(rows, subsets)
-  common.write_text(run_dir / "noise_floor.csv", common.csv_text(
+  reports.write_text(run_dir / "noise_floor.csv", reports.csv_text(
       ["pair", "windows", "tokens", "subsets", "half_width", "spread", "estimate"], entries))
   pct = lambda v: "-" if v is None else f"{100 * v:.3g}"  # 3 significant digits: FP's noise is ~1e-5 %
-  lines = [f"half-width of the {common.INTERVAL_METHOD} of the relative perplexity increase, in %",
+  lines = [f"half-width of the {perplexity.INTERVAL_METHOD} of the relative perplexity increase, in %",
            "(median over the disjoint subsets of that size; spread: 1.96 x the standard deviation of "
            "their estimates; estimate: their mean, in %)",
            f"{'pair':<12}{'windows':>8}{'tokens':>8}{'subsets':>8} {'half-width':>10} {'spread':>9} {'estimate':>10}"]
@@ -158,7 +164,7 @@ def report(run_dir, subsets) -> str:
 
 
 def _plot(run_dir: pathlib.Path, entries: list[dict]) -> None:
-  plt = common.pyplot()
+  plt = reports.pyplot()
 
   if not entries:
     return
@@ -175,9 +181,9 @@ def _plot(run_dir: pathlib.Path, entries: list[dict]) -> None:
   ax.title.set_fontsize(9)
   ax.legend(fontsize=7)
   fig.tight_layout()
-  common.save_figure(fig, run_dir / "noise_floor.png", dpi=120)
+  reports.save_figure(fig, run_dir / "noise_floor.png", dpi=120)
   plt.close(fig)
 
 
 if __name__ == "__main__":
-  common.run_with_config(run, "Noise-floor configuration.")
+  cli.run_with_config(run, "Noise-floor configuration.")

@@ -26,13 +26,19 @@ import time
 from absl import logging
 import numpy as np
 
-from anda_jax import evaluate
-from anda_jax import intervals
+from anda_jax.evaluation import evaluate
+from anda_jax.evaluation import intervals
+from anda_jax.evaluation.prefix import Prefix as FloatPrefix  # float: no configuration given
 from anda_jax import precision as anda_precision
 from anda_jax.precision import MAX_MANTISSA_BITS, MIN_MANTISSA_BITS
-from anda_jax.prefix import Prefix as FloatPrefix  # float: no configuration given
 from configs import sensitivity as sensitivity_config
-from experiments import common
+from experiments.harness import cli
+from experiments.harness import config_checks
+from experiments.harness import distributed
+from experiments.harness import loading
+from experiments.harness import perplexity
+from experiments.harness import reports
+from experiments.harness import run_folder
 
 BASELINE = "fp"
 # The fields the report reads: a line of results.jsonl without them is a broken line.
@@ -41,12 +47,12 @@ ROW_FIELDS = ("id", "layer", "type", "mantissa_bits", "ppl")
 
 def validate(cfg) -> None:
   """Everything checkable before loading anything heavy; ValueError with a clear message."""
-  common.check_config(cfg, sensitivity_config.get_config())
-  common.one_group_size(cfg, "sensitivity study")
-  common.check_ints("mantissa_bits", cfg.mantissa_bits, MIN_MANTISSA_BITS, MAX_MANTISSA_BITS)
-  common.check_types(cfg.types, anda_precision.MODULE_TYPES)
+  config_checks.check_config(cfg, sensitivity_config.get_config())
+  config_checks.one_group_size(cfg, "sensitivity study")
+  config_checks.check_ints("mantissa_bits", cfg.mantissa_bits, MIN_MANTISSA_BITS, MAX_MANTISSA_BITS)
+  config_checks.check_types(cfg.types, anda_precision.MODULE_TYPES)
   if cfg.layers is not None:
-    common.check_ints("layers", cfg.layers, 0, 1 << 20)
+    config_checks.check_ints("layers", cfg.layers, 0, 1 << 20)
 
 
 # ------------------------------------------------------------------- the study
@@ -72,12 +78,12 @@ class Outcome:
 def run(cfg, reuse_prefix: bool = True, loaded=None) -> Outcome:
   """Runs (or resumes) the study. reuse_prefix=False evaluates every configuration from the
   embedding (the benchmark's baseline; same rows). loaded: (model, windows, score_from) from
-  common.load_model_and_windows(cfg), to share one load between runs."""
+  loading.load_model_and_windows(cfg), to share one load between runs."""
   validate(cfg)
-  common.maybe_initialize_distributed(cfg)
-  digest = common.model_sha256(cfg.model.name)
-  setup = lambda windows: dict(common.setup_of(cfg, windows, digest), group_size=cfg.format.group_sizes[0])
-  with common.open_run(cfg, setup(None)) as folder:
+  distributed.maybe_initialize_distributed(cfg)
+  digest = loading.model_sha256(cfg.model.name)
+  setup = lambda windows: dict(run_folder.setup_of(cfg, windows, digest), group_size=cfg.format.group_sizes[0])
+  with run_folder.open_run(cfg, setup(None)) as folder:
     return _run(cfg, folder, setup, reuse_prefix, loaded)
 
 
@@ -85,18 +91,18 @@ def _run(cfg, folder, setup, reuse_prefix, loaded) -> Outcome:
   from tqdm import tqdm  # pylint: disable=g-import-not-at-top
 
   t0 = time.time()
-  mesh = common.mesh_of(cfg)  # before loading: a shape that does not fit the devices is refused
-  model, windows, score_from = common.start(cfg, loaded, mesh)
+  mesh = distributed.mesh_of(cfg)  # before loading: a shape that does not fit the devices is refused
+  model, windows, score_from = loading.start(cfg, loaded, mesh)
   n_layers = model.config.n_layers
   layers = sorted(set(range(n_layers) if cfg.layers is None else cfg.layers))
   if layers[-1] >= n_layers:
     raise ValueError(f"layers holds {layers[-1]}, which is invalid: the model has layers 0..{n_layers - 1}")
-  is_main = common.is_main()
+  is_main = distributed.is_main()
   group_size = cfg.format.group_sizes[0]
-  results = common.Results(folder, setup(windows), write=is_main, required=ROW_FIELDS)
-  spec = common.product_spec(cfg, group_size)
+  results = run_folder.Results(folder, setup(windows), write=is_main, required=ROW_FIELDS)
+  spec = config_checks.product_spec(cfg, group_size)
   ms = tuple(cfg.mantissa_bits)
-  key = common.rounding_key(cfg)
+  key = config_checks.rounding_key(cfg)
   weights = evaluate.target_weights(len(windows), windows.shape[1], score_from)
   targets = windows[:, 1:]
   window_tokens = weights.sum(axis=1, dtype=np.float64)
@@ -114,8 +120,8 @@ def _run(cfg, folder, setup, reuse_prefix, loaded) -> Outcome:
     return evaluate.window_nll_sums(model, windows, precisions, spec, **kw)[0]
 
   def fields(per_window):
-    return dict(**common.perplexity_fields(per_window.sum() / n_tokens), tokens=n_tokens,
-                **common.window_fields(per_window, window_tokens))
+    return dict(**perplexity.perplexity_fields(per_window.sum() / n_tokens), tokens=n_tokens,
+                **perplexity.window_fields(per_window, window_tokens))
 
   todo = [(l, t) for l in layers for t in cfg.types
           if any(row_id(l, t, m) not in results.rows for m in ms)]
@@ -147,25 +153,25 @@ def report(run_dir, top: int = 10) -> str:
   per-window sums (rows of older runs do not: shown without). A perplexity that is not finite
   reads "inf" (overflow) or "nan", ranks as the most sensitive and is a gap in the heatmap."""
   run_dir = pathlib.Path(run_dir)
-  rows = {r["id"]: common.reported(r) for r in common.read_rows(run_dir / "results.jsonl", ROW_FIELDS)}
+  rows = {r["id"]: perplexity.reported(r) for r in run_folder.read_rows(run_dir / "results.jsonl", ROW_FIELDS)}
   base_row = rows.pop(BASELINE, None)
   base = None if base_row is None else base_row["ppl"]
   rows = sorted(rows.values(), key=lambda r: (r["layer"], r["type"], r["mantissa_bits"]))
   for r in rows:
     finite = r["ppl"] is not None and base is not None
     r["rel_increase"] = r["ppl"] / base - 1 if finite else None
-    r["interval"] = common.increase_interval(r, base_row) if finite else None
+    r["interval"] = perplexity.increase_interval(r, base_row) if finite else None
 
   def shown(r, key):  # "inf" / "nan" where the perplexity or the baseline is not finite
     if r[key] is not None:
       return r[key]
     return r["nonfinite"] or "nan"
 
-  common.write_text(run_dir / "results.csv", common.csv_text(
-      ["id", "layer", "type", "mantissa_bits", "ppl", "rel_increase", *common.INTERVAL_COLUMNS,
+  reports.write_text(run_dir / "results.csv", reports.csv_text(
+      ["id", "layer", "type", "mantissa_bits", "ppl", "rel_increase", *perplexity.INTERVAL_COLUMNS,
        "finite", "nll", "tokens"],
       [dict(r, ppl=shown(r, "ppl"), rel_increase=shown(r, "rel_increase"), finite=r["ppl"] is not None,
-            **common.interval_columns(r["interval"])) for r in rows]))
+            **perplexity.interval_columns(r["interval"])) for r in rows]))
   worst = sorted(rows, key=lambda r: -math.inf if r["rel_increase"] is None else -r["rel_increase"])[:top]
   head = ("float model perplexity " + (f"{base:.4f}" if base is not None else
                                        "not finite" if base_row else "not measured"))
@@ -179,7 +185,7 @@ def report(run_dir, top: int = 10) -> str:
           f"ppl {r['ppl']:.4f} ({increase(r)})" if r["rel_increase"] is not None else
           f"ppl {shown(r, 'ppl')}") for r in worst]
   if any(r["interval"] is not None for r in worst):
-    lines.append(f"[low, high]: the {common.INTERVAL_METHOD} of the increase")
+    lines.append(f"[low, high]: the {perplexity.INTERVAL_METHOD} of the increase")
   table = "\n".join(lines)
   print(table)
   _heatmap(run_dir, rows)
@@ -187,7 +193,7 @@ def report(run_dir, top: int = 10) -> str:
 
 
 def _heatmap(run_dir: pathlib.Path, rows: list[dict]) -> None:
-  plt = common.pyplot()
+  plt = reports.pyplot()
 
   layers = sorted({r["layer"] for r in rows})
   ms = sorted({r["mantissa_bits"] for r in rows})
@@ -216,9 +222,9 @@ def _heatmap(run_dir: pathlib.Path, rows: list[dict]) -> None:
   if any(r["interval"] is not None for r in rows):
     label += f"\ndot: its {intervals.LEVEL:.0%} paired interval holds 0"
   fig.colorbar(im, ax=axes[0].tolist(), label=label)
-  common.save_figure(fig, run_dir / "heatmap.png", dpi=120)
+  reports.save_figure(fig, run_dir / "heatmap.png", dpi=120)
   plt.close(fig)
 
 
 if __name__ == "__main__":
-  common.run_with_config(run, "Sensitivity configuration.")
+  cli.run_with_config(run, "Sensitivity configuration.")

@@ -2,18 +2,18 @@
 
     python -m experiments.sweep --config=configs/sweep.py:quick
     python -m experiments.sweep --config=configs/sweep.py --config.format.rounding=nearest
-    python -m experiments.sweep --config=configs/formats.py   # Anda against other formats
+    python -m experiments.sweep --config=configs/baselines.py   # Anda against other formats
 
 Evaluates the FP-activation baseline, then for every group size G and mantissa length M:
 each module type alone (the other types stay float) and all types uniformly. All
 configurations of one G go through `evaluate.window_nll_sums` vmapped (and sharded over
 devices), in fixed-size batches, so the run compiles once per (G, window shape). Every increase
 over the baseline is reported with its paired-bootstrap confidence interval
-(common.increase_interval, from the rows' per-window NLL sums on the same windows).
+(perplexity.increase_interval, from the rows' per-window NLL sums on the same windows).
 
-With `other_formats` (names of anda_jax.formats.FORMAT_NAMES, e.g. configs/formats.py), each of
+With `other_formats` (names of anda_jax.numerics.baselines.FORMAT_NAMES, e.g. configs/baselines.py), each of
 those formats is evaluated on the same windows at the sites of `other_format_types` (one
-compilation per format), and the run adds formats.md and pareto.png (experiments/
+compilation per format), and the run adds baselines.md and pareto.png (experiments/
 formats_report.py): every format against Anda at equal storage bits per activation element.
 
 Writes results/<run_name>/ :
@@ -27,7 +27,7 @@ Writes results/<run_name>/ :
                  the intervals
   heatmap.png    G x M heatmap of the relative perplexity increase (all types uniform), each
                  cell with half its interval's width, hatched where the interval holds 0
-  formats.md, pareto.png   with other formats only (see above)
+  baselines.md, pareto.png   with other formats only (see above)
 and prints a table. Multi-process (README: "Many devices, many hosts"): run the same command
 with --config.distributed=True in every process (e.g. one per host under SLURM, or on every
 host of a TPU pod); the configuration batch is then sharded over every process's devices
@@ -45,15 +45,20 @@ from absl import logging
 import numpy as np
 
 from anda_jax import cost
-from anda_jax import evaluate
-from anda_jax import formats
-from anda_jax import intervals
+from anda_jax.evaluation import evaluate
+from anda_jax.evaluation import intervals
+from anda_jax.matmul import ProductSpec
 from anda_jax import precision as anda_precision
 from anda_jax.precision import MAX_MANTISSA_BITS, MIN_MANTISSA_BITS
-from anda_jax.matmul import ProductSpec
 from configs import sweep as sweep_config
-from experiments import common
 from experiments import formats_report
+from experiments.harness import cli
+from experiments.harness import config_checks
+from experiments.harness import distributed
+from experiments.harness import loading
+from experiments.harness import perplexity
+from experiments.harness import reports
+from experiments.harness import run_folder
 
 
 SWEEP_TYPES = anda_precision.MODULE_TYPES + ("all",)
@@ -67,11 +72,11 @@ ROW_FIELDS = ("id", "type", "group_size", "mantissa_bits", "ppl")
 
 def validate(cfg) -> None:
   """Everything checkable before loading anything heavy; ValueError with a clear message."""
-  common.check_config(cfg, sweep_config.get_config())
-  common.check_ints("mantissa_bits", cfg.mantissa_bits, MIN_MANTISSA_BITS, MAX_MANTISSA_BITS)
-  common.check_types(cfg.types, SWEEP_TYPES)
-  if common.other_formats(cfg):
-    common.check_types(cfg.other_format_types, SWEEP_TYPES)
+  config_checks.check_config(cfg, sweep_config.get_config())
+  config_checks.check_ints("mantissa_bits", cfg.mantissa_bits, MIN_MANTISSA_BITS, MAX_MANTISSA_BITS)
+  config_checks.check_types(cfg.types, SWEEP_TYPES)
+  if config_checks.other_formats(cfg):
+    config_checks.check_types(cfg.other_format_types, SWEEP_TYPES)
 
 
 # ---------------------------------------------------------------------- the sweep
@@ -110,7 +115,7 @@ def _work(cfg, pending: list[Config], others: dict):
   other format: each is one compilation."""
   first = cfg.format.group_sizes[0]
   for g in cfg.format.group_sizes:
-    yield common.product_spec(cfg, g), [c for c in pending if c.format == ANDA and (
+    yield config_checks.product_spec(cfg, g), [c for c in pending if c.format == ANDA and (
         c.group_size == g or (c.group_size is None and g == first))]
   for name, fmt in others.items():
     yield ProductSpec(fmt, cfg.impl), [c for c in pending if c.format == name]
@@ -128,9 +133,9 @@ def _storage_bits(c: Config, spec: ProductSpec, shape: cost.ModelShape) -> float
 def run(cfg) -> dict:
   """Runs (or resumes) a sweep; returns {id: row}."""
   validate(cfg)
-  common.maybe_initialize_distributed(cfg)
-  digest = common.model_sha256(cfg.model.name)
-  with common.open_run(cfg, common.setup_of(cfg, None, digest)) as folder:
+  distributed.maybe_initialize_distributed(cfg)
+  digest = loading.model_sha256(cfg.model.name)
+  with run_folder.open_run(cfg, run_folder.setup_of(cfg, None, digest)) as folder:
     return _run(cfg, folder, digest)
 
 
@@ -138,20 +143,20 @@ def _run(cfg, folder: pathlib.Path, digest: str) -> dict:
   from tqdm import tqdm  # pylint: disable=g-import-not-at-top
 
   t0 = time.time()
-  mesh = common.mesh_of(cfg)  # before loading: a shape that does not fit the devices is refused
-  model, windows, score_from = common.start(cfg, mesh=mesh)
-  is_main = common.is_main()
-  results = common.Results(folder, common.setup_of(cfg, windows, digest), write=is_main,
+  mesh = distributed.mesh_of(cfg)  # before loading: a shape that does not fit the devices is refused
+  model, windows, score_from = loading.start(cfg, mesh=mesh)
+  is_main = distributed.is_main()
+  results = run_folder.Results(folder, run_folder.setup_of(cfg, windows, digest), write=is_main,
                            required=ROW_FIELDS)
-  others = common.other_formats(cfg)
-  common.check_mesh_fits(model, mesh, [ProductSpec(f, cfg.impl) for f in others.values()])
+  others = config_checks.other_formats(cfg)
+  distributed.check_mesh_fits(model, mesh, [ProductSpec(f, cfg.impl) for f in others.values()])
   shape = cost.as_shape(model)
   configs = sweep_configs(cfg.format.group_sizes, cfg.mantissa_bits, cfg.types, tuple(others),
                           cfg.other_format_types)
   pending = [c for c in configs if c.id not in results.rows]
   logging.info("%d configurations, %d already done, %d to go", len(configs),
                len(configs) - len(pending), len(pending))
-  key = common.rounding_key(cfg)
+  key = config_checks.rounding_key(cfg)
   weights = evaluate.target_weights(len(windows), windows.shape[1], score_from)
   window_tokens = weights.sum(axis=1, dtype=np.float64)
   n_tokens = float(window_tokens.sum())
@@ -171,9 +176,9 @@ def _run(cfg, folder: pathlib.Path, digest: str) -> dict:
           c = todo[i]
           rows.append(dict(id=c.id, format=c.format, type=c.type, group_size=c.group_size,
                            mantissa_bits=c.mantissa_bits, precision=list(c.precision),
-                           **common.perplexity_fields(per_window.sum() / n_tokens), tokens=n_tokens,
+                           **perplexity.perplexity_fields(per_window.sum() / n_tokens), tokens=n_tokens,
                            storage_bits=_storage_bits(c, spec, shape),
-                           seconds=round(seconds, 3), **common.window_fields(per_window, window_tokens)))
+                           seconds=round(seconds, 3), **perplexity.window_fields(per_window, window_tokens)))
         results.append(rows)
         bar.update(len(rows))
 
@@ -195,13 +200,13 @@ def _run(cfg, folder: pathlib.Path, digest: str) -> dict:
 def _load_rows(run_dir: pathlib.Path) -> tuple[dict, list[dict]]:
   """(baseline row or None, the other rows) of results.jsonl, each with `ppl` None where the
   perplexity is not finite."""
-  rows = common.read_rows(run_dir / "results.jsonl", ROW_FIELDS)
-  by_id = {r["id"]: common.reported(r) for r in rows}
+  rows = run_folder.read_rows(run_dir / "results.jsonl", ROW_FIELDS)
+  by_id = {r["id"]: perplexity.reported(r) for r in rows}
   return by_id.get(BASELINE), [r for r in by_id.values() if r["id"] != BASELINE]
 
 
 def _csv_row(r: dict, base_ppl: float | None) -> dict:
-  bounds = common.interval_columns(r["interval"])
+  bounds = perplexity.interval_columns(r["interval"])
   if r["ppl"] is None:
     return dict(r, ppl=r["nonfinite"], rel_increase=r["nonfinite"], finite=False, **bounds)
   return dict(r, rel_increase="nan" if base_ppl is None else r["ppl"] / base_ppl - 1, finite=True, **bounds)
@@ -216,15 +221,15 @@ def report(run_dir) -> str:
   base, rows = _load_rows(run_dir)
   base_ppl = base["ppl"] if base else None
   rows = [dict(r, format=formats_report.format_of(r),
-                interval=None if r["ppl"] is None or base_ppl is None else common.increase_interval(r, base))
+                interval=None if r["ppl"] is None or base_ppl is None else perplexity.increase_interval(r, base))
           for r in rows]
   fields = ["id", "format", "type", "group_size", "mantissa_bits", "ppl", "rel_increase",
-            *common.INTERVAL_COLUMNS, "finite", "nll", "tokens", "storage_bits", "seconds"]
+            *perplexity.INTERVAL_COLUMNS, "finite", "nll", "tokens", "storage_bits", "seconds"]
   # Anda's rows by G, type and M, then the other formats' by name and type.
   ordered = ([dict(base, format=ANDA, interval=None)] if base else []) + sorted(
       rows, key=lambda r: (r["format"] != ANDA, r["format"], r["group_size"] or 0, r["type"],
                            r["mantissa_bits"] or 0))
-  common.write_text(run_dir / "results.csv", common.csv_text(fields, [_csv_row(r, base_ppl) for r in ordered]))
+  reports.write_text(run_dir / "results.csv", reports.csv_text(fields, [_csv_row(r, base_ppl) for r in ordered]))
   anda = [r for r in rows if r["format"] == ANDA]
   table = _table(base, anda)
   if len(anda) < len(rows):  # other formats: their table against Anda, and the Pareto plot
@@ -281,7 +286,7 @@ def _table(base: dict | None, rows: list[dict]) -> str:
       lines.append(f"{g:>5} {t:>5} " + " ".join(_cell(cells.get((g, t, m)), base_ppl, with_intervals)
                                                   for m in ms))
   if with_intervals:
-    lines.append(f"±: half the width of the {common.INTERVAL_METHOD}, in percentage points (in "
+    lines.append(f"±: half the width of the {perplexity.INTERVAL_METHOD}, in percentage points (in "
                  "the factor for xN cells)")
   return "\n".join(lines)
 
@@ -304,7 +309,7 @@ def _bounds(rows: list[dict], scale) -> np.ndarray:
 
 def _plots(run_dir: pathlib.Path, base_ppl: float | None, rows: list[dict]) -> None:
   """ppl_vs_m.png and heatmap.png; a perplexity that is not finite is a gap (NaN)."""
-  plt = common.pyplot()
+  plt = reports.pyplot()
 
   gs = sorted({r["group_size"] for r in rows})
   ms = sorted({r["mantissa_bits"] for r in rows})
@@ -340,9 +345,10 @@ def _plots(run_dir: pathlib.Path, base_ppl: float | None, rows: list[dict]) -> N
   axes[0][-1].legend(fontsize=8)
   axes[1][-1].legend(fontsize=8)
   if any(r["interval"] is not None for r in rows):
-    fig.suptitle(f"error bars: {common.INTERVAL_METHOD} of the increase over FP", fontsize=9)
+    fig.suptitle(reports.fit_title(f"error bars: {perplexity.INTERVAL_METHOD} of the increase "
+                                   "over FP", fig.get_figwidth()), fontsize=9)
   fig.tight_layout()
-  common.save_figure(fig, run_dir / "ppl_vs_m.png", dpi=120)
+  reports.save_figure(fig, run_dir / "ppl_vs_m.png", dpi=120)
   plt.close(fig)
   _heatmap(run_dir, base, gs, ms, [r for r in rows if r["type"] == "all"])
 
@@ -376,12 +382,12 @@ def _heatmap(run_dir: pathlib.Path, base: float, gs, ms, uniform_rows: list[dict
     title += f" (±: half its {intervals.LEVEL:.0%} interval" + ("; hatched: it holds 0)" if hatched else ")")
   ax.set(xticks=range(len(ms)), xticklabels=ms, yticks=range(len(gs)), yticklabels=gs,
          xlabel="mantissa bits M", ylabel="group size G")
-  ax.set_title(title, fontsize=9)
+  ax.set_title(reports.fit_title(title, 0.8 * fig.get_figwidth()), fontsize=9)
   fig.colorbar(im, ax=ax, label="log10(ppl / ppl_fp)")
   fig.tight_layout()
-  common.save_figure(fig, run_dir / "heatmap.png", dpi=120)
+  reports.save_figure(fig, run_dir / "heatmap.png", dpi=120)
   plt.close(fig)
 
 
 if __name__ == "__main__":
-  common.run_with_config(run, "Sweep configuration.")
+  cli.run_with_config(run, "Sweep configuration.")

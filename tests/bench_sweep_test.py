@@ -2,7 +2,6 @@
 hooks against our model on a tiny checkpoint, the old LM head, the profile summary."""
 
 import io
-import pathlib
 from contextlib import redirect_stdout
 
 from absl.testing import absltest
@@ -10,10 +9,12 @@ from absl.testing import parameterized
 import jax.numpy as jnp
 import numpy as np
 
-from anda_jax import anda_format
-from anda_jax import cross_entropy
+from anda_jax.evaluation import cross_entropy
+from anda_jax.numerics import anda
 from experiments import bench_sweep
 import testlib
+from anda_jax.matmul import ProductSpec
+from anda_jax import models
 
 
 class TorchQuantizerTest(parameterized.TestCase):
@@ -27,7 +28,7 @@ class TorchQuantizerTest(parameterized.TestCase):
     x = np.array(testlib.heavy_tailed(mantissa_bits, (6, length), special_values=True))
     x[1] *= 1e-38
     x[2, :group_size] = 0.0
-    want = np.asarray(anda_format.quantize(jnp.asarray(x), anda_format.AndaFormat(group_size=group_size),
+    want = np.asarray(anda.quantize(jnp.asarray(x), anda.AndaFormat(group_size=group_size),
                                            mantissa_bits))
     got = bench_sweep.anda_truncate_torch(torch.from_numpy(x), mantissa_bits, group_size).numpy()
     self.assertEqual(got.shape, x.shape)
@@ -52,8 +53,6 @@ class BenchmarkTest(absltest.TestCase):
   def test_the_full_logits_program_is_the_old_head(self):
     # JAX caches traces by function: a second jit of the same function would silently run the
     # streamed head again. The compiled programs name the source of their operations.
-    from anda_jax import models  # pylint: disable=g-import-not-at-top
-    from anda_jax.matmul import ProductSpec  # pylint: disable=g-import-not-at-top
 
     model, _ = models.load(str(testlib.make_checkpoint(testlib.tempdir(self) / "ckpt")))
     windows = np.arange(2 * 12).reshape(2, 12) % 50

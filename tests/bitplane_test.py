@@ -1,4 +1,4 @@
-"""Tests for anda_jax.bitplane: layout vs numpy packbits, lossless round trip, prefix."""
+"""Tests for anda_jax.numerics.bitplane: layout vs numpy packbits, lossless round trip, prefix."""
 
 
 from absl.testing import absltest
@@ -8,8 +8,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from anda_jax import bitplane
-from anda_jax import anda_format
+from anda_jax.numerics import anda
+from anda_jax.numerics import bitplane
 import testlib
 
 _FIELDS = ("sign", "magnitude", "exponent")
@@ -25,7 +25,7 @@ def _activations(rng, shape):
 
 
 # Jitted: one compilation per shape instead of one per eager op.
-_decode = jax.jit(anda_format.decode)
+_decode = jax.jit(anda.decode)
 
 
 def _round_trip(x, fmt, m):
@@ -68,15 +68,15 @@ class BitPlaneTest(parameterized.TestCase):
     self.assert_same_encoding(back, enc)
     np.testing.assert_array_equal(np.asarray(decoded), np.asarray(decoded_enc))
     # The NaN/Inf groups survive: exponent -128 and NaN on decode.
-    self.assertEqual(int(bp.exponent.reshape(-1)[0]), anda_format.NONFINITE_EXPONENT)
-    self.assertEqual(int(bp.exponent.reshape(-1)[-1]), anda_format.NONFINITE_EXPONENT)
+    self.assertEqual(int(bp.exponent.reshape(-1)[0]), anda.NONFINITE_EXPONENT)
+    self.assertEqual(int(bp.exponent.reshape(-1)[-1]), anda.NONFINITE_EXPONENT)
     self.assertTrue(np.isnan(np.asarray(decoded).reshape(-1)[-1]))
     return bp
 
   def test_round_trip_every_mantissa_length_and_prefix(self):
     # G not a multiple of 8, ragged L (30 = 2 * 12 + 6) and 5-bit (clipping) exponents.
     x = _activations(np.random.default_rng(0), (2, 3, 30))
-    fmt = anda_format.AndaFormat(group_size=12, exponent_bits=5)
+    fmt = anda.AndaFormat(group_size=12, exponent_bits=5)
     bps = {m: self.check_round_trip(x, fmt, m) for m in range(1, 17)}
     # The first M' planes of the M-bit layout are the M'-bit layout (truncate rounding),
     # and bps[M'] was just shown to be exactly encode(x, M').
@@ -91,13 +91,13 @@ class BitPlaneTest(parameterized.TestCase):
   @parameterized.parameters((5, 23), (8, 40), (64, 100), (1, 3))
   def test_round_trip_other_group_sizes(self, group_size, length):
     x = _activations(np.random.default_rng(group_size), (3, length))
-    fmt = anda_format.AndaFormat(group_size=group_size)
+    fmt = anda.AndaFormat(group_size=group_size)
     for m in (3, 16):
       self.check_round_trip(x, fmt, m)
 
   def test_other_axis_and_dtype_round_trip(self):
     x = _activations(np.random.default_rng(0), (3, 20)).T.astype(jnp.bfloat16)  # [20, 3]
-    fmt = anda_format.AndaFormat(group_size=8, axis=0)
+    fmt = anda.AndaFormat(group_size=8, axis=0)
     enc = testlib.encode(x, fmt, 5)
     bp = bitplane.pack(enc)
     chex.assert_shape(bp.planes, (3, 3, 5, 1))
@@ -112,14 +112,14 @@ class BitPlaneTest(parameterized.TestCase):
     x = np.zeros(16, np.float32)
     x[9] = -1.0  # the group maximum: m = 2^(M-1) = 0b100
     x[2] = 0.25  # m = 0b001
-    bp = bitplane.pack(testlib.encode(x, anda_format.AndaFormat(group_size=16), 3))
+    bp = bitplane.pack(testlib.encode(x, anda.AndaFormat(group_size=16), 3))
     np.testing.assert_array_equal(np.asarray(bp.sign), [[0, 2]])
     np.testing.assert_array_equal(np.asarray(bp.planes), [[[0, 2], [0, 0], [4, 0]]])
     self.assertEqual(int(bp.exponent[0]), 0)
 
   def test_extra_planes_are_zero_and_keep_values(self):
     x = _activations(np.random.default_rng(2), (3, 40))
-    fmt = anda_format.AndaFormat(group_size=16)
+    fmt = anda.AndaFormat(group_size=16)
     enc = testlib.encode(x, fmt, 5)
     wide = bitplane.unpack(bitplane.pack(enc, num_planes=12))
     np.testing.assert_array_equal(np.asarray(wide.magnitude), np.asarray(enc.magnitude) << 7)
@@ -129,7 +129,7 @@ class BitPlaneTest(parameterized.TestCase):
 
   def test_traced_mantissa_bits_one_compilation(self):
     x = _activations(np.random.default_rng(3), (2, 50))
-    fmt = anda_format.AndaFormat(group_size=16)
+    fmt = anda.AndaFormat(group_size=16)
     traces = []
 
     @jax.jit
@@ -147,23 +147,23 @@ class BitPlaneTest(parameterized.TestCase):
 
   @parameterized.parameters((8, 64), (32, 128), (64, 64))
   def test_storage_bits(self, group_size, length):
-    fmt = anda_format.AndaFormat(group_size=group_size)
+    fmt = anda.AndaFormat(group_size=group_size)
     x = np.ones((2, length), np.float32)
     for m in (1, 16):
       bp = bitplane.pack(testlib.encode(x, fmt, m))
       self.assertEqual(bp.storage_bits(), 1 + m + 8 / group_size)
       self.assertEqual(bp.storage_bits(), fmt.storage_bits(m))
       # With G a multiple of 8, L a multiple of G and 8-bit exponents the arrays hold
-      # exactly the spec's bit count.
+      # exactly the bit count of docs/formats.md, section 9.
       self.assertEqual(bp.nbytes * 8 / x.size, bp.storage_bits())
     # G not a multiple of 8 pads each plane to whole bytes.
     odd = bitplane.pack(testlib.encode(np.ones((1, 12), np.float32),
-                                           anda_format.AndaFormat(group_size=12), 3))
+                                           anda.AndaFormat(group_size=12), 3))
     self.assertEqual(odd.nbytes, 1 + 2 + 3 * 2)
     self.assertAlmostEqual(odd.storage_bits(), 1 + 3 + 8 / 12)
 
   def test_invalid_arguments_raise(self):
-    fmt = anda_format.AndaFormat(group_size=8)
+    fmt = anda.AndaFormat(group_size=8)
     x = np.ones((2, 16), np.float32)
     enc = testlib.encode(x, fmt, 8)
     for bad in (0, 17, 2.0, True):

@@ -1,4 +1,4 @@
-"""Tests for anda_jax.bitserial against plain numpy int64 / float64 references."""
+"""Tests for anda_jax.numerics.bitserial against plain numpy int64 / float64 references."""
 
 import itertools
 
@@ -9,9 +9,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from anda_jax import bitplane
-from anda_jax import bitserial
-from anda_jax import anda_format
+from anda_jax.numerics import anda
+from anda_jax.numerics import bitplane
+from anda_jax.numerics import bitserial
 import testlib
 
 _SIZES = (32, 64, 128)
@@ -42,7 +42,7 @@ def _reference(enc, w, m_prime):
   """numpy int64 (A, S) and float64 y for the first m_prime planes, plus the error scale.
 
   Built from the encoding's integers directly, not through the bit planes: the M'-bit
-  truncated magnitude is m >> (M - M') (spec section 2, prefix property).
+  truncated magnitude is m >> (M - M') (docs/formats.md, section 1.5, prefix property).
   """
   big_m = int(enc.mantissa_bits)
   g = enc.fmt.group_size
@@ -91,7 +91,7 @@ class BitSerialTest(parameterized.TestCase):
     rng = np.random.default_rng(10)
     w = _weights(32, False, k=128)
     x = _activations(rng, (4, 128))
-    fmt = anda_format.AndaFormat(group_size=64)  # truncate
+    fmt = anda.AndaFormat(group_size=64)  # truncate
     bp = bitplane.pack(testlib.encode(x, fmt, 12))
     for m_prime in (1, 5, 11):
       short = bitplane.pack(testlib.encode(x, fmt, m_prime))
@@ -106,7 +106,7 @@ class BitSerialTest(parameterized.TestCase):
     w = _weights(weight_group_size, symmetric)
     rng = np.random.default_rng(group_size * 7 + weight_group_size + symmetric)
     x = _activations(rng, (3, w.shape[0]))
-    enc = testlib.encode(x, anda_format.AndaFormat(group_size=group_size), mantissa_bits)
+    enc = testlib.encode(x, anda.AndaFormat(group_size=group_size), mantissa_bits)
     bp = bitplane.pack(enc)
     self.assertEqual(bitserial.block_size(group_size, weight_group_size),
                      min(group_size, weight_group_size))
@@ -122,7 +122,7 @@ class BitSerialTest(parameterized.TestCase):
     rng = np.random.default_rng(5)
     w = testlib.quantize_rtn(rng.normal(size=(160, 3)).astype(np.float32), 32, False)
     x = _activations(rng, (2, 2, 160))
-    enc = testlib.encode(x, anda_format.AndaFormat(group_size=128), 6)
+    enc = testlib.encode(x, anda.AndaFormat(group_size=128), 6)
     bp = bitplane.pack(enc)
     for m_prime in (2, 6):
       self.check(bp, enc, w, m_prime)
@@ -132,7 +132,7 @@ class BitSerialTest(parameterized.TestCase):
     rng = np.random.default_rng(6)
     w = testlib.quantize_rtn(rng.normal(size=(64, 4)).astype(np.float32), 32, True)
     x = (rng.uniform(1, 2, size=(2, 64)) * 2.0**-120).astype(np.float32)
-    enc = testlib.encode(x, anda_format.AndaFormat(group_size=32), 16)
+    enc = testlib.encode(x, anda.AndaFormat(group_size=32), 16)
     bp = bitplane.pack(enc)
     self.check(bp, enc, w, 16)
     self.assertTrue(np.all(np.asarray(bitserial.matmul(bp, w)) != 0))
@@ -142,7 +142,7 @@ class BitSerialTest(parameterized.TestCase):
     w = testlib.quantize_rtn(rng.normal(size=(64, 4)).astype(np.float32), 32, False)
     x = _activations(rng, (3, 64))
     x[1, 40] = np.inf
-    enc = testlib.encode(x, anda_format.AndaFormat(group_size=32), 8)
+    enc = testlib.encode(x, anda.AndaFormat(group_size=32), 8)
     y = np.asarray(bitserial.matmul(bitplane.pack(enc), w))
     self.assertTrue(np.all(np.isnan(y[1])))
     self.assertTrue(np.all(np.isfinite(y[[0, 2]])))
@@ -152,7 +152,7 @@ class BitSerialTest(parameterized.TestCase):
   def test_traced_num_planes(self):
     rng = np.random.default_rng(8)
     w = testlib.quantize_rtn(rng.normal(size=(64, 4)).astype(np.float32), 32, True)
-    bp = bitplane.pack(testlib.encode(_activations(rng, (2, 64)), anda_format.AndaFormat(32), 8))
+    bp = bitplane.pack(testlib.encode(_activations(rng, (2, 64)), anda.AndaFormat(32), 8))
     traced = jax.jit(bitserial.matmul)
     for m_prime in (1, 5, 8):
       chex.assert_trees_all_equal(traced(bp, w, jnp.int32(m_prime)),
@@ -169,10 +169,10 @@ class BitSerialTest(parameterized.TestCase):
     rng = np.random.default_rng(9)
     w = testlib.quantize_rtn(rng.normal(size=(96, 2)).astype(np.float32), 32, True)
     x = _activations(rng, (2, 96))
-    bp48 = bitplane.pack(testlib.encode(x, anda_format.AndaFormat(group_size=48), 4))
+    bp48 = bitplane.pack(testlib.encode(x, anda.AndaFormat(group_size=48), 4))
     with self.assertRaisesRegex(ValueError, "group_size=48 .* weight_group_size=32"):
       bitserial.matmul(bp48, w)
-    bp = bitplane.pack(testlib.encode(x, anda_format.AndaFormat(group_size=32), 4))
+    bp = bitplane.pack(testlib.encode(x, anda.AndaFormat(group_size=32), 4))
     for bad in (0, 5, 2.5):
       with self.assertRaisesRegex(ValueError, rf"num_planes={bad!r} is invalid.*\[1, 4\]"):
         bitserial.partial_sums(bp, w, num_planes=bad)

@@ -25,11 +25,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from anda_jax import AndaFormat
-from anda_jax import int4
-from anda_jax import models
 from anda_jax.matmul import ProductSpec
+from anda_jax import models
 from anda_jax.models import gguf_reader
 from anda_jax.models import tokenizer as tokenizer_lib
+from anda_jax.numerics import int4
 import testlib
 
 Q = gguf.GGMLQuantizationType

@@ -7,9 +7,11 @@ from absl.testing import parameterized
 import numpy as np
 
 from anda_jax import cost
-from anda_jax import formats
-from anda_jax.anda_format import AndaFormat
-from anda_jax.formats import MXFormat, NVFP4Format, PerTokenFormat
+from anda_jax import models
+from anda_jax.numerics.anda import AndaFormat
+from anda_jax.numerics import baselines
+from anda_jax.numerics.baselines import MXFormat, NVFP4Format, PerTokenFormat
+from configs import search as search_config
 
 # A small LLaMA: 2 layers, d_model 8, 4 heads of 2 (2 kv heads), d_ff 16.
 # Per layer:  qkv = 8 * (4*2 + 2 * 2*2) = 128   o = 8*8 = 64
@@ -63,7 +65,6 @@ class ShapesTest(parameterized.TestCase):
 
 def tiny_model(family):
   """A tiny anda_jax.models model (zero weights: only the shapes matter here)."""
-  from anda_jax import models  # pylint: disable=g-import-not-at-top
   n, d, f, v = 2, 8, 16, 32
   if family == "llama":
     config = models.LlamaConfig(n_layers=n, d_model=d, n_heads=4, n_kv_heads=2, d_ff=f,
@@ -127,6 +128,11 @@ class MeasuresTest(parameterized.TestCase):
 
 
 class AcceleratorTest(parameterized.TestCase):
+
+  def test_search_config_cost_block_is_the_accelerator_defaults(self):
+    # configs/ import nothing from the library, so the search config spells the defaults out.
+    defaults = {f.name: f.default for f in dataclasses.fields(cost.Accelerator)}
+    self.assertEqual(search_config.get_config().cost.to_dict(), defaults)
   HW = cost.Accelerator(lanes=64, memory_bits_per_cycle=32.0, tokens_per_weight_read=8,
                         weight_group_size=32, compressor_elements_per_cycle=4.0,
                         energy_per_memory_bit=2.0, energy_per_compressor_op=1.0)
@@ -258,7 +264,7 @@ class FormatsTest(parameterized.TestCase):
 
   def test_compare_formats_puts_other_formats_at_the_quantized_sites(self):
     p = np.array([8, 0, 6, 2])
-    others = [formats.parse_format(n) for n in ("mxfp4", "nvfp4", "fp8_token")]
+    others = [baselines.parse_format(n) for n in ("mxfp4", "nvfp4", "fp8_token")]
     rows = cost.compare_formats(LLAMA, p, hw=self.HW, other_formats=others)
     self.assertEqual([r["format"] for r in rows[2:5]], ["mxfp4", "nvfp4", "fp8_token"])
     on = np.array([1, 0, 1, 1])

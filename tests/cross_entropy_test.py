@@ -1,4 +1,4 @@
-"""anda_jax.cross_entropy.streamed_nll against a float64 numpy reference: every chunk size
+"""anda_jax.evaluation.cross_entropy.streamed_nll against a float64 numpy reference: every chunk size
 (ragged last chunks, which mask, and whole ones, which do not), targets on chunk boundaries,
 large logits. The head is [vocab, D], as checkpoints store it."""
 
@@ -7,7 +7,7 @@ from absl.testing import parameterized
 import jax
 import numpy as np
 
-from anda_jax.cross_entropy import streamed_nll
+from anda_jax.evaluation.cross_entropy import streamed_nll
 
 _VOCAB = 1000
 

@@ -21,7 +21,7 @@ from absl.testing import absltest
 import numpy as np
 
 from anda_jax import files
-from experiments import common
+from experiments.harness import run_folder
 from experiments import sweep
 import testlib
 
@@ -90,7 +90,7 @@ class MultiProcessSweepTest(absltest.TestCase):
       np.testing.assert_allclose(got[key]["ppl"], row["ppl"], rtol=1e-6, err_msg=key)
 
   def rows(self, run_dir: pathlib.Path) -> dict:
-    rows = common.read_rows(run_dir / "results.jsonl", sweep.ROW_FIELDS)
+    rows = run_folder.read_rows(run_dir / "results.jsonl", sweep.ROW_FIELDS)
     ids = [r["id"] for r in rows]
     self.assertLen(set(ids), len(ids), f"a configuration written twice: {ids}")
     return {r["id"]: r for r in rows}
@@ -150,7 +150,7 @@ class MeshSettingTest(absltest.TestCase):
     script = f"""
         import collections, json
         from unittest import mock
-        from anda_jax import evaluate
+        from anda_jax.evaluation import evaluate
         from configs import search as search_config, sensitivity as sensitivity_config, sweep as sweep_config
         from experiments import search, sensitivity, sweep
 

@@ -1,4 +1,4 @@
-"""Tests for anda_jax.evaluate: perplexity vs a float64 reference and transformers, vmapped vs
+"""Tests for anda_jax.evaluation.evaluate: perplexity vs a float64 reference and transformers, vmapped vs
 looped, sharded vs unsharded, compile counts, validation."""
 
 from absl.testing import absltest
@@ -6,11 +6,12 @@ import jax
 import numpy as np
 import pytest
 
-from anda_jax import evaluate
-from anda_jax import anda_format
-from anda_jax import models
+from anda_jax.evaluation import evaluate
 from anda_jax.matmul import ProductSpec
+from anda_jax import models
+from anda_jax.numerics import anda
 import testlib
+from anda_jax import data
 
 # Every call uses these batch shapes (the last batches padded), so the tests share compilations.
 _KW = dict(batch_size=2, config_batch=4)
@@ -67,7 +68,7 @@ class EvaluateTest(absltest.TestCase):
   def test_one_compile_per_format_and_window_shape_and_stochastic_rounding(self):
     # One test, so that the stochastic format is both the "second format" of the compile
     # count and the subject of the key checks (each compilation costs seconds).
-    fmt = ProductSpec(anda_format.AndaFormat(group_size=8))
+    fmt = ProductSpec(anda.AndaFormat(group_size=8))
     compiled = self.enterContext(evaluate.count_compilations())
     # 7 configs in chunks of 3 (last one padded), 5 windows in batches of 2 (last one padded).
     evaluate.perplexity(self.model, self.windows, _CONFIGS, fmt, batch_size=2, config_batch=3)
@@ -75,7 +76,7 @@ class EvaluateTest(absltest.TestCase):
     evaluate.perplexity(self.model, self.windows[:3], _CONFIGS[:5], fmt, batch_size=2, config_batch=3)
     self.assertLen(compiled, 1)
 
-    stochastic = ProductSpec(anda_format.AndaFormat(group_size=8, rounding="stochastic"))
+    stochastic = ProductSpec(anda.AndaFormat(group_size=8, rounding="stochastic"))
     with self.assertRaisesRegex(ValueError, "stochastic.*key"):
       evaluate.perplexity(self.model, self.windows, _CONFIGS[:2], stochastic)
     key = jax.random.key(0)
@@ -124,7 +125,8 @@ class EvaluateTest(absltest.TestCase):
     script = f"""
         import json
         import numpy as np
-        from anda_jax import evaluate, models, sharding
+        from anda_jax import models, sharding
+        from anda_jax.evaluation import evaluate
         model, _ = models.load({str(self.ckpt)!r})
         w = np.load({str(self.tmp / 'windows.npy')!r})
         configs = np.array({_CONFIGS.tolist()})
@@ -144,8 +146,6 @@ class SmolLM2BaselineTest(absltest.TestCase):
   GGUF to float32) on 2 test windows of 128 tokens. Downloads ~93 MB on first use."""
 
   def test_smollm2_baseline_matches_transformers(self):
-    from anda_jax import data  # pylint: disable=g-import-not-at-top
-
     model, tok = models.load("smollm2-135m")
     windows = data.token_windows(data.load_corpus("enwiki-excerpt").test, tok, 128, max_windows=2)
     ppl = evaluate.perplexity(model, windows, np.zeros((1, 4), np.int32))[0]

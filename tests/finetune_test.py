@@ -3,7 +3,6 @@ gradients, a training step that lowers the loss, LoRA with B = 0 changing nothin
 file, bit-exact resume, the `finetune` setting of the experiments, and the experiment itself."""
 
 import json
-import pathlib
 
 from absl.testing import absltest
 from absl.testing import parameterized
@@ -12,14 +11,20 @@ import jax.numpy as jnp
 from flax import nnx
 import numpy as np
 
-from anda_jax import anda_format
 from anda_jax import finetune
-from anda_jax import int4
-from anda_jax import models
 from anda_jax.matmul import ProductSpec
+from anda_jax import models
+from anda_jax.numerics import anda
+from anda_jax.numerics import int4
 import testlib
+from anda_jax.models import layers
+from configs import finetune as finetune_config
+from configs import search as search_config
+from experiments import finetune as exp_finetune
+from experiments.harness import loading
+from experiments import search as exp_search
 
-SPEC = ProductSpec(anda_format.AndaFormat(group_size=16))
+SPEC = ProductSpec(anda.AndaFormat(group_size=16))
 MS = (0, 1, 2, 3, 4, 6, 8, 12, 23)
 
 
@@ -125,9 +130,8 @@ class LoraAndFilesTest(_TinyModel):
     lora = {"a": params["layers.qkv_lora.a"][0], "b": params["layers.qkv_lora.b"][0]}
     w = self.model.layers.get_value()["qkv"]
     w0 = jax.tree.map(lambda a: a[0], w)
-    from anda_jax.models import layers  # pylint: disable=g-import-not-at-top
     y = layers.linear(x, w0, 3, SPEC, lora=lora)
-    x_q = anda_format.quantize(x, SPEC.fmt, 3)
+    x_q = anda.quantize(x, SPEC.fmt, 3)
     want = SPEC(x, w0, 3) + (x_q @ lora["a"]) @ lora["b"]
     np.testing.assert_allclose(y, want, rtol=1e-5, atol=1e-5)
     self.assertFalse(np.array_equal(tuned(self.windows[:1], np.full(4, 3)), self.model(self.windows[:1], np.full(4, 3))))
@@ -227,12 +231,6 @@ class ExperimentTest(absltest.TestCase):
   """experiments.finetune end to end on a tiny checkpoint; its parameters in the search."""
 
   def test_run_resume_report_and_search_with_the_tuned_model(self):
-    from configs import finetune as finetune_config  # pylint: disable=g-import-not-at-top
-    from configs import search as search_config  # pylint: disable=g-import-not-at-top
-    from experiments import common  # pylint: disable=g-import-not-at-top
-    from experiments import finetune as exp_finetune  # pylint: disable=g-import-not-at-top
-    from experiments import search as exp_search  # pylint: disable=g-import-not-at-top
-
     tmp = testlib.tempdir(self)
     ckpt = testlib.make_checkpoint(tmp / "ckpt", n_layers=2, d_model=32, d_ff=64)
     (tmp / "corpus.txt").write_text(testlib.corpus_text())
@@ -280,8 +278,8 @@ class ExperimentTest(absltest.TestCase):
     search_dir = exp_search.run(s)
     setup = json.loads((search_dir / "setup.json").read_text())
     self.assertEqual(setup["finetune"]["file"], tuned_file)
-    plain, _ = common.load_model(s.model)
-    tuned, _ = common.load_model(s.model, tuned_file)
+    plain, _ = loading.load_model(s.model)
+    tuned, _ = loading.load_model(s.model, tuned_file)
     tokens = np.arange(16, dtype=np.int32)[None]
     self.assertFalse(np.array_equal(plain(tokens, np.full(4, 3)), tuned(tokens, np.full(4, 3))))
     s.finetune = None  # the same folder without the tuned model is another setup

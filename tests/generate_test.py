@@ -6,14 +6,14 @@ from absl.testing import absltest
 from absl.testing import parameterized
 import numpy as np
 
-from anda_jax import anda_format
-from anda_jax import models
 from anda_jax.matmul import ProductSpec
+from anda_jax import models
 from anda_jax.models.opt import OPT, OPTConfig
+from anda_jax.numerics import anda
 from experiments import generate
 import testlib
 
-SPEC = ProductSpec(anda_format.AndaFormat(group_size=8))
+SPEC = ProductSpec(anda.AndaFormat(group_size=8))
 
 
 def tiny_opt(seed: int = 0, pre_ln: bool = True, n_layers: int = 2, d: int = 32, heads: int = 4,

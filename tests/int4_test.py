@@ -1,4 +1,4 @@
-"""Tests for anda_jax.int4 against numpy float64 references and the `gguf` package."""
+"""Tests for anda_jax.numerics.int4 against numpy float64 references and the `gguf` package."""
 
 from absl.testing import absltest
 from absl.testing import parameterized
@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from anda_jax import int4
+from anda_jax.numerics import int4
 import testlib
 
 Q = gguf.GGMLQuantizationType

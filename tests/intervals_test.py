@@ -1,9 +1,9 @@
-"""anda_jax.intervals: the paired-bootstrap interval of a relative perplexity increase."""
+"""anda_jax.evaluation.intervals: the paired-bootstrap interval of a relative perplexity increase."""
 
 from absl.testing import absltest
 import numpy as np
 
-from anda_jax import intervals
+from anda_jax.evaluation import intervals
 
 
 def _windows(rng, n, shift, noise=0.02, tokens=256):

@@ -1,5 +1,5 @@
 """kernels.bitserial_matmul (interpret mode): integer partial sums exactly equal to
-anda_jax.bitserial's, the float result within float32 rounding of an exact float64
+anda_jax.numerics.bitserial's, the float result within float32 rounding of an exact float64
 product, and anda_matmul(impl="bitserial") agreeing with impl="fake"."""
 
 import jax
@@ -10,11 +10,13 @@ from absl.testing import parameterized
 import pytest
 
 import anda_jax
-from anda_jax import bitplane
-from anda_jax import bitserial
-from anda_jax import anda_format
 from anda_jax.kernels import bitserial_kernel
+from anda_jax.numerics import anda
+from anda_jax.numerics import bitplane
+from anda_jax.numerics import bitserial
 import testlib
+from anda_jax import models
+from anda_jax.models import layers
 
 _EPS32 = 2.0 ** -23
 
@@ -26,7 +28,7 @@ def _weights(seed, k, n, group_size, symmetric):
 def _exact_and_bound(x, fmt, m, qw):
   """decode(x) @ dequantize(W) in float64 from the exact integer codes, and a float32
   rounding bound: (blocks + 4) ulps of sum |x_i| |w_i| (blocks are added one by one)."""
-  xq = np.asarray(anda_format.decode(testlib.encode(x, fmt, m)), np.float64)
+  xq = np.asarray(anda.decode(testlib.encode(x, fmt, m)), np.float64)
   q, d, z = testlib.int4_float64(qw)
   exact = xq @ (d * q + z)
   n_blocks = qw.shape[0] // min(fmt.group_size, qw.group_size)
@@ -46,7 +48,7 @@ class BitserialKernelTest(parameterized.TestCase):
   )
   def test_sums_exact_and_matmul_within_rounding(self, g, gw, symmetric, m, num_planes):
     rows, k, n = 13, 256, 40  # ragged rows and N for the 8 x 16 tiles below
-    fmt = anda_format.AndaFormat(group_size=g, rounding="nearest" if m > 4 else "truncate")
+    fmt = anda.AndaFormat(group_size=g, rounding="nearest" if m > 4 else "truncate")
     x = testlib.heavy_tailed(g + m, (rows, k))
     qw = _weights(gw, k, n, gw, symmetric)
     bp = bitplane.pack(testlib.encode(x, fmt, m))
@@ -60,10 +62,10 @@ class BitserialKernelTest(parameterized.TestCase):
 
     y = bitserial_kernel.bitserial_matmul(bp, qw, num_planes, **tiles)
     self.assertEqual((y.shape, y.dtype), ((rows, n), jnp.float32))
-    # Streaming M' planes is the truncate-rounded M'-bit encoding (spec section 4).
+    # Streaming M' planes is the truncate-rounded M'-bit encoding (docs/formats.md, section 4).
     m_eff = m if num_planes is None else num_planes
-    fmt_eff = fmt if num_planes is None else anda_format.AndaFormat(group_size=g)
-    x_eff = x if num_planes is None else anda_format.decode(testlib.encode(x, fmt, m))
+    fmt_eff = fmt if num_planes is None else anda.AndaFormat(group_size=g)
+    x_eff = x if num_planes is None else anda.decode(testlib.encode(x, fmt, m))
     exact, bound = _exact_and_bound(x_eff, fmt_eff, m_eff, qw)
     np.testing.assert_array_less(np.abs(np.asarray(y, np.float64) - exact), bound + 1e-30)
     ref = np.asarray(bitserial.matmul(bp, qw, num_planes), np.float64)
@@ -73,7 +75,7 @@ class BitserialKernelTest(parameterized.TestCase):
     # M' is a runtime operand of the kernel: under jit a traced M' gives the partial sums of
     # exactly M' planes (not of all 12 the activations hold), with one compilation for all M'.
     g, gw, k, n = 32, 32, 128, 16
-    fmt = anda_format.AndaFormat(group_size=g)
+    fmt = anda.AndaFormat(group_size=g)
     qw = _weights(3, k, n, gw, symmetric=False)
     bp = bitplane.pack(testlib.encode(testlib.heavy_tailed(3, (8, k)), fmt, 12))
     sums = jax.jit(lambda p: bitserial_kernel.bitserial_partial_sums(bp, qw, p, block_rows=8, block_n=16))
@@ -87,7 +89,7 @@ class BitserialKernelTest(parameterized.TestCase):
   def test_anda_matmul_bitserial_agrees_with_fake_one_compile(self, symmetric=False):
     # A layer-shaped product on heavy-tailed activations, with a leading batch axis; M is
     # traced, so one compiled program serves every M (including M = 0: stay float).
-    fmt = anda_format.AndaFormat(group_size=64, rounding="nearest")
+    fmt = anda.AndaFormat(group_size=64, rounding="nearest")
     x = testlib.heavy_tailed(1, (2, 5, 192))
     qw = _weights(2, 192, 48, 32, symmetric)
     traces = []
@@ -110,15 +112,13 @@ class BitserialKernelTest(parameterized.TestCase):
     # A real layer's activations: the qkv input (RMSNorm of the embeddings) of SmolLM2-135M's
     # first layer, times its real Q4_1 (asymmetric, Gw = 32) qkv weights (fetched into the
     # asset cache on first use).
-    from anda_jax import models
-    from anda_jax.models import layers
     model, tokenizer = models.load("smollm2-135m")
     text = "In 1905 Einstein published four papers that changed physics, and the quick brown fox"
     tokens = jnp.asarray([tokenizer.encode(text)[:16]], jnp.int32)
     w = jax.tree.map(lambda a: a[0], model.layers.get_value())
     x = layers.rms_norm(model.embed(tokens), w["attn_norm"], model.config.norm_eps)[0]
     qw = w["qkv"]
-    fmt = anda_format.AndaFormat(group_size=64, rounding="nearest")
+    fmt = anda.AndaFormat(group_size=64, rounding="nearest")
     m = 6  # one M: every concrete M is its own compile
     got = np.asarray(anda_jax.anda_matmul(x, qw, fmt, m, impl="bitserial"), np.float64)
     want = np.asarray(anda_jax.anda_matmul(x, qw, fmt, m, impl="fake"), np.float64)
@@ -127,7 +127,7 @@ class BitserialKernelTest(parameterized.TestCase):
     self.assertGreater(np.abs(want).max(), 0.1)  # a real, non-degenerate product
 
   def test_nonfinite_group_gives_nan_row(self):
-    fmt = anda_format.AndaFormat(group_size=32)
+    fmt = anda.AndaFormat(group_size=32)
     x = testlib.heavy_tailed(3, (3, 64)).at[1, 40].set(jnp.inf)
     qw = _weights(4, 64, 16, 32, True)
     y = np.asarray(bitserial_kernel.bitserial_matmul(bitplane.pack(testlib.encode(x, fmt, 4)), qw))
@@ -135,7 +135,7 @@ class BitserialKernelTest(parameterized.TestCase):
     self.assertFalse(np.isnan(y[[0, 2]]).any())
 
   def test_rejects_bad_input_before_tracing(self):
-    fmt = anda_format.AndaFormat(group_size=32)
+    fmt = anda.AndaFormat(group_size=32)
     bp = bitplane.pack(testlib.encode(jnp.ones((4, 64)), fmt, 4))
     qw = _weights(0, 64, 16, 32, True)
     with self.assertRaisesRegex(ValueError, "num_planes=5"):

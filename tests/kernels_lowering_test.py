@@ -30,12 +30,12 @@ from jax._src.lib import triton as triton_lib
 from jaxlib.mlir import ir
 from jaxlib.mlir.passmanager import PassManager
 
-from anda_jax import bitplane
-from anda_jax import anda_format
-from anda_jax import int4
 from anda_jax.kernels import bitplane_kernel
 from anda_jax.kernels import bitserial_kernel
 from anda_jax.kernels import quantize_kernel
+from anda_jax.numerics import anda
+from anda_jax.numerics import bitplane
+from anda_jax.numerics import int4
 
 PLATFORMS = ("tpu", "cuda")  # cuda: lowered to Triton (the wrappers ask for it on GPU)
 
@@ -142,7 +142,7 @@ class LoweringTest(parameterized.TestCase):
 
   @parameterized.parameters(*PLATFORMS)
   def test_quantize_and_pack_lower(self, platform):
-    fmt = anda_format.AndaFormat(group_size=64, rounding="nearest")
+    fmt = anda.AndaFormat(group_size=64, rounding="nearest")
     # 64 rows in tiles of 32; 9 groups: a ragged, non-power-of-two axis, one tile of 16 groups.
     x = jnp.ones((64, 576), jnp.float32)
     m = jnp.int32(4)
@@ -155,7 +155,7 @@ class LoweringTest(parameterized.TestCase):
                              block_rows=32, block_groups=128, interpret=False)
     unpack = functools.partial(bitplane_kernel._unpack, dtype=jnp.dtype(jnp.float32), block_rows=32,
                                block_groups=128, interpret=False)
-    bp = bitplane.pack(anda_format.encode(x, fmt, 8))
+    bp = bitplane.pack(anda.encode(x, fmt, 8))
     for name, fn, args, blocks in (
         ("anda_quantize", quantize, (x, m), [(32, 16, 64)]),  # x and output tiles
         ("anda_bitplane_pack", pack, (x, m), [(32, 16, 64), (32, 16)]),  # x, exponents
@@ -166,8 +166,8 @@ class LoweringTest(parameterized.TestCase):
   @parameterized.parameters(*PLATFORMS)
   def test_bitserial_lowers(self, platform):
     # 256 rows and N = 256 in tiles of 128; K = 576 in 9 steps of max(G, Gw) = 64.
-    fmt = anda_format.AndaFormat(group_size=64)
-    bp = bitplane.pack(anda_format.encode(jnp.ones((256, 576)), fmt, 8))
+    fmt = anda.AndaFormat(group_size=64)
+    bp = bitplane.pack(anda.encode(jnp.ones((256, 576)), fmt, 8))
     for symmetric in (True, False):
       qw = int4.quantize_rtn(jnp.ones((576, 256)), 32, symmetric)
       for emit_sums in (False, True):

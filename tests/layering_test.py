@@ -24,7 +24,7 @@ class LayeringTest(absltest.TestCase):
     finally:
       os.chdir(cwd)
     self.assertEqual(exit_code, 0, out.getvalue())
-    self.assertIn("1 kept, 0 broken", out.getvalue())
+    self.assertIn("3 kept, 0 broken", out.getvalue())
 
 
 if __name__ == "__main__":

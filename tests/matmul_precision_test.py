@@ -12,9 +12,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from anda_jax import models
-from anda_jax.anda_format import AndaFormat
 from anda_jax.matmul import ProductSpec
+from anda_jax import models
+from anda_jax.numerics.anda import AndaFormat
 import testlib
 
 

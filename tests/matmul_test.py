@@ -9,9 +9,9 @@ import jax.numpy as jnp
 import numpy as np
 
 import anda_jax
-from anda_jax import int4
-from anda_jax import models
 from anda_jax.matmul import ProductSpec
+from anda_jax import models
+from anda_jax.numerics import int4
 import testlib
 
 _FORMATS = dict(

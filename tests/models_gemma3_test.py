@@ -16,10 +16,10 @@ import pytest
 
 from anda_jax import assets
 from anda_jax import data
-from anda_jax import evaluate
-from anda_jax import int4
 from anda_jax import models
+from anda_jax.evaluation import evaluate
 from anda_jax.matmul import ProductSpec
+from anda_jax.numerics import int4
 import testlib
 
 _FORWARD = jax.jit(lambda m, t, p: m(t, p))

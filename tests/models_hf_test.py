@@ -12,10 +12,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from anda_jax import int4
-from anda_jax import models
 from anda_jax import AndaFormat
 from anda_jax.matmul import ProductSpec
+from anda_jax import models
+from anda_jax.numerics import int4
 import testlib
 
 VOCAB = testlib.HF_TINY_VOCAB

@@ -11,8 +11,8 @@ import pytest
 
 from anda_jax import assets
 from anda_jax import data
-from anda_jax import int4
 from anda_jax import models
+from anda_jax.numerics import int4
 import testlib
 
 PARAGRAPHS = (

@@ -8,8 +8,8 @@ from unittest import mock
 from absl.testing import absltest
 import numpy as np
 
-from anda_jax import evaluate
-from anda_jax import intervals
+from anda_jax.evaluation import evaluate
+from anda_jax.evaluation import intervals
 from configs import noise_floor as noise_floor_config
 from experiments import noise_floor
 import testlib

@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from anda_jax import precision as anda_precision
 from anda_jax import precision_search
 
 N_WINDOWS, TOKENS = 16, 100.0
@@ -200,7 +201,7 @@ class SearchTest(parameterized.TestCase):
 
   def test_resume_from_cache_evaluates_nothing(self):
     seen = {}
-    first = cached(on_result=lambda c, s: seen.__setitem__(precision_search.config_key(c), s))
+    first = cached(on_result=lambda c, s: seen.__setitem__(anda_precision.config_key(c), s))
     a = precision_search.search(first, MACS, np.full(4, 10, np.int32), race_windows=4)
     self.assertTrue(any(len(s) < N_WINDOWS for s in seen.values()))  # racing left some partial
     counter = Counter()

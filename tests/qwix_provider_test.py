@@ -28,10 +28,10 @@ import pytest
 import qwix  # the optional extra, which the tests install: pip install -e ".[test,qwix]"
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
-from anda_jax import anda_format
-from anda_jax import models
-from anda_jax.anda_format import AndaFormat
 from anda_jax.matmul import ProductSpec
+from anda_jax import models
+from anda_jax.numerics import anda
+from anda_jax.numerics.anda import AndaFormat
 from anda_jax.qwix_provider import AndaProvider, AndaRule, site_rules
 import testlib
 
@@ -41,7 +41,7 @@ _FLOAT = jax.jit(lambda m, t: m(t))
 
 
 def _quantize(x, mantissa_bits, group_size, axis=-1):
-  return anda_format.quantize(x, AndaFormat(group_size=group_size, axis=axis), mantissa_bits)
+  return anda.quantize(x, AndaFormat(group_size=group_size, axis=axis), mantissa_bits)
 
 
 def _paths(provider):

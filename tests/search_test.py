@@ -7,6 +7,7 @@ import re
 import math
 import pathlib
 
+from absl import logging
 from absl.testing import absltest
 from absl.testing import parameterized
 import numpy as np
@@ -14,11 +15,22 @@ import pytest
 
 from anda_jax import assets
 from anda_jax import cost
-from anda_jax import formats
+from anda_jax.evaluation.window_evaluator import WindowEvaluator
+from anda_jax.numerics import baselines
+from anda_jax import precision as anda_precision
 from anda_jax import precision_search
-from experiments import common
+from experiments.harness import loading
+from experiments.harness import perplexity
 from experiments import search as exp_search
+from experiments import search_log
+from experiments import search_report
 import testlib
+from anda_jax.evaluation import evaluate
+from anda_jax.matmul import ProductSpec
+from anda_jax import models
+from anda_jax.numerics import anda
+from configs import search as search_config
+from experiments import bench_search
 
 _REPO = pathlib.Path(__file__).resolve().parents[1]
 MACS = np.array([3.0, 1.0, 8.0, 4.0])
@@ -39,7 +51,7 @@ def _chosen(chosen, uniform_m=(5, 6), **extra):
 
 
 def _key(config):
-  return precision_search.config_key(np.asarray(config))
+  return anda_precision.config_key(np.asarray(config))
 
 
 class ReportTest(absltest.TestCase):
@@ -64,7 +76,7 @@ class ReportTest(absltest.TestCase):
     run_dir = testlib.tempdir(self) / "tiny_run"
     run_dir.mkdir()
     shape = self._write_old_run(run_dir)
-    text = exp_search.write_report(run_dir)
+    text = search_report.write_report(run_dir)
     self.assertEqual((run_dir / "report.md").read_text(), text)
     self.assertTrue((run_dir / "pareto.png").stat().st_size > 1000)
     lines = {l.split("|")[1].strip(): [c.strip() for c in l.split("|")[2:-1]]
@@ -83,10 +95,10 @@ class ReportTest(absltest.TestCase):
     self.assertIn("no noise floor", text)
     # Changing a file changes the report: nothing is cached elsewhere. A new row with its
     # per-window sums joins the old ones.
-    log = exp_search.SearchLog(run_dir)  # repairs the torn line
+    log = search_log.SearchLog(run_dir)  # repairs the torn line
     log.appender("test", np.full(3, 7.0))(np.full(4, 5), np.full(3, 7 * math.log(33.0)))
     self.assertIn("| uniform M=5 | 5, 5, 5, 5 | 20.900 | +4.50% | 33.000 | +10.00% |",
-                  exp_search.write_report(run_dir))
+                  search_report.write_report(run_dir))
 
   def test_report_with_intervals_noise_floor_and_racing_rows(self):
     run_dir = testlib.tempdir(self) / "run"
@@ -95,7 +107,7 @@ class ReportTest(absltest.TestCase):
     rng = np.random.default_rng(0)
     base = {"calibration": rng.uniform(20, 30, 4), "test": rng.uniform(20, 30, 3)}
     tokens = 7.0
-    log = exp_search.SearchLog(run_dir)
+    log = search_log.SearchLog(run_dir)
     losses = {(0, 0, 0, 0): 0.0, (6, 6, 6, 6): 0.0005, (6, 5, 6, 6): 0.002, (6, 5, 6, 5): 0.005,
               (5, 5, 5, 5): 0.05}
     for split, n in (("calibration", 4), ("test", 3)):
@@ -108,14 +120,14 @@ class ReportTest(absltest.TestCase):
     (run_dir / "chosen.json").write_text(json.dumps(_chosen(
         [(0.0001, [6, 6, 6, 6]), (0.01, [6, 5, 6, 5])], rule="upper", race_windows=2,
         race_level=0.99)))
-    text = exp_search.write_report(run_dir)
-    rows = exp_search._by_key(exp_search.read_rows(run_dir / "search.jsonl"), "calibration")
-    want = common.increase_interval(rows[_key([6, 5, 6, 5])], rows[_key([0, 0, 0, 0])])
+    text = search_report.write_report(run_dir)
+    rows = search_report.rows_by_key(search_log.read_rows(run_dir / "search.jsonl"), "calibration")
+    want = perplexity.increase_interval(rows[_key([6, 5, 6, 5])], rows[_key([0, 0, 0, 0])])
     self.assertIn(f"[{100 * want.low:+.2f}, {100 * want.high:+.2f}]", text)
     self.assertLess(want.high, 0.01)
     self.assertIn("| 1% | 6, 5, 6, 5 |", text)
     # The noise floor: the half-width of the interval of (6, 6, 6, 6), the loss closest to 0.
-    floor = common.increase_interval(rows[_key([6, 6, 6, 6])], rows[_key([0, 0, 0, 0])])
+    floor = perplexity.increase_interval(rows[_key([6, 6, 6, 6])], rows[_key([0, 0, 0, 0])])
     self.assertIn(f"**±{100 * floor.half_width:.2f}%**", text)
     self.assertGreater(floor.half_width, 0.0001)
     self.assertIn("| 0.01% | upper | yes", text)
@@ -131,7 +143,7 @@ class ReportTest(absltest.TestCase):
     (run_dir / "setup.json").write_text(json.dumps(_setup(n_calibration=2, n_test=2)))
     shape, config, tokens = cost.ModelShape(**SHAPE), [6, 5, 6, 5], np.full(2, 10.0)
     uniform = int(np.ceil(cost.mean_mantissa_bits(shape, np.array(config))))
-    log = exp_search.SearchLog(run_dir)
+    log = search_log.SearchLog(run_dir)
     for split, scale in (("calibration", 1.0), ("test", 1.5)):
       for c, nll in (([0] * 4, 3.0), (config, 3.01), ([uniform] * 4, 3.005)):
         log.appender(split, tokens)(np.array(c), scale * nll * tokens)
@@ -140,10 +152,10 @@ class ReportTest(absltest.TestCase):
     hw = dict(fp16_fma_lanes=16.0, tokens_per_weight_read=4)
     (run_dir / "chosen.json").write_text(json.dumps(_chosen(
         [(0.01, config)], rule="upper", other_formats=["mxint8", "nvfp4"], cost=hw)))
-    text = exp_search.write_report(run_dir)
+    text = search_report.write_report(run_dir)
     want = cost.compare_formats(shape, np.array(config), hw=cost.Accelerator(**hw),
-                                uniform_m=uniform, other_formats=[formats.MXFormat("int8"),
-                                                                  formats.NVFP4Format()])
+                                uniform_m=uniform, other_formats=[baselines.MXFormat("int8"),
+                                                                  baselines.NVFP4Format()])
     table = {l.split("|")[1].strip(): [c.strip() for c in l.split("|")[2:-1]]
              for l in text.split("## The chosen configurations in other")[1].split(
                  "## How the modeled")[0].splitlines()
@@ -167,35 +179,34 @@ class ReportTest(absltest.TestCase):
 
   def test_results_log_appends_partial_and_whole_rows_and_resumes(self):
     run_dir = testlib.tempdir(self)
-    log = exp_search.SearchLog(run_dir, dict(model="tiny"))
+    log = search_log.SearchLog(run_dir, dict(model="tiny"))
     tokens = np.array([5.0, 5.0, 6.0])
     log.appender("test", tokens)(np.array([3, 4, 5, 6]), np.array([10.0, 11.0, 12.0]))
     log.appender("calibration", tokens)(np.array([[3, 4, 5, 6]]), np.array([9.0]))
     log.appender("calibration", tokens)(np.array([[3, 4, 5, 6]]), np.array([9.0, 8.0, 7.0]))
-    rows = exp_search.read_rows(run_dir / "search.jsonl")
+    rows = search_log.read_rows(run_dir / "search.jsonl")
     self.assertEqual([r["windows"] for r in rows], [3, 1, 3])
     self.assertAlmostEqual(rows[0]["perplexity"], math.exp(33.0 / 16.0))
     self.assertEqual(rows[1]["window_tokens"], [5.0])
     # An old row without per-window sums still loads, but the search evaluates it again.
     with (run_dir / "search.jsonl").open("a") as f:
       f.write(json.dumps(dict(split="test", precision=[1, 1, 1, 1], perplexity=50.0)) + "\n")
-    again = exp_search.SearchLog(run_dir, dict(model="tiny"))
+    again = search_log.SearchLog(run_dir, dict(model="tiny"))
     self.assertLen(again.rows, 3)
     self.assertEqual(set(again.cache("test")), {_key([3, 4, 5, 6])})
     np.testing.assert_array_equal(again.cache("calibration")[_key([[3, 4, 5, 6]])], [9.0, 8.0, 7.0])
     with self.assertRaisesRegex(ValueError, "invalid for these settings: .*model: 'tiny' -> 'other'"):
-      exp_search.SearchLog(run_dir, dict(model="other"))
+      search_log.SearchLog(run_dir, dict(model="other"))
 
   def test_setup_record_keeps_the_recorded_runs_form(self):
     # docs/results/search_smollm2/setup.json: with the same settings, the new record holds every
     # recorded key with the same value, and at most the model's content and the batch sizes more.
-    from configs import search as search_config  # pylint: disable=g-import-not-at-top
 
     recorded = json.loads((_REPO / "docs/results/search_smollm2/setup.json").read_text())
     shape = cost.ModelShape(**recorded["shape"])
     windows = {s: np.zeros((w["n"], 4), np.int32) for s, w in recorded["windows"].items()}
     cfg = search_config.get_config()
-    digest = common.model_sha256(cfg.model.name)
+    digest = loading.model_sha256(cfg.model.name)
     setup = exp_search.setup_of(cfg, windows, shape, digest)
     self.assertEqual({k: v for k, v in setup.items() if k in recorded and k != "windows"},
                      {k: v for k, v in recorded.items() if k != "windows"})
@@ -213,7 +224,7 @@ class ReportTest(absltest.TestCase):
 
   def test_broken_lines_are_moved_aside_and_non_finite_sums_fail(self):
     run_dir = testlib.tempdir(self)
-    log = exp_search.SearchLog(run_dir, dict(model="tiny"))
+    log = search_log.SearchLog(run_dir, dict(model="tiny"))
     tokens = np.full(2, 4.0)
     add = lambda config, sums: log.appender("calibration", tokens)(np.array(config), np.array(sums))
     add([0, 0, 0, 0], [12.0, 12.0])
@@ -231,12 +242,12 @@ class ReportTest(absltest.TestCase):
               b'{"split": "test", "precision": [1, 2, 3, 4], "perplexity": 3, "window_nll": [1]}']
     path.write_bytes(b"\n".join([rows[0].encode(), broken[0], rows[1].encode(), broken[1], broken[2],
                                  rows[2].encode(), broken[3], rows[3].encode(), broken[4]]) + b"\n")
-    with testlib.warnings_logged(common.logging) as warnings:
-      again = exp_search.SearchLog(run_dir, dict(model="tiny"))
+    with testlib.warnings_logged(logging) as warnings:
+      again = search_log.SearchLog(run_dir, dict(model="tiny"))
     self.assertLen(warnings, 5)
     self.assertIn(f"{path}:2: not a JSON line", warnings[0])
     self.assertEqual((run_dir / "search.jsonl.broken").read_bytes().splitlines(), broken)
-    self.assertLen(exp_search.read_rows(path), 4)
+    self.assertLen(search_log.read_rows(path), 4)
     # Not finite: over every tolerance, so the search never accepts it. Lowering `up` (the most
     # MACs) would be the first step were its sums finite.
     cache = again.cache("calibration")
@@ -248,7 +259,7 @@ class ReportTest(absltest.TestCase):
     # The report reads them as "not finite", never crashes, and draws them as gaps.
     (run_dir / "setup.json").write_text(json.dumps(_setup()))
     (run_dir / "chosen.json").write_text(json.dumps(_chosen([(0.5, [6, 6, 5, 6])], rule="upper")))
-    text = exp_search.write_report(run_dir)
+    text = search_report.write_report(run_dir)
     self.assertIn("| 50% (start over tolerance) | 6, 6, 5, 6 | not finite | – |", text)
     self.assertIn("| uniform M=5 | 5, 5, 5, 5 | 20.111 | +0.13% [+0.00, +0.25] |", text)
     self.assertGreater((run_dir / "pareto.png").stat().st_size, 1000)
@@ -285,8 +296,6 @@ class ConfigTest(parameterized.TestCase):
       ("window_batch", 3, "race_windows=4 is invalid with window_batch=3: racing needs"),
       ("window_batch", None, "race_windows=4 is invalid with window_batch=None"))
   def test_bad_configs_are_refused(self, key, value, message):
-    from configs import search as search_config  # pylint: disable=g-import-not-at-top
-
     for variant in (None, "quick"):
       cfg = search_config.get_config(variant)
       *parents, name = key.split(".")
@@ -298,8 +307,6 @@ class ConfigTest(parameterized.TestCase):
         exp_search.validate(cfg)
 
   def test_shipped_configs_are_valid(self):
-    from configs import search as search_config  # pylint: disable=g-import-not-at-top
-
     for variant in (None, "quick"):
       exp_search.validate(search_config.get_config(variant))
 
@@ -307,19 +314,15 @@ class ConfigTest(parameterized.TestCase):
 class WindowEvaluatorTest(absltest.TestCase):
 
   def test_prefix_reuse_gives_the_very_sums_of_a_forward_from_the_tokens(self):
-    from anda_jax import anda_format  # pylint: disable=g-import-not-at-top
-    from anda_jax import models  # pylint: disable=g-import-not-at-top
-    from anda_jax.matmul import ProductSpec  # pylint: disable=g-import-not-at-top
-
     model, _ = models.load(str(testlib.make_checkpoint(testlib.tempdir(self) / "ckpt", n_layers=3,
                                                        d_model=32, d_ff=64)))
     windows = (np.arange(4 * 16).reshape(4, 16) * 7) % 50
-    spec = ProductSpec(anda_format.AndaFormat(group_size=32))
+    spec = ProductSpec(anda.AndaFormat(group_size=32))
     base = np.full((3, 4), 4, np.int32)
     candidates = np.stack(precision_search.candidates(base))  # one per (layer, type)
     kw = dict(score_from=0, batch_size=2, config_batch=4)
-    fast = exp_search.WindowEvaluator(model, windows, spec, reuse_prefix=True, **kw)
-    plain = exp_search.WindowEvaluator(model, windows, spec, reuse_prefix=False, **kw)
+    fast = WindowEvaluator(model, windows, spec, reuse_prefix=True, **kw)
+    plain = WindowEvaluator(model, windows, spec, reuse_prefix=False, **kw)
     for part in (slice(0, 2), slice(2, 4)):
       # Bit for bit: on this tiny model an unbatched prefix differs in the last bits.
       np.testing.assert_array_equal(fast(candidates, part, base), plain(candidates, part, base))
@@ -331,8 +334,8 @@ class WindowEvaluatorTest(absltest.TestCase):
     # (layer 0, layer 1) from the tokens, (layer 2) from the kept state entering layer 2.
     by_type = candidates.reshape(3, 4, 3, 4).transpose(1, 0, 2, 3).reshape(12, 3, 4)
     kw["config_batch"] = 2
-    kept = exp_search.WindowEvaluator(model, windows, spec, reuse_prefix=True, **kw)
-    plain = exp_search.WindowEvaluator(model, windows, spec, reuse_prefix=False, **kw)
+    kept = WindowEvaluator(model, windows, spec, reuse_prefix=True, **kw)
+    plain = WindowEvaluator(model, windows, spec, reuse_prefix=False, **kw)
     for group in np.split(by_type, 4):
       for part in (slice(0, 2), slice(2, 4)):
         np.testing.assert_array_equal(kept(group, part, base), plain(group, part, base))
@@ -343,16 +346,14 @@ class WindowEvaluatorTest(absltest.TestCase):
 
 def _full_rows(run_dir, split="calibration"):
   n = json.loads((run_dir / "setup.json").read_text())["windows"][split]["n"]
-  return {k: r["window_nll"] for k, r in exp_search._by_key(
-      exp_search.read_rows(run_dir / "search.jsonl"), split).items() if r["windows"] == n}
+  return {k: r["window_nll"] for k, r in search_report.rows_by_key(
+      search_log.read_rows(run_dir / "search.jsonl"), split).items() if r["windows"] == n}
 
 
 class ExperimentTest(absltest.TestCase):
   """experiments.search end to end on a tiny checkpoint with the real evaluator."""
 
   def _config(self, tmp, run_name, **changes):
-    from configs import search as search_config  # pylint: disable=g-import-not-at-top
-
     cfg = search_config.get_config("quick")
     cfg.results_dir, cfg.run_name = str(tmp / "results"), run_name
     cfg.model.name, cfg.data.corpus = str(tmp / "ckpt"), str(tmp / "corpus.txt")
@@ -366,8 +367,6 @@ class ExperimentTest(absltest.TestCase):
     return cfg
 
   def test_tiny_model_run_resume_racing_and_prefix_reuse(self):
-    from anda_jax import evaluate  # pylint: disable=g-import-not-at-top
-
     tmp = testlib.tempdir(self)
     testlib.make_checkpoint(tmp / "ckpt", n_layers=2, d_model=32, d_ff=64)
     (tmp / "corpus.txt").write_text(testlib.corpus_text())
@@ -379,7 +378,7 @@ class ExperimentTest(absltest.TestCase):
     chosen = json.loads((run_dir / "chosen.json").read_text())
     self.assertLen(chosen["chosen"], 3)
     self.assertGreater(sum(c["dropped_by_racing"] for c in chosen["chosen"]), 0)
-    rows = exp_search._by_key(exp_search.read_rows(run_dir / "search.jsonl"), "calibration")
+    rows = search_report.rows_by_key(search_log.read_rows(run_dir / "search.jsonl"), "calibration")
     fp = rows[_key(np.zeros(4))]
     for c in chosen["chosen"]:  # never over tolerance on the calibration windows
       row = rows[_key(c["precision"])]
@@ -387,7 +386,7 @@ class ExperimentTest(absltest.TestCase):
         self.assertLen(c["path"], 1)
         continue
       self.assertLessEqual(row["perplexity"] / fp["perplexity"] - 1, c["tolerance"])
-      interval = common.increase_interval(row, fp)
+      interval = perplexity.increase_interval(row, fp)
       self.assertAlmostEqual(c["loss"]["calibration"]["high"], interval.high)
     report = (run_dir / "report.md").read_text()
     self.assertIn("| 10% |", report)
@@ -435,7 +434,7 @@ class ExperimentTest(absltest.TestCase):
     # on every test window, a table row each where a path has more than its start, and the plot.
     cut.test.path = True
     exp_search.run(cut)
-    test_rows = exp_search._by_key(exp_search.read_rows(cut_dir / "search.jsonl"), "test")
+    test_rows = search_report.rows_by_key(search_log.read_rows(cut_dir / "search.jsonl"), "test")
     cut_chosen = json.loads((cut_dir / "chosen.json").read_text())["chosen"]
     for c in cut_chosen:
       for config in c["path"]:
@@ -482,14 +481,14 @@ class ExperimentTest(absltest.TestCase):
     # Several bits a round: fewer rounds, still within each tolerance on the calibration windows.
     many_dir = exp_search.run(self._config(tmp, "tiny_layer_accept", max_accept=4, **layer))
     many = json.loads((many_dir / "chosen.json").read_text())
-    rows = exp_search._by_key(exp_search.read_rows(many_dir / "search.jsonl"), "calibration")
+    rows = search_report.rows_by_key(search_log.read_rows(many_dir / "search.jsonl"), "calibration")
     for c, one in zip(many["chosen"], fast["chosen"]):
       steps = np.diff(np.reshape(c["path"], (len(c["path"]), -1)).sum(1))
       self.assertTrue(np.all((-steps >= 1) & (-steps <= 4)))
       self.assertLessEqual(c["rounds"], one["rounds"])
       if not c["within_tolerance"]:  # the start is over 2%
         continue
-      interval = common.increase_interval(rows[_key(c["precision"])], rows[_key(np.zeros((2, 4)))])
+      interval = perplexity.increase_interval(rows[_key(c["precision"])], rows[_key(np.zeros((2, 4)))])
       self.assertLessEqual(interval.high, c["tolerance"])
     self.assertGreater(max(c["rounds"] for c in fast["chosen"]) - max(c["rounds"] for c in many["chosen"]), 0)
     self.assertIn("Up to 4 of a round's fitting candidates accepted together",
@@ -499,11 +498,7 @@ class ExperimentTest(absltest.TestCase):
     with self.assertRaisesRegex(ValueError, "invalid for these settings: .*seq_len: 16 -> 12"):
       exp_search.run(cfg)
 
-
   def test_tiny_model_measures_other_formats_on_both_splits(self):
-    from anda_jax import evaluate  # pylint: disable=g-import-not-at-top
-    from anda_jax.matmul import ProductSpec  # pylint: disable=g-import-not-at-top
-
     tmp = testlib.tempdir(self)
     testlib.make_checkpoint(tmp / "ckpt", n_layers=2, d_model=32, d_ff=64)
     (tmp / "corpus.txt").write_text(testlib.corpus_text())
@@ -511,23 +506,23 @@ class ExperimentTest(absltest.TestCase):
                        start_types=(4, 3, 5, 4), uniform_m=(4,))
     cfg.data.seq_len = 12  # not the other tests' shapes: their compilation counts stay theirs
     run_dir = exp_search.run(cfg)
-    rows = exp_search.read_rows(run_dir / "search.jsonl")
-    model, tokenizer = common.load_model(cfg.model)
-    windows = common.load_windows(cfg.data, tokenizer, dict(calibration=16, test=8))
-    for name, fmt in (("mxint8", formats.MXFormat("int8")), ("nvfp4", formats.NVFP4Format())):
+    rows = search_log.read_rows(run_dir / "search.jsonl")
+    model, tokenizer = loading.load_model(cfg.model)
+    windows = loading.load_windows(cfg.data, tokenizer, dict(calibration=16, test=8))
+    for name, fmt in (("mxint8", baselines.MXFormat("int8")), ("nvfp4", baselines.NVFP4Format())):
       for split, n in (("calibration", 16), ("test", 8)):
-        row = exp_search._by_key(rows, split, name)[_key(np.ones(4))]
+        row = search_report.rows_by_key(rows, split, name)[_key(np.ones(4))]
         self.assertEqual(row["windows"], n)
         # The same sums as an independent evaluation of the format at every site.
         want, _ = evaluate.window_nll_sums(
             model, windows[split], np.ones((1, 4), np.int32), ProductSpec(fmt),
-            weights=evaluate.target_weights(n, 12, common.score_from(cfg.data)), batch_size=8)
+            weights=evaluate.target_weights(n, 12, loading.score_from(cfg.data)), batch_size=8)
         np.testing.assert_allclose(row["window_nll"], want[0], rtol=1e-6)
       line = next(l for l in (run_dir / "report.md").read_text().splitlines()
                   if l.startswith(f"| {name} |"))
       self.assertEqual(line.split("|")[2].strip(),
-                       f"{exp_search._by_key(rows, 'calibration', name)[_key(np.ones(4))]['perplexity']:.3f}")
-    self.assertNotIn(_key(np.ones(4)), exp_search._by_key(rows, "calibration"))  # not Anda's
+                       f"{search_report.rows_by_key(rows, 'calibration', name)[_key(np.ones(4))]['perplexity']:.3f}")
+    self.assertNotIn(_key(np.ones(4)), search_report.rows_by_key(rows, "calibration"))  # not Anda's
     chosen = json.loads((run_dir / "chosen.json").read_text())
     self.assertEqual((chosen["start_m"], chosen["chosen"][0]["path"][0]), ([4, 3, 5, 4], [4, 3, 5, 4]))
     self.assertEqual(chosen["other_formats"], ["mxint8", "nvfp4"])
@@ -540,8 +535,6 @@ class ExperimentTest(absltest.TestCase):
 class BenchTest(absltest.TestCase):
 
   def test_benchmark_runs_both_ways_to_the_same_choices(self):
-    from experiments import bench_search  # pylint: disable=g-import-not-at-top
-
     tmp = testlib.tempdir(self)
     ckpt = testlib.make_checkpoint(tmp / "ckpt", n_layers=4, d_model=32, d_ff=64)
     (tmp / "corpus.txt").write_text(testlib.corpus_text())
@@ -567,8 +560,6 @@ class QuickConfigTest(absltest.TestCase):
   chooses."""
 
   def test_racing_and_the_bound_choose_what_full_evaluation_chooses(self):
-    from configs import search as search_config  # pylint: disable=g-import-not-at-top
-
     tmp = testlib.tempdir(self)
     chosen = {}
     for name, race, bound in (("fast", search_config.get_config("quick").race_windows, True),

@@ -12,12 +12,15 @@ from unittest import mock
 from absl.testing import absltest
 import numpy as np
 
-from anda_jax import evaluate
-from anda_jax import intervals
+from anda_jax.evaluation import evaluate
+from anda_jax.evaluation import intervals
 from anda_jax import models
 from configs import sensitivity as sensitivity_config
 from experiments import bench_sensitivity
-from experiments import common
+from experiments.harness import config_checks
+from experiments.harness import loading
+from experiments.harness import perplexity
+from experiments.harness import run_folder
 from experiments import sensitivity
 import testlib
 
@@ -58,9 +61,9 @@ class SensitivityTest(absltest.TestCase):
     self.assertLess(np.median(np.abs(rel)), 2e-6)
     self.assertLess(np.abs(rel).max(), 5e-5)
     # And the same as evaluate.perplexity on the full per-layer configuration.
-    model, windows, _ = common.load_model_and_windows(self.config("x"))
+    model, windows, _ = loading.load_model_and_windows(self.config("x"))
     p = sensitivity.layer_type_configs(3, 2, "up", (2, 5))
-    ppl = evaluate.perplexity(model, windows, p, common.product_spec(self.config("x"), 8))
+    ppl = evaluate.perplexity(model, windows, p, config_checks.product_spec(self.config("x"), 8))
     np.testing.assert_allclose(ppl, [reused.rows["L2-up-M2"]["ppl"], reused.rows["L2-up-M5"]["ppl"]],
                                rtol=5e-5)
     run_dir = self.tmp / "results" / "reuse"
@@ -104,7 +107,7 @@ class SensitivityTest(absltest.TestCase):
   def test_resume_and_bad_configs(self):
     cfg = self.config("resume")
     cfg.layers = (0, 2)
-    original = common.Results.append
+    original = run_folder.Results.append
     calls = []
 
     def append_then_die(self_, rows):
@@ -113,7 +116,7 @@ class SensitivityTest(absltest.TestCase):
       if len(calls) == 3:  # baseline + 2 (layer, type) pairs
         raise KeyboardInterrupt
 
-    with mock.patch.object(common.Results, "append", append_then_die):
+    with mock.patch.object(run_folder.Results, "append", append_then_die):
       with self.assertRaises(KeyboardInterrupt):
         sensitivity.run(cfg)
     sensitivity.run(cfg)
@@ -139,15 +142,15 @@ class SensitivityTest(absltest.TestCase):
       bad.format.group_sizes = (8, 16)
       with self.assertRaisesRegex(ValueError, r"group_sizes=\(8, 16\) is invalid: the sensitivity study takes one"):
         sensitivity.run(bad)
-    common.check_keys(sensitivity_config.get_config("quick"), sensitivity_config.get_config())
+    config_checks.check_keys(sensitivity_config.get_config("quick"), sensitivity_config.get_config())
 
   def test_report_shows_non_finite_perplexities_and_skips_broken_lines(self):
     run_dir = self.tmp / "results" / "report_only"
     run_dir.mkdir(parents=True)
-    rows = [dict(id="fp", layer=None, type="fp", mantissa_bits=0, **common.perplexity_fields(3.0)),
-            dict(id="L0-up-M2", layer=0, type="up", mantissa_bits=2, **common.perplexity_fields(900.0)),
-            dict(id="L0-qkv-M2", layer=0, type="qkv", mantissa_bits=2, **common.perplexity_fields(np.nan)),
-            dict(id="L1-up-M2", layer=1, type="up", mantissa_bits=2, **common.perplexity_fields(3.1))]
+    rows = [dict(id="fp", layer=None, type="fp", mantissa_bits=0, **perplexity.perplexity_fields(3.0)),
+            dict(id="L0-up-M2", layer=0, type="up", mantissa_bits=2, **perplexity.perplexity_fields(900.0)),
+            dict(id="L0-qkv-M2", layer=0, type="qkv", mantissa_bits=2, **perplexity.perplexity_fields(np.nan)),
+            dict(id="L1-up-M2", layer=1, type="up", mantissa_bits=2, **perplexity.perplexity_fields(3.1))]
     with (run_dir / "results.jsonl").open("w") as f:
       f.write("".join(json.dumps(r) + "\n" for r in rows))
       f.write('{"id": "L1-o-M2"}\n')  # a row without the fields the report reads

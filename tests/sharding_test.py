@@ -6,8 +6,8 @@ from jax.tree_util import DictKey, GetAttrKey
 import numpy as np
 
 from anda_jax import models
+from anda_jax.numerics.anda import AndaFormat
 from anda_jax import sharding
-from anda_jax.anda_format import AndaFormat
 import testlib
 
 # M = 0 (float) first, then Anda configurations.
@@ -40,8 +40,9 @@ class ModelShardedEvaluationTest(absltest.TestCase):
         import json
         import jax
         import numpy as np
-        from anda_jax import evaluate, models, sharding
-        from anda_jax.anda_format import AndaFormat
+        from anda_jax import models, sharding
+        from anda_jax.evaluation import evaluate
+        from anda_jax.numerics.anda import AndaFormat
         from anda_jax.matmul import ProductSpec
         from flax import nnx
         model, _ = models.load({str(self.ckpt)!r}, int4_group_size=8)

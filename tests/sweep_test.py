@@ -12,18 +12,23 @@ import sys
 import tempfile
 from unittest import mock
 
+from absl import logging
 from absl.testing import absltest
 import numpy as np
 
-from anda_jax import evaluate
-from anda_jax import formats as anda_formats
-from anda_jax import intervals
-from anda_jax import models
-from anda_jax.formats import MXFormat, NVFP4Format, PerTokenFormat
+from anda_jax.evaluation import evaluate
+from anda_jax.evaluation import intervals
 from anda_jax.matmul import ProductSpec
+from anda_jax import models
+from anda_jax.numerics import baselines as anda_formats
+from anda_jax.numerics.baselines import MXFormat, NVFP4Format, PerTokenFormat
 from configs import formats as formats_config
 from configs import sweep as sweep_config
-from experiments import common
+from experiments.harness import compile_cache
+from experiments.harness import config_checks
+from experiments.harness import loading
+from experiments.harness import perplexity
+from experiments.harness import run_folder
 from experiments import sweep
 import testlib
 
@@ -136,23 +141,23 @@ class SweepTest(absltest.TestCase):
       self.assertGreater((run_dir / name).stat().st_size, 1000)
 
   def test_an_interval_needs_per_window_sums_on_the_same_windows(self):
-    base = dict(common.window_fields([30.0, 40.0, 35.0], [10.0, 10.0, 10.0]))
-    row = dict(common.window_fields([31.0, 40.5, 36.0], [10.0, 10.0, 10.0]))
-    iv = common.increase_interval(row, base)
+    base = dict(perplexity.window_fields([30.0, 40.0, 35.0], [10.0, 10.0, 10.0]))
+    row = dict(perplexity.window_fields([31.0, 40.5, 36.0], [10.0, 10.0, 10.0]))
+    iv = perplexity.increase_interval(row, base)
     self.assertEqual(iv, intervals.relative_increase([31.0, 40.5, 36.0], [30.0, 40.0, 35.0], [10.0] * 3))
-    self.assertIsNone(common.increase_interval({}, base))  # a row of an older run
-    self.assertIsNone(common.increase_interval(row, None))
-    self.assertIsNone(common.increase_interval(row, dict(base, window_tokens=[10.0, 10.0, 9.0])))
-    self.assertIsNone(common.increase_interval(dict(common.window_fields([1.0], [5.0])),
-                                               dict(common.window_fields([1.0], [5.0]))))  # one window
-    nan = common.increase_interval(dict(common.window_fields([31.0, np.nan, 36.0], [10.0] * 3)), base)
+    self.assertIsNone(perplexity.increase_interval({}, base))  # a row of an older run
+    self.assertIsNone(perplexity.increase_interval(row, None))
+    self.assertIsNone(perplexity.increase_interval(row, dict(base, window_tokens=[10.0, 10.0, 9.0])))
+    self.assertIsNone(perplexity.increase_interval(dict(perplexity.window_fields([1.0], [5.0])),
+                                               dict(perplexity.window_fields([1.0], [5.0]))))  # one window
+    nan = perplexity.increase_interval(dict(perplexity.window_fields([31.0, np.nan, 36.0], [10.0] * 3)), base)
     self.assertTrue(math.isnan(nan.low))
-    self.assertEqual(common.interval_columns(iv), dict(rel_increase_low=iv.low, rel_increase_high=iv.high))
-    self.assertEqual(common.interval_columns(None), dict(rel_increase_low="", rel_increase_high=""))
+    self.assertEqual(perplexity.interval_columns(iv), dict(rel_increase_low=iv.low, rel_increase_high=iv.high))
+    self.assertEqual(perplexity.interval_columns(None), dict(rel_increase_low="", rel_increase_high=""))
 
   def test_interrupted_run_resumes_with_every_configuration_once(self):
     cfg = self.config("resume", format__group_sizes=(8,))
-    original = common.Results.append
+    original = run_folder.Results.append
     calls = []
 
     def append_then_die(self_, rows):
@@ -161,7 +166,7 @@ class SweepTest(absltest.TestCase):
       if len(calls) == 2:
         raise KeyboardInterrupt  # after k = 8 rows (two batches of 4)
 
-    with mock.patch.object(common.Results, "append", append_then_die):
+    with mock.patch.object(run_folder.Results, "append", append_then_die):
       with self.assertRaises(KeyboardInterrupt):
         sweep.run(cfg)
     done_before = {r["id"]: r["ppl"] for r in self.rows("resume")}
@@ -221,7 +226,7 @@ class SweepTest(absltest.TestCase):
     # Garbage, {}, a row without "id" and non-UTF-8 bytes, in place of three rows and between.
     broken = [b"garbage", b"{}", b'{"type": "o", "ppl": 3.0}', b'{"id": "G4-all-M3\xff"}']
     path.write_bytes(b"\n".join([lines[0], broken[0], broken[1], broken[2], broken[3]]) + b"\n")
-    with testlib.warnings_logged(common.logging) as warnings:
+    with testlib.warnings_logged(logging) as warnings:
       again = sweep.run(cfg)  # no error: the three missing rows are computed again
     self.assertEqual({k: v["ppl"] for k, v in again.items()}, {k: v["ppl"] for k, v in first.items()})
     self.assertLen(self.rows("broken"), 4)
@@ -321,7 +326,7 @@ class SweepTest(absltest.TestCase):
     self.assertAlmostEqual(rows["int8_token-all"]["storage_bits"], (96 * 9 + 64 * 8.5) / 160)
     # The same numbers as evaluating the format through ProductSpec at those sites directly
     # (in the same batches: float32 sums depend on the batch shape).
-    model, windows, _ = common.load_model_and_windows(cfg)
+    model, windows, _ = loading.load_model_and_windows(cfg)
     for name, fmt in (("mxfp4", MXFormat("fp4_e2m1")), ("nvfp4", NVFP4Format()),
                       ("int8_token", PerTokenFormat("int8"))):
       sums, _ = evaluate.window_nll_sums(model, windows, [[1, 1, 1, 1], [0, 0, 1, 0]],
@@ -399,7 +404,7 @@ class SweepTest(absltest.TestCase):
   def test_formats_config_is_the_sweep_with_other_formats(self):
     full, quick = formats_config.get_config(), formats_config.get_config("quick")
     for c in (full, quick):
-      common.check_keys(c, sweep_config.get_config())  # the sweep runs it
+      config_checks.check_keys(c, sweep_config.get_config())  # the sweep runs it
       self.assertEqual(c.other_formats, anda_formats.FORMAT_NAMES)
       self.assertEqual((c.format.rounding, c.types), ("nearest", ("all",)))
     # The full study runs on the full sweep's windows: only these settings differ from it.
@@ -440,7 +445,7 @@ class SweepTest(absltest.TestCase):
       self.assertEqual(out.returncode, 0, out.stderr[-3000:])
       return out.stdout
 
-    folder = common.compilation_cache_dir  # under ANDA_JAX_CACHE, one folder per CPU
+    folder = compile_cache.compilation_cache_dir  # under ANDA_JAX_CACHE, one folder per CPU
     with mock.patch.dict(os.environ, {"ANDA_JAX_CACHE": str(cache)}):
       folder = folder()
     first = sweep_process("cache_1")

@@ -23,8 +23,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from anda_jax import anda_format
-from anda_jax import int4
+from anda_jax import assets
+from anda_jax.numerics import anda
+from anda_jax.numerics import int4
 
 # ------------------------------------------------------------------------------ folders, processes
 
@@ -98,7 +99,7 @@ def assert_bit_exact(actual, expected, err_msg: str = ""):
 
 # Jitted with a traced M: one compilation per (shape, format), not one per op and per M (eager
 # encode compiles dozens of small programs; the machine is shared).
-encode = jax.jit(anda_format.encode, static_argnums=1)
+encode = jax.jit(anda.encode, static_argnums=1)
 
 # ------------------------------------------------------------------------------ INT4 weights
 
@@ -219,7 +220,6 @@ def hf_smollm2():
   reference for our loader. Fetches the file on first use (the test must be marked real_model)."""
   import torch  # pylint: disable=g-import-not-at-top
   import transformers  # pylint: disable=g-import-not-at-top
-  from anda_jax import assets  # pylint: disable=g-import-not-at-top
 
   path = assets.fetch("smollm2-135m")
   return transformers.AutoModelForCausalLM.from_pretrained(

@@ -19,8 +19,8 @@ import gguf
 import jax.numpy as jnp
 import numpy as np
 
-from anda_jax import int4
 from anda_jax.models.checkpoints import check_finite, fail
+from anda_jax.numerics import int4
 
 _REQUIRED = object()
 _KEPT_FLOAT = ("F32", "F16", "BF16")  # read in their own dtype

@@ -281,7 +281,7 @@ class DecoderLM(nnx.Module):
     return None
 
   def macs_per_token(self) -> dict[str, int]:
-    """Multiply-accumulates per token of each FP-INT product type (spec section 5), summed over
+    """Multiply-accumulates per token of each FP-INT product type (docs/formats.md, section 8), summed over
     all layers (shapes only; every layer has the same shapes, so per layer divide by n_layers)."""
     layers = self.layers.get_value()
     return {site: int(np.prod(weight_shape(layers[site]), dtype=np.int64))

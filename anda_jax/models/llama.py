@@ -1,5 +1,5 @@
 """The LLaMA family (SmolLM2, LLaMA 2/3 shapes): RMSNorm, rotary, grouped-query attention,
-SwiGLU, tied or separate head. Anda sits at the four FP-INT sites of spec section 5."""
+SwiGLU, tied or separate head. Anda sits at the four FP-INT sites of docs/formats.md, section 8."""
 
 from __future__ import annotations
 

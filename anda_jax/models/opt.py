@@ -1,6 +1,6 @@
 """The OPT family: learned positions (offset 2), LayerNorm, ReLU, biases, pre- or post-LN
 blocks (do_layer_norm_before), and project_in/project_out where the embedding width differs
-from the model width (opt-350m). Anda sits at the four FP-INT sites of spec section 5."""
+from the model width (opt-350m). Anda sits at the four FP-INT sites of docs/formats.md, section 8."""
 
 from __future__ import annotations
 

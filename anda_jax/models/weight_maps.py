@@ -47,15 +47,15 @@ import pathlib
 import jax
 import numpy as np
 
-from anda_jax import int4
-from anda_jax import precision
+from anda_jax.models.checkpoints import fail, positive_int
+from anda_jax.models.gguf_reader import GGUFFile
 from anda_jax.models import gemma3 as gemma3_lib
 from anda_jax.models import llama as llama_lib
 from anda_jax.models import opt as opt_lib
 from anda_jax.models import weight_types
-from anda_jax.models.checkpoints import fail, positive_int
-from anda_jax.models.gguf_reader import GGUFFile
 from anda_jax.models.safetensors_reader import Tensors
+from anda_jax.numerics import int4
+from anda_jax import precision
 
 LLAMA_WEIGHTS = (  # destination, llama.cpp name (GGUF), transformers name (HF), shape, transform[, flag]
     ("layers.attn_norm", "blk.{i}.attn_norm.weight", "layers.{i}.input_layernorm.weight", ("d",), "vector"),

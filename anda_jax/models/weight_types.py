@@ -14,7 +14,7 @@ import dataclasses
 
 import numpy as np
 
-from anda_jax import int4
+from anda_jax.numerics import int4
 
 # The INT4 scheme (symmetric, group size) a 4-bit GGUF type keeps when it stays as stored.
 _GGUF_INT4_SCHEMES = {"Q4_0": (True, 32), "Q4_1": (False, 32), "Q4_K": (False, 32)}

@@ -1,4 +1,4 @@
-"""Tests of anda_jax.formats against independent float64 numpy references.
+"""Tests of anda_jax.numerics.baselines against independent float64 numpy references.
 
 The references below never call the code under test: element formats are rounded with
 frexp / rint / trunc on float64 (exact here), MX scales are powers of two, and each float32 step
@@ -14,9 +14,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from anda_jax import formats
-from anda_jax.anda_format import AndaFormat
-from anda_jax.formats import MXFormat, NVFP4Format, PerTokenFormat, fake_quantize
+from anda_jax.numerics.anda import AndaFormat
+from anda_jax.numerics import baselines
+from anda_jax.numerics.baselines import MXFormat, NVFP4Format, PerTokenFormat, fake_quantize
 import testlib
 
 # ---------------------------------------------------------------------------------------
@@ -76,7 +76,7 @@ def _count(stats, masks, valid):
 
 
 def ref_mx(x, name, block, rounding):
-  """OCP MX by the spec: X = 2^clip(floor(log2 amax) - emax, -127, 127), elements rounded."""
+  """OCP MX by its specification (docs/formats.md, section 5): X = 2^clip(floor(log2 amax) - emax, -127, 127), elements rounded."""
   blocks = _blocks(x.astype(np.float64), block)
   finite = np.isfinite(blocks)
   nonfinite = ~np.all(finite, axis=-1)
@@ -94,7 +94,7 @@ def ref_mx(x, name, block, rounding):
 
 
 def ref_nvfp4(x):
-  """NVFP4, ModelOpt's recipe with a per-token second-level scale (see formats.py)."""
+  """NVFP4, ModelOpt's recipe with a per-token second-level scale (see baselines.py)."""
   blocks = _blocks(x.astype(np.float64), 16)
   finite = np.isfinite(blocks)
   nonfinite = ~np.all(finite, axis=-1)
@@ -113,7 +113,7 @@ def ref_nvfp4(x):
 
 
 def ref_per_token(x, element):
-  """vLLM's dynamic per-token FP8 / INT8 (see formats.py)."""
+  """vLLM's dynamic per-token FP8 / INT8 (see baselines.py)."""
   rows = x.astype(np.float64)[:, None, :]  # one block per row
   finite = np.isfinite(rows)
   nonfinite = ~np.all(finite, axis=-1)
@@ -193,7 +193,7 @@ def run(x, fmt, mantissa_bits=None):
 
 class MXTest(parameterized.TestCase):
 
-  @parameterized.product(element=formats.MX_ELEMENTS, rounding=formats.MX_ROUNDING_MODES)
+  @parameterized.product(element=baselines.MX_ELEMENTS, rounding=baselines.MX_ROUNDING_MODES)
   def test_matches_reference(self, element, rounding):
     x = mixed_values(seed=len(element) + 7 * len(rounding))
     expected, stats = ref_mx(x, element, 32, rounding)
@@ -230,7 +230,7 @@ class MXTest(parameterized.TestCase):
     np.testing.assert_array_equal(y[0, 32:], [1, 2])
 
   def test_mxint8_is_anda_g32_m7_nearest_but_for_the_scale_clamp(self):
-    """ANDA_SPEC section 2: G = 32, M = 7, nearest has MXINT8's element grid (quantum
+    """docs/formats.md, section 5: G = 32, M = 7, nearest has MXINT8's element grid (quantum
     2^(floor(log2 amax) - 6), magnitudes clamped to 127, ties to even in both). They differ only
     where the shared exponent is clamped: E8M0 goes down to 2^-127, Anda's 8-bit E to -126, so
     blocks whose maximum is a float32 subnormal keep one more bit in MX."""
@@ -336,11 +336,11 @@ class EntryPointTest(parameterized.TestCase):
 
   def test_one_compilation_per_format(self):
     x = testlib.heavy_tailed(3, (4, 64))
-    before = formats._fake_quantize._cache_size()
+    before = baselines._fake_quantize._cache_size()
     for _ in range(3):
       fake_quantize(x, MXFormat("fp6_e3m2", 16))  # equal objects hash alike: one compilation
     jax.jit(fake_quantize, static_argnames="fmt")(x, fmt=MXFormat("fp6_e3m2", 16))
-    self.assertEqual(formats._fake_quantize._cache_size(), before + 1)
+    self.assertEqual(baselines._fake_quantize._cache_size(), before + 1)
 
   def test_storage_bits(self):
     self.assertEqual(MXFormat("fp4_e2m1").storage_bits(), 4.25)
@@ -349,9 +349,9 @@ class EntryPointTest(parameterized.TestCase):
     self.assertEqual(MXFormat("fp8_e5m2", block_size=16).storage_bits(), 8.5)
     self.assertEqual(NVFP4Format().storage_bits(row_length=4096), 4.5 + 32 / 4096)
     self.assertEqual(PerTokenFormat("int8").storage_bits(576), 8 + 32 / 576)
-    self.assertEqual(formats.storage_bits(AndaFormat(group_size=32), mantissa_bits=7), 8.25)
-    self.assertEqual(formats.storage_bits(NVFP4Format(), row_length=64), 5.0)
-    self.assertEqual(formats.storage_bits(MXFormat()), 4.25)
+    self.assertEqual(baselines.storage_bits(AndaFormat(group_size=32), mantissa_bits=7), 8.25)
+    self.assertEqual(baselines.storage_bits(NVFP4Format(), row_length=64), 5.0)
+    self.assertEqual(baselines.storage_bits(MXFormat()), 4.25)
 
   def test_value_errors(self):
     x = jnp.ones((2, 32))
@@ -380,7 +380,7 @@ class EntryPointTest(parameterized.TestCase):
 
 
 class NamesTest(parameterized.TestCase):
-  """Configs name formats by strings: formats.parse_format and its inverse format_name."""
+  """Configs name formats by strings: baselines.parse_format and its inverse format_name."""
 
   @parameterized.parameters(
       ("mxfp4", MXFormat("fp4_e2m1")), ("mxfp6_e2m3", MXFormat("fp6_e2m3")),
@@ -392,19 +392,19 @@ class NamesTest(parameterized.TestCase):
       ("mxint8:rounding=truncate", MXFormat("int8", rounding="truncate")),
       ("mxfp6_e2m3:block_size=64,rounding=truncate", MXFormat("fp6_e2m3", 64, "truncate")))
   def test_every_name_and_its_round_trip(self, name, fmt):
-    self.assertEqual(formats.parse_format(name), fmt)
-    self.assertEqual(formats.format_name(fmt), name)
-    self.assertEqual(formats.parse_format(formats.format_name(fmt)), fmt)
+    self.assertEqual(baselines.parse_format(name), fmt)
+    self.assertEqual(baselines.format_name(fmt), name)
+    self.assertEqual(baselines.parse_format(baselines.format_name(fmt)), fmt)
 
   def test_the_names_cover_every_element_and_format(self):
-    self.assertLen(formats.FORMAT_NAMES, 9)
-    parsed = [formats.parse_format(n) for n in formats.FORMAT_NAMES]
-    self.assertEqual({f.element for f in parsed if isinstance(f, MXFormat)}, set(formats.MX_ELEMENTS))
+    self.assertLen(baselines.FORMAT_NAMES, 9)
+    parsed = [baselines.parse_format(n) for n in baselines.FORMAT_NAMES]
+    self.assertEqual({f.element for f in parsed if isinstance(f, MXFormat)}, set(baselines.MX_ELEMENTS))
     self.assertEqual({f.element for f in parsed if isinstance(f, PerTokenFormat)},
-                     set(formats.PER_TOKEN_ELEMENTS))
+                     set(baselines.PER_TOKEN_ELEMENTS))
     self.assertIn(NVFP4Format(), parsed)
     # Spaces around options are forgiven; default options read as the bare name.
-    self.assertEqual(formats.format_name(formats.parse_format(" mxfp4: block_size=32 , rounding=nearest")),
+    self.assertEqual(baselines.format_name(baselines.parse_format(" mxfp4: block_size=32 , rounding=nearest")),
                      "mxfp4")
 
   @parameterized.named_parameters(
@@ -419,15 +419,15 @@ class NamesTest(parameterized.TestCase):
       ("rounding", "mxfp4:rounding=stochastic", r"rounding='stochastic' is invalid: must be one of \('nearest', 'truncate'\)"))
   def test_errors_name_what_is_allowed(self, name, message):
     with self.assertRaisesRegex(ValueError, message):
-      formats.parse_format(name)
+      baselines.parse_format(name)
 
   def test_formats_without_a_name(self):
     for fmt in (AndaFormat(), MXFormat(axis=0)):
       with self.assertRaisesRegex(ValueError, "has no name"):
-        formats.format_name(fmt)
-    self.assertEqual(formats.element_spec("fp6_e3m2").bits, 6)
+        baselines.format_name(fmt)
+    self.assertEqual(baselines.element_spec("fp6_e3m2").bits, 6)
     with self.assertRaisesRegex(ValueError, "element='fp5'"):
-      formats.element_spec("fp5")
+      baselines.element_spec("fp5")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,6 @@
-"""The Anda activation format: encode, decode and fake-quantize (ANDA_SPEC.md sections 1-2).
+"""The Anda activation format: encode, decode and fake-quantize.
+
+Defined in docs/formats.md, section 1.
 
 Everything is computed on the integer bits of float32 values. That makes the result exact
 (no float rounding can creep in), independent of the backend's flush-to-zero behaviour
@@ -39,7 +41,7 @@ _F32_FRAC_MASK = 0x7FFFFF
 
 @dataclasses.dataclass(frozen=True)
 class AndaFormat:
-  """Static parameters of an Anda format (ANDA_SPEC.md section 1). Hashable: use it as a
+  """Static parameters of an Anda format (docs/formats.md, 1.1). Hashable: use it as a
   static argument under `jax.jit`."""
 
   group_size: int = 64
@@ -172,7 +174,7 @@ def _group_exponent(abs_bits, fmt: AndaFormat):
   max_abs_bits = jnp.max(abs_bits, axis=-1)
   nonfinite = max_abs_bits >= (_F32_EXP_FIELD_INF << _F32_MANTISSA_BITS)
   # floor(log2 a) read off the exponent field; zero and subnormal maxima (field 0) lie
-  # below every E_min and are clipped to it, as the spec asks for a = 0.
+  # below every E_min and are clipped to it (docs/formats.md, 1.3).
   group_exp = jnp.clip((max_abs_bits >> _F32_MANTISSA_BITS) - _F32_BIAS, fmt.e_min, fmt.e_max)
   return group_exp, nonfinite
 
@@ -180,7 +182,7 @@ def _group_exponent(abs_bits, fmt: AndaFormat):
 def encode_groups(groups: jax.Array, fmt: AndaFormat, mantissa_bits, uniforms=None):
   """Encodes float32 groups [..., G] -> (sign uint8, magnitude int32, exponent int32 [...]).
 
-  The one implementation of spec section 2: `encode` and the Pallas kernels call it."""
+  The one implementation of docs/formats.md, 1.3: `encode` and the Pallas kernels call it."""
   m_bits = jnp.clip(mantissa_bits, MIN_MANTISSA_BITS, MAX_MANTISSA_BITS).astype(jnp.int32)
   bits = jax.lax.bitcast_convert_type(groups.astype(jnp.float32), jnp.int32)
   sign = (bits < 0).astype(jnp.uint8)
@@ -319,7 +321,7 @@ def _uniforms(key, shape):
 
 
 def encode(x, fmt: AndaFormat, mantissa_bits, key=None) -> AndaEncoding:
-  """Encodes `x` along `fmt.axis` (spec section 2). `key` is needed for stochastic rounding;
+  """Encodes `x` along `fmt.axis` (docs/formats.md, 1.3). `key` is needed for stochastic rounding;
   its uniforms are drawn over the grouped, padded shape ([..., n_groups, G])."""
   return _encode(*_validate(x, fmt, mantissa_bits, key), fmt=fmt, key=key)
 

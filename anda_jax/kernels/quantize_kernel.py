@@ -1,14 +1,16 @@
 """Fused Anda fake quantization as a Pallas kernel: x -> decode(encode(x)) in one pass.
 
+Defined in docs/formats.md, section 1.
+
 Layout. The wrapper moves the grouping axis last and views x as [rows, n_groups, G] (a
 free reshape when L is a multiple of G). The grid tiles rows and groups; each program
 encodes and decodes a [block_rows, block_groups, G] tile entirely on chip, so HBM
 traffic is one read and one write of x.
 
-Numerics. The kernel body calls `anda_jax.anda_format.encode_groups` / `decode_groups`, the
-project's single implementation of spec section 2 (integer arithmetic on the float32
+Numerics. The kernel body calls `anda_jax.numerics.anda.encode_groups` / `decode_groups`, the
+project's single implementation of the encoding (integer arithmetic on the float32
 bits, so it is exact and immune to flush-to-zero). The kernel therefore agrees with
-`format.quantize` bit for bit by construction; what the kernel adds is the tiling and the
+`anda.quantize` bit for bit by construction; what the kernel adds is the tiling and the
 fusion. M is a traced int32 operand (a (1, 1, 1) block read by every program), so one
 compiled kernel serves every mantissa length.
 
@@ -32,39 +34,39 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
-from anda_jax import anda_format
 from anda_jax.kernels import _common
+from anda_jax.numerics import anda
 
 BLOCK_ROWS = 32
 BLOCK_GROUPS = 32
 
 
-def quantize_reference(x, fmt: anda_format.AndaFormat, mantissa_bits, key=None) -> jax.Array:
+def quantize_reference(x, fmt: anda.AndaFormat, mantissa_bits, key=None) -> jax.Array:
   """The pure-jnp reference the kernel is tested against."""
-  return anda_format.quantize(x, fmt, mantissa_bits, key)
+  return anda.quantize(x, fmt, mantissa_bits, key)
 
 
-def stochastic_uniforms(x, fmt: anda_format.AndaFormat, key):
+def stochastic_uniforms(x, fmt: anda.AndaFormat, key):
   """The uniforms of stochastic rounding, drawn outside the kernel as the reference draws them
   (None for the deterministic roundings)."""
   if fmt.rounding != "stochastic":
     return None
   if key is None:
     raise ValueError("key=None is invalid for rounding='stochastic': pass key=jax.random.key(...)")
-  return anda_format.grouped_uniforms(x.shape, fmt, key)
+  return anda.grouped_uniforms(x.shape, fmt, key)
 
 
-def as_rows(x: jax.Array, fmt: anda_format.AndaFormat) -> jax.Array:
-  """x grouped as the kernels tile it: [rows, n_groups, G] (anda_format.to_groups, rows flattened)."""
-  groups = anda_format.to_groups(x, fmt)
+def as_rows(x: jax.Array, fmt: anda.AndaFormat) -> jax.Array:
+  """x grouped as the kernels tile it: [rows, n_groups, G] (anda.to_groups, rows flattened)."""
+  groups = anda.to_groups(x, fmt)
   return groups.reshape(-1, *groups.shape[-2:])
 
 
-def from_rows(groups: jax.Array, shape, fmt: anda_format.AndaFormat) -> jax.Array:
+def from_rows(groups: jax.Array, shape, fmt: anda.AndaFormat) -> jax.Array:
   """The inverse of `as_rows` for an input of `shape`."""
   moved = list(shape)
   moved.pop(fmt.axis % len(shape))
-  return anda_format.from_groups(groups.reshape(*moved, *groups.shape[-2:]), tuple(shape), fmt)
+  return anda.from_groups(groups.reshape(*moved, *groups.shape[-2:]), tuple(shape), fmt)
 
 
 def _quantize_kernel(m_ref, x_ref, *rest, fmt):
@@ -73,8 +75,8 @@ def _quantize_kernel(m_ref, x_ref, *rest, fmt):
   x = x_ref[...].astype(jnp.float32)
   m = m_ref[...]  # (1, 1, 1): broadcasts against the tile
   uniforms = None if uniforms_ref is None else uniforms_ref[...]
-  sign, magnitude, exponent = anda_format.encode_groups(x, fmt, m, uniforms)
-  o_ref[...] = anda_format.decode_groups(sign, magnitude, exponent, m).astype(o_ref.dtype)
+  sign, magnitude, exponent = anda.encode_groups(x, fmt, m, uniforms)
+  o_ref[...] = anda.decode_groups(sign, magnitude, exponent, m).astype(o_ref.dtype)
 
 
 @functools.partial(jax.jit, static_argnames=("fmt", "block_rows", "block_groups", "interpret"))
@@ -105,7 +107,7 @@ def _quantize(x, m_bits, uniforms, *, fmt, block_rows, block_groups, interpret):
   return from_rows(out[:, :n_groups], x.shape, fmt)
 
 
-def anda_quantize(x, fmt: anda_format.AndaFormat, mantissa_bits, key=None, *,
+def anda_quantize(x, fmt: anda.AndaFormat, mantissa_bits, key=None, *,
                   block_rows: int = BLOCK_ROWS, block_groups: int = BLOCK_GROUPS,
                   interpret: bool | None = None) -> jax.Array:
   """Fused fake quantization, equal bit for bit to `anda_jax.quantize(x, fmt, mantissa_bits, key)`.
@@ -116,8 +118,8 @@ def anda_quantize(x, fmt: anda_format.AndaFormat, mantissa_bits, key=None, *,
   interpret: None = interpret on CPU, compile elsewhere.
   Unlike `anda_jax.quantize` this has no straight-through gradient (inference only).
   """
-  x = anda_format.check_input(x, fmt)
-  m_bits = anda_format.check_mantissa_bits(mantissa_bits)
+  x = anda.check_input(x, fmt)
+  m_bits = anda.check_mantissa_bits(mantissa_bits)
   block_rows = _common.check_block("block_rows", block_rows)
   block_groups = _common.check_block("block_groups", block_groups)
   uniforms = stochastic_uniforms(x, fmt, key)

@@ -1,4 +1,5 @@
-"""Tests of anda_jax.anda_format against an independent float64 numpy implementation of the spec."""
+"""Tests of anda_jax.numerics.anda against an independent float64 numpy implementation of the Anda
+format (docs/formats.md, section 1)."""
 
 import itertools
 import math
@@ -10,16 +11,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from anda_jax import anda_format
+from anda_jax.numerics import anda
 import testlib
 
 # ---------------------------------------------------------------------------------------
-# Independent reference: ANDA_SPEC.md section 2 written literally in float64 numpy.
+# Independent reference: docs/formats.md, section 1, written literally in float64 numpy.
 
 
 def reference_quantize(x, group_size, mantissa_bits, exponent_bits=8, rounding="truncate",
                        axis=-1, uniforms=None):
-  """Returns (x_hat float32 in x's shape, E per group, s per group) by the spec's formulas."""
+  """Returns (x_hat float32 in x's shape, E per group, s per group) by the definition's formulas."""
   x = np.moveaxis(np.asarray(x, np.float32).astype(np.float64), axis, -1)
   shape = x.shape
   length = shape[-1]
@@ -65,7 +66,7 @@ def _both_paths_over_all_m(fmt, grouped_shape):
   compiled, vmapped call."""
   def both(x, m, key):
     bits = jax.random.bits(key, grouped_shape, jnp.uint32)
-    return anda_format.quantize(x, fmt, m, key), anda_format.decode(anda_format.encode(x, fmt, m, key)), bits
+    return anda.quantize(x, fmt, m, key), anda.decode(anda.encode(x, fmt, m, key)), bits
   return jax.jit(jax.vmap(both, in_axes=(None, 0, 0)))
 
 
@@ -77,12 +78,12 @@ def prng_keys(n, seed=0):
 class ReferenceTest(parameterized.TestCase):
 
   @parameterized.parameters(
-      itertools.product([1, 8, 16, 32, 64, 128], anda_format.ROUNDING_MODES, [5, 8], [0, -1]))
+      itertools.product([1, 8, 16, 32, 64, 128], anda.ROUNDING_MODES, [5, 8], [0, -1]))
   def test_quantize_and_round_trip_match_reference(self, group_size, rounding, exponent_bits, axis):
     rng = np.random.default_rng(group_size * 100 + exponent_bits * 10 + axis)
     shape = SHAPES[(group_size + exponent_bits) % len(SHAPES)]
     x = random_activations(rng, shape)
-    fmt = anda_format.AndaFormat(group_size=group_size, exponent_bits=exponent_bits, rounding=rounding, axis=axis)
+    fmt = anda.AndaFormat(group_size=group_size, exponent_bits=exponent_bits, rounding=rounding, axis=axis)
     grouped_shape = np.moveaxis(x, axis, -1).shape[:-1] + (
         math.ceil(x.shape[axis] / group_size), group_size)
     ms = np.arange(1, 25, dtype=np.int32)
@@ -97,7 +98,7 @@ class ReferenceTest(parameterized.TestCase):
   @parameterized.parameters(8, 16, 32, 64)
   def test_encode_fields_match_reference(self, group_size):
     x = random_activations(np.random.default_rng(group_size), (4, 3 * group_size + 5), (-10, 10))
-    enc = anda_format.encode(x, anda_format.AndaFormat(group_size=group_size), 6)
+    enc = anda.encode(x, anda.AndaFormat(group_size=group_size), 6)
     _, e, s = reference_quantize(x, group_size, 6)
     np.testing.assert_array_equal(enc.exponent, e)
     chex.assert_shape(enc.magnitude, (4, 4, group_size))
@@ -109,7 +110,7 @@ class ReferenceTest(parameterized.TestCase):
   def test_mxint8_reference_point(self):
     """G = 32, M = 7, nearest is the element grid of OCP MXINT8 wherever no tie occurs."""
     x = random_activations(np.random.default_rng(7), (16, 256), (-4, 4))
-    ours = np.asarray(anda_format.quantize(x, anda_format.AndaFormat(group_size=32, rounding="nearest"), 7))
+    ours = np.asarray(anda.quantize(x, anda.AndaFormat(group_size=32, rounding="nearest"), 7))
     groups = x.astype(np.float64).reshape(16, 8, 32)
     scale = np.exp2(np.floor(np.log2(np.max(np.abs(groups), axis=-1, keepdims=True))))
     scaled = groups / scale * 64  # 6 fraction bits
@@ -126,11 +127,11 @@ class PropertyTest(parameterized.TestCase):
 
   def _encode(self, rounding, m, group_size=32, x=None):
     x = self.x if x is None else x
-    fmt = anda_format.AndaFormat(group_size=group_size, rounding=rounding)
-    enc = anda_format.encode(x, fmt, m)
+    fmt = anda.AndaFormat(group_size=group_size, rounding=rounding)
+    enc = anda.encode(x, fmt, m)
     scale = np.exp2(np.asarray(enc.exponent, np.float64) - m + 1)  # [8, n_groups]
     per_elem = np.repeat(scale, group_size, axis=-1)[..., : x.shape[-1]]
-    return enc, np.asarray(anda_format.decode(enc), np.float64), per_elem
+    return enc, np.asarray(anda.decode(enc), np.float64), per_elem
 
   @parameterized.parameters(1, 3, 8, 16, 24)
   def test_truncate_error_bounds(self, m):
@@ -147,12 +148,12 @@ class PropertyTest(parameterized.TestCase):
     clamped = np.repeat(np.asarray(enc.magnitude) == 2**m - 1, 1, axis=-1).reshape(8, -1)[:, : x.shape[-1]]
     self.assertTrue(np.all(np.where(clamped, err < s, err <= s / 2)))
 
-  @parameterized.parameters(itertools.product(anda_format.ROUNDING_MODES, [1, 4, 11, 24]))
+  @parameterized.parameters(itertools.product(anda.ROUNDING_MODES, [1, 4, 11, 24]))
   def test_idempotent(self, rounding, m):
-    fmt = anda_format.AndaFormat(group_size=16, rounding=rounding)
+    fmt = anda.AndaFormat(group_size=16, rounding=rounding)
     key = prng_keys(1, 1)[0]
-    once = anda_format.quantize(self.x, fmt, m, key)
-    testlib.assert_bit_exact(anda_format.quantize(once, fmt, m, prng_keys(1, 2)[0]), once)
+    once = anda.quantize(self.x, fmt, m, key)
+    testlib.assert_bit_exact(anda.quantize(once, fmt, m, prng_keys(1, 2)[0]), once)
 
   @parameterized.parameters(itertools.product([2, 8, 16, 24], [1, 5]))
   def test_prefix_property(self, m, drop):
@@ -162,15 +163,15 @@ class PropertyTest(parameterized.TestCase):
     np.testing.assert_array_equal(np.asarray(full.magnitude) >> (m - m_short), short.magnitude)
     np.testing.assert_array_equal(full.exponent, short.exponent)
 
-  @parameterized.parameters(*anda_format.ROUNDING_MODES)
+  @parameterized.parameters(*anda.ROUNDING_MODES)
   def test_exact_when_on_grid(self, rounding):
     rng = np.random.default_rng(3)
     m = 6
     magnitudes = rng.integers(0, 2**m, size=(4, 64))
     magnitudes[:, ::16] = 2**m - 1  # every group holds its maximum: E = 5 - (m - 1) + ... = 0
     x = (np.where(rng.random((4, 64)) < 0.5, -1, 1) * magnitudes * 2.0 ** (1 - m)).astype(np.float32)
-    fmt = anda_format.AndaFormat(group_size=16, rounding=rounding)
-    testlib.assert_bit_exact(anda_format.quantize(x, fmt, m, prng_keys(1, 0)[0]), x)
+    fmt = anda.AndaFormat(group_size=16, rounding=rounding)
+    testlib.assert_bit_exact(anda.quantize(x, fmt, m, prng_keys(1, 0)[0]), x)
 
   @parameterized.parameters(1, 4, 12, 24)
   def test_group_maximum_keeps_leading_bit(self, m):
@@ -183,29 +184,29 @@ class PropertyTest(parameterized.TestCase):
 
 class EdgeCaseTest(parameterized.TestCase):
 
-  @parameterized.parameters(*anda_format.ROUNDING_MODES)
+  @parameterized.parameters(*anda.ROUNDING_MODES)
   def test_all_zero_groups_and_negative_zero(self, rounding):
     x = np.array([0.0, -0.0, 0.0, -0.0, 1.5, -0.0, 0.0, 0.25], np.float32)
-    fmt = anda_format.AndaFormat(group_size=4, rounding=rounding)
-    enc = anda_format.encode(x, fmt, 4, prng_keys(1, 0)[0])
+    fmt = anda.AndaFormat(group_size=4, rounding=rounding)
+    enc = anda.encode(x, fmt, 4, prng_keys(1, 0)[0])
     self.assertEqual(int(enc.exponent[0]), fmt.e_min)
-    testlib.assert_bit_exact(anda_format.decode(enc), x)
+    testlib.assert_bit_exact(anda.decode(enc), x)
     np.testing.assert_array_equal(enc.sign, [[0, 1, 0, 1], [0, 1, 0, 0]])
 
   @parameterized.parameters(1, 2, 8, 24)
   def test_powers_of_two_are_exact(self, m):
     x = np.exp2(np.arange(-126, 128, dtype=np.float64)).astype(np.float32)
-    testlib.assert_bit_exact(anda_format.quantize(x, anda_format.AndaFormat(group_size=1), m), x)
+    testlib.assert_bit_exact(anda.quantize(x, anda.AndaFormat(group_size=1), m), x)
 
   def test_clamp_to_largest_code(self):
     # Rounding 1.999 to nearest with 3 bits gives 8 = 2^3, which clamps to 7.
     x = np.array([1.999, 0.5], np.float32)
-    out = anda_format.quantize(x, anda_format.AndaFormat(group_size=2, rounding="nearest"), 3)
+    out = anda.quantize(x, anda.AndaFormat(group_size=2, rounding="nearest"), 3)
     np.testing.assert_array_equal(out, [1.75, 0.5])
 
-  @parameterized.parameters(itertools.product([5, 8], anda_format.ROUNDING_MODES))
+  @parameterized.parameters(itertools.product([5, 8], anda.ROUNDING_MODES))
   def test_magnitudes_beyond_exponent_range(self, exponent_bits, rounding):
-    fmt = anda_format.AndaFormat(group_size=4, exponent_bits=exponent_bits, rounding=rounding)
+    fmt = anda.AndaFormat(group_size=4, exponent_bits=exponent_bits, rounding=rounding)
     tiny = 2.0 ** (fmt.e_min - 3)  # below 2^E_min (a float32 subnormal for 8 bits)
     # Above 2^(E_max + 1) saturates; no finite float32 is that large for 8 bits.
     huge = 2.0 ** (fmt.e_max + 3) if exponent_bits < 8 else np.finfo(np.float32).max
@@ -216,7 +217,7 @@ class EdgeCaseTest(parameterized.TestCase):
     if rounding == "stochastic":
       uniforms = (np.asarray(jax.random.bits(key, (2, 4), jnp.uint32)) >> 9) * 2.0 ** -23
     expected, e, _ = reference_quantize(x, 4, m, exponent_bits, rounding, uniforms=uniforms)
-    out = np.asarray(anda_format.quantize(x, fmt, m, key))
+    out = np.asarray(anda.quantize(x, fmt, m, key))
     testlib.assert_bit_exact(out, expected)
     np.testing.assert_array_equal(e, [fmt.e_min, fmt.e_max if exponent_bits < 8 else 127])
     if exponent_bits < 8:
@@ -226,24 +227,24 @@ class EdgeCaseTest(parameterized.TestCase):
   @parameterized.parameters(np.nan, np.inf, -np.inf)
   def test_nonfinite_group_is_nan_and_neighbours_stay_exact(self, bad):
     x = np.array([[1.0, 0.5, -0.25, 0.75], [1.0, bad, 0.5, 2.0], [-3.0, 1.5, 0.0, 0.75]], np.float32)
-    for rounding in anda_format.ROUNDING_MODES:
-      fmt = anda_format.AndaFormat(group_size=4, rounding=rounding)
-      enc = anda_format.encode(x, fmt, 8, prng_keys(1, 0)[0])
-      out = np.asarray(anda_format.decode(enc))
+    for rounding in anda.ROUNDING_MODES:
+      fmt = anda.AndaFormat(group_size=4, rounding=rounding)
+      enc = anda.encode(x, fmt, 8, prng_keys(1, 0)[0])
+      out = np.asarray(anda.decode(enc))
       self.assertTrue(np.all(np.isnan(out[1])))
       testlib.assert_bit_exact(out[[0, 2]], x[[0, 2]])
-      self.assertEqual(int(enc.exponent[1, 0]), anda_format.NONFINITE_EXPONENT)
+      self.assertEqual(int(enc.exponent[1, 0]), anda.NONFINITE_EXPONENT)
 
   def test_ragged_last_group_and_zero_padding(self):
     x = random_activations(np.random.default_rng(5), (3, 70), (-5, 5))
-    enc = anda_format.encode(x, anda_format.AndaFormat(group_size=32), 5)
+    enc = anda.encode(x, anda.AndaFormat(group_size=32), 5)
     chex.assert_shape(enc.magnitude, (3, 3, 32))
     np.testing.assert_array_equal(enc.magnitude[:, -1, 6:], 0)
-    chex.assert_shape(anda_format.decode(enc), (3, 70))
+    chex.assert_shape(anda.decode(enc), (3, 70))
 
   def test_low_precision_input_dtypes_keep_dtype(self):
     x = jnp.asarray(random_activations(np.random.default_rng(2), (4, 64), (-3, 3)), jnp.bfloat16)
-    out = anda_format.quantize(x, anda_format.AndaFormat(group_size=32), 4)
+    out = anda.quantize(x, anda.AndaFormat(group_size=32), 4)
     self.assertEqual(out.dtype, jnp.bfloat16)
     expected, _, _ = reference_quantize(np.asarray(x, np.float32), 32, 4)
     np.testing.assert_array_equal(np.asarray(out, np.float32), expected)
@@ -257,7 +258,7 @@ class TracingTest(parameterized.TestCase):
     @jax.jit
     def fn(x, m):
       traces.append(1)
-      return anda_format.quantize(x, anda_format.AndaFormat(group_size=64), m)
+      return anda.quantize(x, anda.AndaFormat(group_size=64), m)
 
     x = random_activations(np.random.default_rng(0), (4, 256), (-5, 5))
     for m in range(1, 17):
@@ -266,19 +267,19 @@ class TracingTest(parameterized.TestCase):
 
   def test_vmap_over_mantissa_lengths_equals_loop(self):
     x = random_activations(np.random.default_rng(1), (4, 256), (-5, 5))
-    fmt = anda_format.AndaFormat(group_size=64, rounding="nearest")
+    fmt = anda.AndaFormat(group_size=64, rounding="nearest")
     ms = jnp.arange(1, 17, dtype=jnp.int32)
-    batched = jax.vmap(lambda m: anda_format.quantize(x, fmt, m))(ms)
+    batched = jax.vmap(lambda m: anda.quantize(x, fmt, m))(ms)
     for i, m in enumerate(range(1, 17)):
-      testlib.assert_bit_exact(batched[i], anda_format.quantize(x, fmt, m))
+      testlib.assert_bit_exact(batched[i], anda.quantize(x, fmt, m))
 
   def test_gradient_is_straight_through(self):
     x = random_activations(np.random.default_rng(2), (3, 64), (-5, 5))
-    fmt = anda_format.AndaFormat(group_size=16)
-    grad = jax.grad(lambda x: jnp.sum(anda_format.quantize(x, fmt, 3)))(x)
+    fmt = anda.AndaFormat(group_size=16)
+    grad = jax.grad(lambda x: jnp.sum(anda.quantize(x, fmt, 3)))(x)
     np.testing.assert_array_equal(grad, np.ones_like(x))
     weights = np.arange(x.size, dtype=np.float32).reshape(x.shape)
-    grad = jax.grad(lambda x: jnp.sum(weights * anda_format.quantize(x, fmt, jnp.int32(5))))(x)
+    grad = jax.grad(lambda x: jnp.sum(weights * anda.quantize(x, fmt, jnp.int32(5))))(x)
     np.testing.assert_array_equal(grad, weights)
 
 
@@ -295,24 +296,24 @@ class ValidationTest(parameterized.TestCase):
   )
   def test_bad_format_parameters(self, kwargs, message):
     with self.assertRaisesRegex(ValueError, message + ".*must"):
-      anda_format.AndaFormat(**kwargs)
+      anda.AndaFormat(**kwargs)
 
   @parameterized.parameters(0, 25, -1, 2.5)
   def test_bad_mantissa_bits(self, m):
     with self.assertRaisesRegex(ValueError, rf"mantissa_bits={m}.*\[1, 24\]"):
-      anda_format.quantize(np.ones(8, np.float32), anda_format.AndaFormat(group_size=8), m)
+      anda.quantize(np.ones(8, np.float32), anda.AndaFormat(group_size=8), m)
 
   def test_bad_inputs(self):
-    fmt = anda_format.AndaFormat(group_size=8, axis=2)
+    fmt = anda.AndaFormat(group_size=8, axis=2)
     with self.assertRaisesRegex(ValueError, "axis=2.*rank 2"):
-      anda_format.quantize(np.ones((2, 8), np.float32), fmt, 4)
+      anda.quantize(np.ones((2, 8), np.float32), fmt, 4)
     with self.assertRaisesRegex(ValueError, "floating-point.*int32"):
-      anda_format.quantize(np.ones(8, np.int32), anda_format.AndaFormat(group_size=8), 4)
+      anda.quantize(np.ones(8, np.int32), anda.AndaFormat(group_size=8), 4)
     with self.assertRaisesRegex(ValueError, "stochastic.*key"):
-      anda_format.quantize(np.ones(8, np.float32), anda_format.AndaFormat(group_size=8, rounding="stochastic"), 4)
+      anda.quantize(np.ones(8, np.float32), anda.AndaFormat(group_size=8, rounding="stochastic"), 4)
 
   def test_storage_bits(self):
-    self.assertEqual(anda_format.AndaFormat(group_size=64).storage_bits(7), 1 + 7 + 8 / 64)
+    self.assertEqual(anda.AndaFormat(group_size=64).storage_bits(7), 1 + 7 + 8 / 64)
 
 
 if __name__ == "__main__":

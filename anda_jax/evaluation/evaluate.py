@@ -34,11 +34,11 @@ import numpy as np
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from anda_jax import cross_entropy
+from anda_jax.checks import check_int
+from anda_jax.evaluation import cross_entropy
+from anda_jax.matmul import ProductSpec, lax_precision
 from anda_jax import precision as anda_precision
 from anda_jax import sharding
-from anda_jax.checks import check_int
-from anda_jax.matmul import ProductSpec, lax_precision
 
 # Bound on the float32 logits alive at once (configs x windows x seq_len x one vocabulary chunk).
 LOGITS_BUDGET_BYTES = 512 << 20

@@ -32,8 +32,8 @@ import jax
 from flax import nnx
 import numpy as np
 
-from anda_jax import precision as anda_precision
 from anda_jax.matmul import ProductSpec
+from anda_jax import precision as anda_precision
 
 
 @functools.partial(jax.jit, static_argnames="graphdef")

@@ -1,10 +1,12 @@
-"""The bit-plane layout of an Anda-encoded tensor (ANDA_SPEC.md section 3).
+"""The bit-plane layout of an Anda-encoded tensor.
+
+Defined in docs/formats.md, section 2.
 
 This is what the runtime compressor writes and a bit-serial unit reads: per group one
 int8 exponent, one sign plane and P mantissa planes, most significant plane first, each
 plane ceil(G/8) bytes with element j of the group in bit (j mod 8) of byte (j div 8).
 Because plane 0 is the MSB, the first M' planes are themselves a valid M'-bit encoding
-(spec section 2, prefix property), which is what lets a bit-serial unit stop early.
+(the prefix property, docs/formats.md 1.5), which is what lets a bit-serial unit stop early.
 
 Everything is vectorised jnp without Python loops, so `pack`/`unpack` work under jit
 with a traced mantissa length; the number of planes P is a shape and therefore static.
@@ -20,8 +22,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from anda_jax import anda_format
 from anda_jax.checks import check_int
+from anda_jax.numerics import anda
 from anda_jax.precision import MAX_PLANES
 
 __all__ = ["BitPlanes", "pack", "unpack", "truncate"]
@@ -43,7 +45,7 @@ class BitPlanes:
   exponent: jax.Array
   sign: jax.Array
   planes: jax.Array
-  fmt: anda_format.AndaFormat = dataclasses.field(metadata=dict(static=True))
+  fmt: anda.AndaFormat = dataclasses.field(metadata=dict(static=True))
   length: int = dataclasses.field(metadata=dict(static=True))
   shape: tuple[int, ...] | None = dataclasses.field(default=None, metadata=dict(static=True))
   dtype: Any = dataclasses.field(default=None, metadata=dict(static=True))
@@ -54,7 +56,7 @@ class BitPlanes:
     return self.planes.shape[-2]
 
   def storage_bits(self) -> float:
-    """Bits per element as the spec counts them: 1 + P + exponent_bits / G."""
+    """Bits per element as docs/formats.md (section 2) counts them: 1 + P + exponent_bits / G."""
     return self.fmt.storage_bits(self.num_planes)
 
   @property
@@ -70,7 +72,7 @@ def bits_to_bytes(bits: jax.Array) -> jax.Array:
   n_bytes = -(-g // 8)
   bits = jnp.pad(bits.astype(jnp.int32), [(0, 0)] * (bits.ndim - 1) + [(0, 8 * n_bytes - g)])
   bits = bits.reshape(*bits.shape[:-1], n_bytes, 8)
-  # Shift in int32 (not uint8): narrow shifts do not lower everywhere (DESIGN.md).
+  # Shift in int32 (not uint8): narrow shifts do not lower everywhere (docs/design.md).
   weights = jnp.left_shift(1, jnp.arange(8, dtype=jnp.int32))
   return jnp.sum(bits * weights, axis=-1).astype(jnp.uint8)
 
@@ -82,7 +84,7 @@ def bytes_to_bits(packed: jax.Array, group_size: int) -> jax.Array:
   return bits.reshape(*packed.shape[:-1], 8 * packed.shape[-1])[..., :group_size]
 
 
-def pack(enc: anda_format.AndaEncoding, num_planes: int | None = None) -> BitPlanes:
+def pack(enc: anda.AndaEncoding, num_planes: int | None = None) -> BitPlanes:
   """AndaEncoding -> BitPlanes with P = num_planes planes (static; default M, if concrete).
 
   Plane p holds bit (M-1-p) of m. For P > M the extra low planes are zero, which is the
@@ -109,7 +111,7 @@ def pack(enc: anda_format.AndaEncoding, num_planes: int | None = None) -> BitPla
 
 
 @functools.partial(jax.jit, static_argnums=1)
-def _pack(enc: anda_format.AndaEncoding, p_count: int) -> BitPlanes:
+def _pack(enc: anda.AndaEncoding, p_count: int) -> BitPlanes:
   """pack() after validation; one compiled program per (shapes, P), any M."""
   # Which bit of m each plane holds; negative = below the LSB of an M-bit code (zero).
   m_bits = jnp.asarray(enc.mantissa_bits, jnp.int32)
@@ -141,14 +143,14 @@ def encoded_shape(bp: BitPlanes) -> tuple[int, ...]:
 
 
 @jax.jit
-def unpack(bp: BitPlanes) -> anda_format.AndaEncoding:
+def unpack(bp: BitPlanes) -> anda.AndaEncoding:
   """BitPlanes -> AndaEncoding with mantissa_bits = P (lossless inverse of pack)."""
   g = bp.fmt.group_size
   p_count = bp.num_planes
   bits = bytes_to_bits(bp.planes, g)  # [..., n_groups, P, G]
   weights = jnp.left_shift(1, p_count - 1 - jnp.arange(p_count, dtype=jnp.int32))
   magnitude = jnp.sum(bits * weights[:, None], axis=-2, dtype=jnp.int32)
-  return anda_format.AndaEncoding(
+  return anda.AndaEncoding(
       sign=bytes_to_bits(bp.sign, g).astype(jnp.uint8),
       magnitude=magnitude,
       exponent=bp.exponent.astype(jnp.int32),

@@ -1,12 +1,14 @@
-"""The runtime compressor as a Pallas kernel: float activations -> bit planes (spec section 3)
-in one pass, and its inverse, bit planes -> float activations.
+"""The runtime compressor as a Pallas kernel: float activations -> bit planes in one pass,
+and its inverse, bit planes -> float activations.
 
-Layout. As in kernels/quantize.py the wrapper views x as [rows, n_groups, G] (grouping
+Defined in docs/formats.md, sections 1 (the encoding) and 2 (the bit-plane layout).
+
+Layout. As in quantize_kernel.py the wrapper views x as [rows, n_groups, G] (grouping
 axis last) and the grid tiles rows and groups. A program encodes its tile with
-`anda_jax.anda_format.encode_groups` (the project's one implementation of spec section 2) and
+`anda_jax.numerics.anda.encode_groups` (the project's one implementation of the encoding) and
 then transposes magnitudes into planes on chip: the tile's magnitudes [.., G] are viewed
 as [.., G/8, 8] and each byte is the sum of bit_j << j over its 8 elements (element j of a
-group is bit j mod 8 of byte j div 8). Outputs are written directly in the spec layout:
+group is bit j mod 8 of byte j div 8). Outputs are written directly in the layout of section 2:
 
   exponent int8  [rows, n_groups]        E (or NONFINITE_EXPONENT)
   sign     uint8 [rows, n_groups, G/8]
@@ -18,10 +20,10 @@ Number of planes. P (static) is `num_planes`, or M when M is a Python int. A tra
 packed into the static P >= M planes: plane p holds bit M-1-p, and planes p >= M are zero.
 That is the P-bit encoding of the same values (m << (P - M) with the same E), which is
 what every reader of the planes assumes. A traced M above P keeps the top P bits (the
-truncate-rounded P-bit encoding), as anda_jax.bitplane.pack does.
+truncate-rounded P-bit encoding), as anda_jax.numerics.bitplane.pack does.
 
 Group sizes that are not a multiple of 8 are zero padded inside the wrapper to the next
-multiple of 8 (zero padding never changes E), so the byte layout is the spec's.
+multiple of 8 (zero padding never changes E), so the byte layout is that of section 2.
 
 Blocks (defaults; tune on hardware): block_rows=32, block_groups=128. Both are powers of
 two; an axis shorter than its block is padded up to one whole power-of-two block. On TPU
@@ -41,26 +43,26 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental import pallas as pl
 
-from anda_jax import bitplane
-from anda_jax import anda_format
+from anda_jax.checks import check_int
 from anda_jax.kernels import _common
 from anda_jax.kernels import quantize_kernel
-from anda_jax.checks import check_int
+from anda_jax.numerics import anda
+from anda_jax.numerics import bitplane
 from anda_jax.precision import MAX_MANTISSA_BITS, MAX_PLANES
 
 BLOCK_ROWS = 32
 BLOCK_GROUPS = 128  # the exponent's lane axis: TPU wants a multiple of 128 (or the whole axis)
 
 
-def pack_reference(x, fmt: anda_format.AndaFormat, mantissa_bits, num_planes=None, key=None):
-  """The pure-jnp reference: encode, then pack (anda_jax.anda_format + anda_jax.bitplane)."""
-  return bitplane.pack(anda_format.encode(x, fmt, mantissa_bits, key), num_planes)
+def pack_reference(x, fmt: anda.AndaFormat, mantissa_bits, num_planes=None, key=None):
+  """The pure-jnp reference: encode, then pack (anda_jax.numerics.anda + anda_jax.numerics.bitplane)."""
+  return bitplane.pack(anda.encode(x, fmt, mantissa_bits, key), num_planes)
 
 
 def unpack_reference(bp, dtype=jnp.float32) -> jax.Array:
   """The pure-jnp reference of the inverse: unpack, then decode."""
   enc = bitplane.unpack(bp)
-  return anda_format.decode(enc).astype(dtype)
+  return anda.decode(enc).astype(dtype)
 
 
 def _bytes_of(bits: jax.Array) -> jax.Array:
@@ -87,7 +89,7 @@ def _pack_kernel(m_ref, x_ref, *rest, fmt, num_planes):
   x = x_ref[...].astype(jnp.float32)  # [tr, tg, G8]
   m = jnp.clip(m_ref[...], 1, MAX_MANTISSA_BITS)  # (1, 1, 1), as encode clips it
   uniforms = None if uniforms_ref is None else uniforms_ref[...]
-  sign, magnitude, exponent = anda_format.encode_groups(x, fmt, m, uniforms)
+  sign, magnitude, exponent = anda.encode_groups(x, fmt, m, uniforms)
   exp_ref[...] = exponent.astype(exp_ref.dtype)
   sign_ref[...] = _bytes_of(sign.astype(jnp.int32)).astype(sign_ref.dtype)
 
@@ -108,7 +110,7 @@ def _unpack_kernel(exp_ref, sign_ref, planes_ref, o_ref, *, num_planes):
   magnitude = jax.lax.fori_loop(  # MSB first: m = 2m + bit
       0, num_planes, lambda p, m: 2 * m + _bits_of(planes_ref[:, :, p, :].astype(jnp.int32)),
       jnp.zeros_like(sign))
-  values = anda_format.decode_groups(sign, magnitude, exponent, jnp.int32(num_planes))
+  values = anda.decode_groups(sign, magnitude, exponent, jnp.int32(num_planes))
   o_ref[...] = values.astype(o_ref.dtype)
 
 
@@ -158,19 +160,19 @@ def _pack(x, m_bits, uniforms, *, fmt, num_planes, block_rows, block_groups, int
       fmt=fmt, length=x.shape[fmt.axis], shape=tuple(x.shape), dtype=x.dtype)
 
 
-def bitplane_pack(x, fmt: anda_format.AndaFormat, mantissa_bits, num_planes: int | None = None,
+def bitplane_pack(x, fmt: anda.AndaFormat, mantissa_bits, num_planes: int | None = None,
                   key=None, *, block_rows: int = BLOCK_ROWS, block_groups: int = BLOCK_GROUPS,
                   interpret: bool | None = None):
-  """Float activations -> `anda_jax.bitplane.BitPlanes`, equal bit for bit to
+  """Float activations -> `anda_jax.numerics.bitplane.BitPlanes`, equal bit for bit to
   `bitplane.pack(format.encode(x, fmt, mantissa_bits, key), num_planes)`.
 
   mantissa_bits: Python int 1..16 or a traced int32 scalar (then num_planes is required).
   num_planes: static P >= M (default M); extra planes are zero. key: for stochastic rounding.
   interpret: None = interpret on CPU, compile elsewhere.
   """
-  x = anda_format.check_input(x, fmt)
+  x = anda.check_input(x, fmt)
   traced = isinstance(mantissa_bits, jax.core.Tracer)
-  m_bits = anda_format.check_mantissa_bits(mantissa_bits, hi=MAX_PLANES)
+  m_bits = anda.check_mantissa_bits(mantissa_bits, hi=MAX_PLANES)
   if num_planes is None:
     if traced:
       raise ValueError("num_planes=None is invalid with a traced mantissa_bits: pass a static num_planes >= M")
@@ -221,7 +223,7 @@ def bitplane_unpack(bp, dtype=jnp.float32, *, block_rows: int = BLOCK_ROWS,
 
   The result has the packed tensor's shape with the grouping axis back at fmt.axis."""
   if not isinstance(bp, bitplane.BitPlanes):
-    raise ValueError(f"bp={type(bp).__name__} is invalid: must be an anda_jax.bitplane.BitPlanes")
+    raise ValueError(f"bp={type(bp).__name__} is invalid: must be an anda_jax.numerics.bitplane.BitPlanes")
   if not jnp.issubdtype(dtype, jnp.floating):
     raise ValueError(f"dtype={dtype!r} is invalid: must be a floating-point dtype")
   if bp.planes.size == 0 or bp.exponent.size == 0:

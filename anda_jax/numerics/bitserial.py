@@ -1,4 +1,6 @@
-"""Bit-serial FP-INT matmul in pure jnp (ANDA_SPEC.md section 4).
+"""Bit-serial FP-INT matmul in pure jnp.
+
+Defined in docs/formats.md, section 4.
 
 The reference the Pallas kernels must meet: bit-plane activations x [..., K] (Anda
 groups along K) times Int4Weights [K, N]. For each block of K indices over which the
@@ -23,10 +25,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from anda_jax import bitplane
-from anda_jax import anda_format
-from anda_jax import int4
 from anda_jax.checks import check_int
+from anda_jax.numerics import anda
+from anda_jax.numerics import bitplane
+from anda_jax.numerics import int4
 from anda_jax.precision import MAX_PLANES
 
 __all__ = ["block_size", "partial_sums", "matmul"]
@@ -130,7 +132,7 @@ def _bitserial(bp: bitplane.BitPlanes, w: int4.Int4Weights, m_prime, block: int,
   lsb = e - m_prime + 1
   hi = jnp.maximum(lsb, -126)
   y_blocks = t * _pow2(hi)[..., None] * _pow2(lsb - hi)[..., None]
-  nonfinite = (e == anda_format.NONFINITE_EXPONENT)[..., None]  # such groups decode to NaN
+  nonfinite = (e == anda.NONFINITE_EXPONENT)[..., None]  # such groups decode to NaN
   y_blocks = jnp.where(nonfinite, jnp.nan, y_blocks)
   return a, jnp.broadcast_to(s[..., None], a.shape), jnp.sum(y_blocks, axis=-2)
 

@@ -1,4 +1,4 @@
-"""Tests for experiments/common.py: the run folder (setup record, results files, lock, paths),
+"""Tests for experiments/harness/: the run folder (setup record, results files, lock, paths),
 non-finite perplexities and the model's content digest. No model is loaded here."""
 
 import json
@@ -13,8 +13,14 @@ from absl.testing import parameterized
 from anda_jax import assets
 from anda_jax import files
 from configs import sweep as sweep_config
-from experiments import common
+from experiments.harness import cli
+from experiments.harness import config_checks
+from experiments.harness import distributed
+from experiments.harness import loading
+from experiments.harness import perplexity
+from experiments.harness import run_folder
 import testlib
+from anda_jax import models
 
 
 def _config(tmp: pathlib.Path, **changes):
@@ -39,7 +45,7 @@ class ResultsFileTest(absltest.TestCase):
              json.dumps(good[2]).encode(), b'{"id": "torn']
     self.path.write_bytes(b"\n".join(lines))
     with self.assertLogs("absl", "WARNING") as logs:
-      results = common.Results(self.tmp, required=("id", "ppl"))
+      results = run_folder.Results(self.tmp, required=("id", "ppl"))
     self.assertEqual(list(results.rows), ["a", "b", "c"])
     # Every broken line is named by file and line in a warning ...
     warned = "\n".join(logs.output)
@@ -54,21 +60,21 @@ class ResultsFileTest(absltest.TestCase):
     # The next append starts on a clean line, and a rerun finds nothing broken.
     results.append([dict(id="d", ppl=4.5)])
     with self.assertNoLogs("absl", "WARNING"):
-      again = common.Results(self.tmp, required=("id", "ppl"))
+      again = run_folder.Results(self.tmp, required=("id", "ppl"))
     self.assertEqual(list(again.rows), ["a", "b", "c", "d"])
 
   def test_readers_that_do_not_write_skip_without_touching_the_file(self):
     raw = b'{"id": "a", "ppl": 1}\ngarbage\n{"id": "b", "ppl": 2}\n'
     self.path.write_bytes(raw)
     with self.assertLogs("absl", "WARNING") as logs:
-      rows = common.read_rows(self.path, ("id", "ppl"))
+      rows = run_folder.read_rows(self.path, ("id", "ppl"))
     self.assertEqual([r["id"] for r in rows], ["a", "b"])
     self.assertIn(f"{self.path}:2: not a JSON line", logs.output[0])
     self.assertEqual(self.path.read_bytes(), raw)
     self.assertFalse((self.tmp / "results.jsonl.broken").exists())
 
   def test_non_finite_values_are_never_written_as_nan(self):
-    results = common.Results(self.tmp)
+    results = run_folder.Results(self.tmp)
     with self.assertRaises(ValueError):
       results.append([dict(id="x", ppl=math.nan)])
 
@@ -81,7 +87,7 @@ class PerplexityFieldsTest(parameterized.TestCase):
       (math.nan, dict(ppl=None, nll=None, finite=False), "nan"),
       (math.inf, dict(ppl=None, nll=None, finite=False), "nan"))
   def test_fields(self, nll, expected, shown):
-    fields = common.perplexity_fields(nll)
+    fields = perplexity.perplexity_fields(nll)
     self.assertEqual(fields.keys(), expected.keys())
     for k, v in expected.items():
       if isinstance(v, float):
@@ -90,7 +96,7 @@ class PerplexityFieldsTest(parameterized.TestCase):
         self.assertEqual(fields[k], v)
     json.dumps(fields, allow_nan=False)  # valid JSON
     if shown:
-      self.assertEqual(common.nonfinite_text(fields), shown)
+      self.assertEqual(perplexity.nonfinite_text(fields), shown)
 
 
 class SetupTest(absltest.TestCase):
@@ -101,15 +107,15 @@ class SetupTest(absltest.TestCase):
 
   def test_setup_records_batch_sizes_and_model_content(self):
     cfg = _config(self.tmp, window_batch=3, config_batch=2)
-    setup = common.setup_of(cfg, None, "ab" * 32)
+    setup = run_folder.setup_of(cfg, None, "ab" * 32)
     self.assertEqual((setup["window_batch"], setup["config_batch"]), (3, 2))
     self.assertEqual(setup["model"]["sha256"], "ab" * 32)
 
   def test_changed_settings_are_refused_with_one_message_saying_what_changed(self):
-    common.check_setup(self.tmp, dict(model=dict(name="m", sha256="a" * 64), window_batch=3))
-    common.check_setup(self.tmp, dict(model=dict(name="m", sha256="a" * 64), window_batch=3))
+    run_folder.check_setup(self.tmp, dict(model=dict(name="m", sha256="a" * 64), window_batch=3))
+    run_folder.check_setup(self.tmp, dict(model=dict(name="m", sha256="a" * 64), window_batch=3))
     with self.assertRaises(ValueError) as e:
-      common.check_setup(self.tmp, dict(model=dict(name="m", sha256="b" * 64), window_batch=None))
+      run_folder.check_setup(self.tmp, dict(model=dict(name="m", sha256="b" * 64), window_batch=None))
     message = str(e.exception)
     self.assertNotIn("\n", message)
     self.assertIn(f"run folder '{self.tmp}' is invalid for these settings: the model's content changed", message)
@@ -117,15 +123,15 @@ class SetupTest(absltest.TestCase):
     self.assertIn("window_batch: 3 -> None", message)
     self.assertIn("choose another --config.run_name, or remove", message)
     # Before loading, only the settings known then are compared.
-    common.check_setup(self.tmp, dict(window_batch=3), partial=True)
+    run_folder.check_setup(self.tmp, dict(window_batch=3), partial=True)
     with self.assertRaisesRegex(ValueError, "window_batch: 3 -> 4"):
-      common.check_setup(self.tmp, dict(window_batch=4), partial=True)
+      run_folder.check_setup(self.tmp, dict(window_batch=4), partial=True)
 
   def test_damaged_setup_is_refused_naming_the_file_and_the_fix(self):
     (self.tmp / "setup.json").write_text("")  # a full disk, before writes were atomic
     with self.assertRaisesRegex(ValueError, f"run folder '{self.tmp}' is invalid: its setup.json is "
                                             "damaged .*remove"):
-      common.check_setup(self.tmp, dict(a=1))
+      run_folder.check_setup(self.tmp, dict(a=1))
 
   def test_setup_json_is_written_atomically(self):
     calls = []
@@ -136,7 +142,7 @@ class SetupTest(absltest.TestCase):
       original(path, text)
 
     with mock.patch.object(files, "atomic_write_text", spy):
-      common.check_setup(self.tmp, dict(a=1))
+      run_folder.check_setup(self.tmp, dict(a=1))
     self.assertEqual(calls, ["setup.json"])
     self.assertEqual(json.loads((self.tmp / "setup.json").read_text()), dict(a=1))
 
@@ -151,27 +157,27 @@ class ModelDigestTest(absltest.TestCase):
   def test_file_digest_is_cached_and_follows_the_content(self):
     model = self.tmp / "m.gguf"
     model.write_bytes(b"weights one")
-    first = common.model_sha256(str(model))
+    first = loading.model_sha256(str(model))
     self.assertEqual(first, assets.sha256_file(model))
     with mock.patch.object(assets, "sha256_file", side_effect=AssertionError("hashed again")):
-      self.assertEqual(common.model_sha256(str(model)), first)  # from the cache
+      self.assertEqual(loading.model_sha256(str(model)), first)  # from the cache
     model.write_bytes(b"weights two")  # replaced in place: another size
-    self.assertNotEqual(common.model_sha256(str(model)), first)
-    self.assertEqual(common.model_sha256(str(model)), assets.sha256_file(model))
+    self.assertNotEqual(loading.model_sha256(str(model)), first)
+    self.assertEqual(loading.model_sha256(str(model)), assets.sha256_file(model))
 
   def test_folder_digest_covers_the_files_the_loader_reads(self):
     folder = self.tmp / "ckpt"
     folder.mkdir()
     for name in ("config.json", "model.safetensors", "tokenizer.json"):
       (folder / name).write_text(name)
-    first = common.model_sha256(str(folder))
+    first = loading.model_sha256(str(folder))
     (folder / "README.md").write_text("notes")
-    self.assertEqual(common.model_sha256(str(folder)), first)
+    self.assertEqual(loading.model_sha256(str(folder)), first)
     (folder / "model.safetensors").write_text("other weights")
-    self.assertNotEqual(common.model_sha256(str(folder)), first)
+    self.assertNotEqual(loading.model_sha256(str(folder)), first)
 
   def test_registry_model_is_its_pinned_digest(self):
-    self.assertEqual(common.model_sha256("smollm2-135m"), assets.REGISTRY["smollm2-135m"].sha256)
+    self.assertEqual(loading.model_sha256("smollm2-135m"), assets.REGISTRY["smollm2-135m"].sha256)
 
 
 class RunFolderTest(parameterized.TestCase):
@@ -183,35 +189,35 @@ class RunFolderTest(parameterized.TestCase):
   @parameterized.parameters("../escaped", "/tmp/abs", "a/b", "..", ".", "", "a\\b")
   def test_run_name_stays_inside_results_dir(self, name):
     with self.assertRaisesRegex(ValueError, "run_name=.* is invalid: must be a folder name inside results_dir"):
-      common.check_run_folder(_config(self.tmp, run_name=name))
+      config_checks.check_run_folder(_config(self.tmp, run_name=name))
 
   def test_results_dir_must_be_a_writable_folder(self):
     (self.tmp / "file").write_text("x")
     with self.assertRaisesRegex(ValueError, "results_dir .*file.* is invalid: it is a file, not a folder"):
-      common.check_run_folder(_config(self.tmp, results_dir=str(self.tmp / "file")))
+      config_checks.check_run_folder(_config(self.tmp, results_dir=str(self.tmp / "file")))
     with self.assertRaisesRegex(ValueError, "results_dir=.* is invalid: .*file.* is a file, not a folder"):
-      common.check_run_folder(_config(self.tmp, results_dir=str(self.tmp / "file" / "sub")))
+      config_checks.check_run_folder(_config(self.tmp, results_dir=str(self.tmp / "file" / "sub")))
     with self.assertRaisesRegex(ValueError, "results_dir=.* is invalid: cannot write in"):
-      common.check_run_folder(_config(self.tmp, results_dir=_read_only_folder(self.tmp)))
-    common.check_run_folder(_config(self.tmp, results_dir=str(self.tmp / "new" / "deeper")))
+      config_checks.check_run_folder(_config(self.tmp, results_dir=_read_only_folder(self.tmp)))
+    config_checks.check_run_folder(_config(self.tmp, results_dir=str(self.tmp / "new" / "deeper")))
     self.assertEqual(sorted(p.name for p in self.tmp.iterdir()), ["file"] + (["ro"] if os.geteuid() else []))
 
   def test_a_second_process_on_the_same_folder_is_refused(self):
     cfg = _config(self.tmp)
-    with common.open_run(cfg, {}):
+    with run_folder.open_run(cfg, {}):
       with self.assertRaisesRegex(files.LockedError, r"\.lock is locked by another process \(pid "
                                                      rf"{os.getpid()}\).*choose another --config.run_name"):
-        with common.open_run(cfg, {}):
+        with run_folder.open_run(cfg, {}):
           pass
-    with common.open_run(cfg, {}):  # released when the run ends
+    with run_folder.open_run(cfg, {}):  # released when the run ends
       pass
 
   def test_a_run_that_fails_before_writing_leaves_no_folder(self):
     cfg = _config(self.tmp)
     with self.assertRaisesRegex(ValueError, "model failed"):
-      with common.open_run(cfg, {}):
+      with run_folder.open_run(cfg, {}):
         raise ValueError("model failed")
-    self.assertFalse(common.run_dir(cfg).exists())
+    self.assertFalse(config_checks.run_dir(cfg).exists())
 
 
 def _read_only_folder(tmp: pathlib.Path) -> str:
@@ -231,13 +237,13 @@ class ConfigKeysTest(absltest.TestCase):
     cfg = sweep_config.get_config()
     with self.assertRaisesRegex(ValueError, r"config key 'windows_batch' .* is invalid: .* no such "
                                             r"setting; the nearest valid keys: window_batch"):
-      common.check_override_keys(["prog", "--config=configs/sweep.py:quick", "--config.windows_batch=3"])
+      cli.check_override_keys(["prog", "--config=configs/sweep.py:quick", "--config.windows_batch=3"])
     with self.assertRaisesRegex(ValueError, "nearest valid keys: data.seq_len"):
-      common.check_override_keys(["prog", "--config=configs/sweep.py", "--config.seq_len=3"])
+      cli.check_override_keys(["prog", "--config=configs/sweep.py", "--config.seq_len=3"])
     cfg.unlock()
     cfg.batchsize = 3
     with self.assertRaisesRegex(ValueError, r"unknown config keys \['batchsize'\] are invalid"):
-      common.check_keys(cfg, sweep_config.get_config())
+      config_checks.check_keys(cfg, sweep_config.get_config())
 
 
 class ScaleSettingsTest(absltest.TestCase):
@@ -250,40 +256,38 @@ class ScaleSettingsTest(absltest.TestCase):
     self.tmp = testlib.tempdir(self)
 
   def test_matmul_precision_reaches_the_loader_and_the_setup(self):
-    from anda_jax import models  # pylint: disable=g-import-not-at-top
-
     cfg = _config(self.tmp)
     cfg.model.matmul_precision = "default"
     with mock.patch.object(models, "load", return_value=("model", "tokenizer")) as load:
-      common.load_model(cfg.model)
+      loading.load_model(cfg.model)
     load.assert_called_once_with(cfg.model.name, int4_group_size=None, matmul_precision="default")
-    self.assertEqual(common.setup_of(cfg, None, "ab" * 32)["model"]["matmul_precision"], "default")
+    self.assertEqual(run_folder.setup_of(cfg, None, "ab" * 32)["model"]["matmul_precision"], "default")
     self.assertEqual(sweep_config.get_config().model.matmul_precision, "highest")
     cfg.model.matmul_precision = "bf16"
     with self.assertRaisesRegex(ValueError, r"model.matmul_precision='bf16' is invalid: must be one "
                                             r"of \('highest', 'default'\)"):
-      common.check_model_config(cfg.model)
+      config_checks.check_model_config(cfg.model)
 
   def test_mesh_shape_is_checked_before_loading(self):
     for bad in ((2,), (0, 1), (2, 2.0), (True, 1), "2,4"):
       with self.subTest(bad):
         with self.assertRaisesRegex(ValueError, r"mesh=.* is invalid: must be None or \(config_shards, "
                                                 r"model_shards\)"):
-          common.check_mesh(bad)
-    common.check_mesh(None)
-    common.check_mesh((1, 1))
+          config_checks.check_mesh(bad)
+    config_checks.check_mesh(None)
+    config_checks.check_mesh((1, 1))
 
   def test_process_settings_come_from_the_config_then_the_environment(self):
     cfg = _config(self.tmp, distributed=True)
     environ = dict(JAX_COORDINATOR_ADDRESS="10.0.0.1:1234", JAX_NUM_PROCESSES="4", JAX_PROCESS_ID="3")
-    self.assertEqual(common.process_settings(cfg, environ),
+    self.assertEqual(distributed.process_settings(cfg, environ),
                      dict(coordinator_address="10.0.0.1:1234", num_processes=4, process_id=3))
-    self.assertEqual(common.process_settings(cfg, {}),  # None: JAX detects them (SLURM, TPU pod)
+    self.assertEqual(distributed.process_settings(cfg, {}),  # None: JAX detects them (SLURM, TPU pod)
                      dict(coordinator_address=None, num_processes=None, process_id=None))
     cfg.process_id = 0
-    self.assertEqual(common.process_settings(cfg, environ)["process_id"], 0)
+    self.assertEqual(distributed.process_settings(cfg, environ)["process_id"], 0)
     with self.assertRaisesRegex(ValueError, "environment variable JAX_NUM_PROCESSES='two' is invalid"):
-      common.process_settings(cfg, dict(environ, JAX_NUM_PROCESSES="two"))
+      distributed.process_settings(cfg, dict(environ, JAX_NUM_PROCESSES="two"))
 
   def test_process_settings_are_checked(self):
     cases = [(dict(num_processes=2), "num_processes=2 is invalid without distributed=True"),
@@ -294,8 +298,8 @@ class ScaleSettingsTest(absltest.TestCase):
     for changes, message in cases:
       with self.subTest(str(changes)):
         with self.assertRaisesRegex(ValueError, message):
-          common.check_processes(_config(self.tmp, **changes))
-    common.check_processes(_config(self.tmp, distributed=True, coordinator_address="127.0.0.1:80",
+          config_checks.check_processes(_config(self.tmp, **changes))
+    config_checks.check_processes(_config(self.tmp, distributed=True, coordinator_address="127.0.0.1:80",
                                    num_processes=2, process_id=1))
 
 

@@ -1,6 +1,8 @@
 """The activation formats Anda is compared with, as fake quantizers: OCP MX, NVFP4, per-token
 FP8 / INT8; and `fake_quantize`, one entry point for them and for `AndaFormat`.
 
+Defined in docs/formats.md, sections 5 (OCP MX), 6 (NVFP4) and 7 (per-token FP8 / INT8).
+
 Every format groups along `axis` (the contraction axis of a matmul input, -1 by default) and
 returns float32 values of the input's shape, with a straight-through gradient.
 
@@ -37,7 +39,7 @@ Recipes, and where they come from:
   vLLM's reference turns into NaN.)
 
 Exactness. Rounding to an element format, and MX's power-of-two scaling, are done on the integer
-bits of float32 (as anda_format.py does), so they are exact for every input, float32
+bits of float32 (as anda.py does), so they are exact for every input, float32
 subnormals included: XLA on CPU flushes subnormals in float arithmetic. The float32 steps of the
 NVFP4 and per-token recipes are single IEEE operations, each correctly rounded on CPU; their
 floors keep every intermediate a normal float unless it is so small that its element rounds to
@@ -57,9 +59,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from anda_jax import anda_format
-from anda_jax.anda_format import AndaFormat
 from anda_jax.checks import check_int
+from anda_jax.numerics import anda
+from anda_jax.numerics.anda import AndaFormat
 
 _MANTISSA = 23  # float32 fraction bits
 _BIAS = 127
@@ -67,7 +69,7 @@ _ABS_MASK = 0x7FFFFFFF
 _FRAC_MASK = 0x7FFFFF
 _INF_BITS = 0x7F800000  # |x| bits at or above this are Inf or NaN
 _E8M0_RANGE = (-127, 127)
-_MAX_BLOCK_SIZE = anda_format.MAX_GROUP_SIZE
+_MAX_BLOCK_SIZE = anda.MAX_GROUP_SIZE
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,7 +138,7 @@ class MXFormat:
     _check_axis(self.axis)
 
   @property
-  def group_size(self) -> int:  # the name anda_format.to_groups reads
+  def group_size(self) -> int:  # the name anda.to_groups reads
     return self.block_size
 
   def storage_bits(self) -> float:
@@ -202,9 +204,9 @@ def fake_quantize(x, fmt, mantissa_bits=None, key=None) -> jax.Array:
   if isinstance(fmt, AndaFormat):
     if mantissa_bits is None:
       raise ValueError("mantissa_bits=None is invalid for an AndaFormat: must be an integer in "
-                       f"[{anda_format.MIN_MANTISSA_BITS}, {anda_format.MAX_MANTISSA_BITS}]")
-    x = anda_format.check_input(x, fmt)
-    return anda_format.quantize(x.astype(jnp.float32), fmt, mantissa_bits, key)
+                       f"[{anda.MIN_MANTISSA_BITS}, {anda.MAX_MANTISSA_BITS}]")
+    x = anda.check_input(x, fmt)
+    return anda.quantize(x.astype(jnp.float32), fmt, mantissa_bits, key)
   if not isinstance(fmt, FORMATS):
     raise ValueError(f"fmt={fmt!r} is invalid: must be one of {[f.__name__ for f in FORMATS]}")
   name = type(fmt).__name__
@@ -213,9 +215,9 @@ def fake_quantize(x, fmt, mantissa_bits=None, key=None) -> jax.Array:
                      "(only AndaFormat has a mantissa length)")
   if key is not None:
     raise ValueError(f"key is invalid for {name}: must be None (only AndaFormat rounds stochastically)")
-  x = anda_format.check_groupable(x, fmt).astype(jnp.float32)
+  x = anda.check_groupable(x, fmt).astype(jnp.float32)
   # Anda's straight-through estimator: d fake_quantize(x) / dx = identity.
-  return anda_format._straight_through(x, jax.lax.stop_gradient(_fake_quantize(x, fmt=fmt)))
+  return anda._straight_through(x, jax.lax.stop_gradient(_fake_quantize(x, fmt=fmt)))
 
 
 @functools.partial(jax.jit, static_argnames="fmt")
@@ -223,9 +225,9 @@ def _fake_quantize(x, fmt):
   if isinstance(fmt, PerTokenFormat):
     rows = jnp.moveaxis(x, fmt.axis, -1)
     return jnp.moveaxis(_per_token(rows, fmt.element), -1, fmt.axis)
-  groups = anda_format.to_groups(x, fmt)  # [..., n_blocks, block], zero padded
+  groups = anda.to_groups(x, fmt)  # [..., n_blocks, block], zero padded
   out = _mx(groups, fmt) if isinstance(fmt, MXFormat) else _nvfp4(groups)
-  return anda_format.from_groups(out, x.shape, fmt)
+  return anda.from_groups(out, x.shape, fmt)
 
 
 # ------------------------------------------------------------------------ integer-bit helpers

@@ -1,4 +1,6 @@
-"""Group-wise INT4 weights (ANDA_SPEC.md section 4).
+"""Group-wise INT4 weights.
+
+Defined in docs/formats.md, section 3.
 
 A weight matrix W [K, N] for y = x @ W is quantized in groups of `group_size` (Gw)
 consecutive rows, i.e. along the contraction axis K, so that one scale d (and one

@@ -1,5 +1,7 @@
-"""Bit-serial FP-INT matmul as a Pallas kernel (spec section 4): bit-plane activations
-[rows, K] x packed INT4 weights [K, N] -> float32 [rows, N].
+"""Bit-serial FP-INT matmul as a Pallas kernel: bit-plane activations [rows, K] x packed INT4
+weights [K, N] -> float32 [rows, N].
+
+Defined in docs/formats.md, section 4.
 
 What a program computes. The grid is (row tiles, N tiles, K tiles), K innermost; the
 float32 output tile stays resident across K and is accumulated in place. A K tile holds
@@ -48,12 +50,12 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental import pallas as pl
 
-from anda_jax import bitplane
-from anda_jax import bitserial
-from anda_jax import anda_format
-from anda_jax import int4
 from anda_jax.checks import check_int
 from anda_jax.kernels import _common
+from anda_jax.numerics import anda
+from anda_jax.numerics import bitplane
+from anda_jax.numerics import bitserial
+from anda_jax.numerics import int4
 from anda_jax.precision import MAX_PLANES
 
 BLOCK_ROWS = 128
@@ -62,12 +64,12 @@ BLOCK_K = None  # None = max(G, Gw): one activation or weight group per K step
 
 
 def matmul_reference(planes, weights, num_planes=None) -> jax.Array:
-  """The pure-jnp reference (anda_jax.bitserial.matmul)."""
+  """The pure-jnp reference (anda_jax.numerics.bitserial.matmul)."""
   return bitserial.matmul(planes, weights, num_planes)
 
 
 def partial_sums_reference(planes, weights, num_planes=None):
-  """The pure-jnp integer reference (anda_jax.bitserial.partial_sums)."""
+  """The pure-jnp integer reference (anda_jax.numerics.bitserial.partial_sums)."""
   return bitserial.partial_sums(planes, weights, num_planes)
 
 
@@ -163,11 +165,11 @@ def _kernel(planes_to_stream_ref, exp_ref, sign_ref, planes_ref, w_ref, scale_re
   if not symmetric:
     t = t + _per_block(offset_ref[...][None], n_blocks) * s.astype(jnp.float32)
   # 2^(E-M'+1) can be as small as 2^-141: two normal powers of two keep it exact
-  # (as anda_jax.bitserial does; XLA on CPU flushes subnormals).
+  # (as anda_jax.numerics.bitserial does; XLA on CPU flushes subnormals).
   lsb = e - num_planes + 1
   hi = jnp.maximum(lsb, -126)
   y = t * _pow2(hi) * _pow2(lsb - hi)
-  y = jnp.where(e == anda_format.NONFINITE_EXPONENT, jnp.nan, y)
+  y = jnp.where(e == anda.NONFINITE_EXPONENT, jnp.nan, y)
   out_ref[...] += jnp.sum(y, axis=1)
 
 
@@ -252,9 +254,9 @@ def _check(planes, weights, num_planes, blocks):
   """Validates everything before tracing; returns the number of planes to stream M' (an int,
   or a traced int32 clipped to [1, P]: a traced value cannot raise)."""
   if not isinstance(planes, bitplane.BitPlanes):
-    raise ValueError(f"planes={type(planes).__name__} is invalid: must be an anda_jax.bitplane.BitPlanes")
+    raise ValueError(f"planes={type(planes).__name__} is invalid: must be an anda_jax.numerics.bitplane.BitPlanes")
   if not isinstance(weights, int4.Int4Weights):
-    raise ValueError(f"weights={type(weights).__name__} is invalid: must be an anda_jax.int4.Int4Weights")
+    raise ValueError(f"weights={type(weights).__name__} is invalid: must be an anda_jax.numerics.int4.Int4Weights")
   for name, arr, dtype in (("planes.exponent", planes.exponent, jnp.int8),
                            ("planes.sign", planes.sign, jnp.uint8),
                            ("planes.planes", planes.planes, jnp.uint8),
@@ -297,7 +299,7 @@ def bitserial_matmul(planes, weights, num_planes: int | None = None, *,
                      interpret: bool | None = None) -> jax.Array:
   """Bit-serial product: BitPlanes [..., rows, K] x Int4Weights [K, N] -> float32 [..., rows, N].
 
-  Equals `anda_jax.bitserial.matmul(planes, weights, num_planes)` to float32 rounding
+  Equals `anda_jax.numerics.bitserial.matmul(planes, weights, num_planes)` to float32 rounding
   (only the accumulation order of the per-block float terms differs). num_planes: M' <= P,
   the planes streamed (default all); an int or a traced int32 (clipped to [1, P]), a runtime
   value of the kernel either way, so changing it does not recompile. Symmetric and
@@ -314,7 +316,7 @@ def bitserial_partial_sums(planes, weights, num_planes: int | None = None, *,
                            block_rows: int = BLOCK_ROWS, block_n: int = BLOCK_N, block_k: int = BLOCK_K,
                            interpret: bool | None = None):
   """The kernel's exact integer partial sums (A, S), each int32 [..., n_blocks, N], as
-  `anda_jax.bitserial.partial_sums` returns them (S broadcast over N). Same kernel body
+  `anda_jax.numerics.bitserial.partial_sums` returns them (S broadcast over N). Same kernel body
   as `bitserial_matmul`, stopping before the floating-point step: for tests and debugging."""
   blocks = dict(block_rows=block_rows, block_n=block_n, block_k=block_k)
   m_prime = _check(planes, weights, num_planes, blocks)

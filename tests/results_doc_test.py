@@ -1,0 +1,125 @@
+"""docs/results.md is what the result files under docs/results give, and the generator's checks
+hold: each recorded command is checked against its files, a wrong one is refused."""
+
+import dataclasses
+import pathlib
+import tempfile
+from unittest import mock
+
+from absl.testing import absltest
+from absl.testing import parameterized
+import numpy as np
+
+from anda_jax.evaluation import intervals
+from experiments.results_doc import __main__ as command
+from experiments.results_doc import page
+from experiments.results_doc import runs
+from experiments.results_doc import studies
+from experiments.results_doc import text
+
+_GENERATED = []
+
+
+def generated() -> str:
+  """The page the files give, generated once for the whole test file (about 5 s)."""
+  if not _GENERATED:
+    _GENERATED.append(page.generate())
+  return _GENERATED[0]
+
+
+class PageTest(absltest.TestCase):
+
+  def test_docs_results_md_is_current(self):
+    # The CI guard: fails when a result file changed and the page was not regenerated.
+    self.assertEqual(runs.DOC.read_text(), generated(),
+                     "docs/results.md is stale: run `python -m experiments.results_doc`")
+
+  def test_check_mode_exits_1_on_a_stale_page_and_0_once_rewritten(self):
+    current = generated()
+    with tempfile.TemporaryDirectory() as tmp, mock.patch.object(page, "generate", lambda: current):
+      doc = pathlib.Path(tmp) / "results.md"
+      doc.write_text(current.replace("+6.70%", "+6.76%", 1))
+      self.assertEqual(command.main(["--check", "--doc", str(doc)]), 1)
+      self.assertEqual(command.main(["--doc", str(doc)]), 0)
+      self.assertEqual(command.main(["--check", "--doc", str(doc)]), 0)
+      self.assertEqual(doc.read_text(), current)
+
+  def test_every_result_folder_is_on_the_page(self):
+    folders = {p.parent.relative_to(runs.RESULTS).as_posix()
+               for p in runs.RESULTS.rglob("setup.json")}
+    self.assertEqual(folders, {r.folder for r in runs.RUNS.values()})
+    for folder in folders:
+      self.assertIn(f"(results/{folder}/", generated())
+
+
+class CommandTest(parameterized.TestCase):
+
+  @parameterized.named_parameters((name, name) for name in runs.RUNS)
+  def test_recorded_command_writes_its_files(self, name):
+    self.assertEqual(runs.check_command(runs.RUNS[name]), [])
+
+  @parameterized.named_parameters(
+      ("search_without_its_settings", "search", "python -m experiments.search "
+       "--config=configs/search.py", ("bound:", "test_path:")),
+      ("nearest_without_rounding", "nearest", "python -m experiments.sweep "
+       "--config=configs/sweep.py --config.run_name=sweep_smollm2_nearest "
+       "--config.format.group_sizes='(64,)' --config.mantissa_bits='(6,7,8,9,10)' "
+       "--config.types='(\"all\",)'", ("rounding:",)),
+      ("layer_search_in_the_per_type_folder", "layer_from_type", "python -m experiments.search "
+       "--config=configs/search.py --config.granularity=layer --config.start_types='(7,6,7,8)' "
+       "--config.tolerances='(0.01,)' --config.max_accept=32", ("run_name:", "uniform_m:")),
+      ("sweep_of_one_group_size", "sweep", "python -m experiments.sweep "
+       "--config=configs/sweep.py --config.format.group_sizes='(64,)'",
+       ("evaluated configurations:",)),
+  )
+  def test_a_wrong_command_is_refused(self, name, command_line, expected):
+    run = dataclasses.replace(runs.RUNS[name], command=command_line)
+    wrong = runs.check_command(run)
+    for setting in expected:
+      self.assertTrue(any(w.startswith(setting) for w in wrong), (setting, wrong))
+    with self.assertRaisesRegex(ValueError, "does not match the files"):
+      runs.source(run, ("setup.json",))
+
+  def test_a_listed_difference_that_is_gone_is_reported(self):
+    run = dataclasses.replace(runs.RUNS["sweep"], known=(("window_batch", "why"),))
+    self.assertEqual(runs.check_command(run),
+                     ["window_batch: listed as differing, but the command and the files agree"])
+
+
+class NumbersTest(parameterized.TestCase):
+
+  @parameterized.parameters(range(20))
+  def test_smallest_m_against_a_direct_reading(self, seed):
+    rng = np.random.default_rng(seed)
+    ms = sorted(rng.choice(np.arange(2, 12), rng.integers(1, 8), replace=False).tolist())
+    losses = {m: (None if rng.random() < 0.1 else float(rng.normal(0.01, 0.01))) for m in ms}
+    got = studies.smallest_m(losses, 0.01)
+    within = lambda m: losses[m] is not None and losses[m] <= 0.01
+    if got is None:
+      self.assertFalse(within(ms[-1]))
+    else:
+      self.assertTrue(all(within(m) for m in ms if m >= got))
+      below = [m for m in ms if m < got]
+      self.assertTrue(not below or not within(below[-1]))
+
+  def test_loss_text(self):
+    iv = intervals.Interval(0.0123, 0.0080, 0.0170)
+    self.assertEqual(text.loss(iv.estimate, iv), "+1.23% [+0.80, +1.70]")
+    self.assertEqual(text.loss(6.42, intervals.Interval(6.42, 5.9, 7.01)), "x7.42 [x6.90, x8.01]")
+    self.assertEqual(text.loss(-0.0087, None), "-0.87%")
+    self.assertEqual(text.loss(float("nan")), "not finite")
+
+  def test_increase_is_the_paired_bootstrap_of_the_rows(self):
+    rng = np.random.default_rng(0)
+    tokens = [255.0] * 8
+    base = dict(ppl=20.0, window_nll=rng.normal(800, 50, 8).tolist(), window_tokens=tokens)
+    row = dict(ppl=21.0, window_nll=(np.array(base["window_nll"]) + rng.normal(5, 3, 8)).tolist(),
+               window_tokens=tokens)
+    estimate, iv = text.increase(row, base)
+    want = intervals.relative_increase(row["window_nll"], base["window_nll"], tokens)
+    self.assertEqual((estimate, iv), (want.estimate, want))
+    self.assertEqual(text.increase(dict(ppl=21.0), dict(ppl=20.0)), (21.0 / 20.0 - 1, None))
+
+
+if __name__ == "__main__":
+  absltest.main()
