@@ -63,9 +63,11 @@ from anda_jax.models import layers as layers_lib
 from anda_jax import precision as anda_precision
 
 SUBSETS = ("norms", "lora")
-# The normalization weights of a layer (LLaMA RMSNorm gains; OPT LayerNorm gains and biases) and
+# The normalization weights of a layer (LLaMA RMSNorm gains; OPT LayerNorm gains and biases;
+# Gemma 3 also normalizes queries, keys and the two sublayer outputs) and
 # the model attributes holding the final norm (an array, or a (gain, bias) tuple).
-LAYER_NORMS = ("attn_norm", "mlp_norm", "attn_ln_w", "attn_ln_b", "mlp_ln_w", "mlp_ln_b")
+LAYER_NORMS = ("attn_norm", "mlp_norm", "attn_ln_w", "attn_ln_b", "mlp_ln_w", "mlp_ln_b",
+               "q_norm", "k_norm", "post_attn_norm", "post_mlp_norm")  # the last four: Gemma 3's
 FINAL_NORMS = ("final_norm", "final_ln")
 LORA_SITES = anda_precision.MODULE_TYPES  # the four FP-INT products
 LORA_SUFFIX = "_lora"  # layers["qkv_lora"] = {"a": [L, K, r], "b": [L, r, N]}

@@ -18,13 +18,14 @@
     compilation_cache       True: JAX's persistent compilation cache for the commands (False: off)
 
 Each experiment's file (configs/sweep.py, sensitivity.py, search.py) adds its own settings and
-a quick variant, selected by argument as in big_vision: `--config=configs/sweep.py:quick`.
+a quick variant, selected by argument as in big_vision: `--config=configs/sweep.py:quick`; the
+gemma3 variant (`--config=configs/sweep.py:gemma3`) runs the full experiment on Gemma 3 270M.
 """
 
 import ml_collections
 from ml_collections import config_dict
 
-VARIANTS = ("full", "quick")
+VARIANTS = ("full", "quick", "gemma3")
 # The formats Anda is compared with (configs/formats.py, configs/search.py): the names of
 # anda_jax.numerics.baselines.FORMAT_NAMES, spelled out because configs import nothing from the library.
 OTHER_FORMATS = ("mxfp4", "mxfp6_e2m3", "mxfp6_e3m2", "mxfp8_e4m3", "mxfp8_e5m2", "mxint8",
@@ -37,6 +38,18 @@ def variant(arg: str | None) -> str:
   if name not in VARIANTS:
     raise ValueError(f"config argument {arg!r} is invalid: must be one of {VARIANTS} (or none: full)")
   return name
+
+
+def on_gemma3(c: ml_collections.ConfigDict, run_name: str) -> ml_collections.ConfigDict:
+  """The experiment `c` on Gemma 3 270M (Google's base model, its Q4_K_M GGUF; the Gemma Terms of
+  Use apply) in the paper's setting: every FP-INT matrix INT4 with groups of 32 along K, the
+  file's Q4_K ones as stored and the others (Q5_0, Q6_K, Q8_0) re-quantized RTN from the file's
+  numbers; the tied embedding and LM head stay as the file has them (Q8_0), as for SmolLM2.
+  Windows, group sizes and mantissa lengths stay the SmolLM2 experiment's, so the two compare."""
+  c.run_name = run_name
+  c.model.name = "gemma3-270m"
+  c.model.int4_group_size = 32
+  return c
 
 
 def experiment(run_name: str, *, group_sizes: tuple[int, ...], split: str, windows: int,

@@ -16,6 +16,10 @@ quick, for the README: M = 4, both subsets, 30 steps of 2 x 128 tokens, test on 
     python -m experiments.finetune --config=configs/finetune.py:quick
 
 Perplexities on 1016 test tokens are noisy: this shows the pipeline and the size of the effect.
+
+gemma3: the full experiment on Gemma 3 270M (configs/common.py, on_gemma3):
+
+    python -m experiments.finetune --config=configs/finetune.py:gemma3
 """
 
 import ml_collections
@@ -48,4 +52,6 @@ def get_config(arg=None):
     c.train.steps = 30
     c.train.eval_every = 10
     c.window_batch = 4
+  elif common.variant(arg) == "gemma3":
+    common.on_gemma3(c, "finetune_gemma3")
   return c

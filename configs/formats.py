@@ -23,6 +23,10 @@ measurement).
 Every format rounds to nearest (ties to even): OCP MX's default, and what NVFP4 and the
 per-token recipes do; Anda is set to round to nearest too so that only the format differs
 (the sweep's default is truncation).
+
+gemma3: the full experiment on Gemma 3 270M (configs/common.py, on_gemma3):
+
+    python -m experiments.sweep --config=configs/formats.py:gemma3
 """
 
 from configs import common
@@ -41,7 +45,7 @@ def get_config(arg=None):
     c.other_format_types = ("all",)
     c.config_batch = 1  # one configuration per format: a larger batch would be padding
   else:
-    c.run_name = "formats_smollm2"
+    c.run_name = "formats_gemma3" if common.variant(arg) == "gemma3" else "formats_smollm2"
     c.other_format_types = ("all", "qkv", "o", "up", "down")
     # 9 M per G (the baseline rides with the first G: 10) and 5 sites per other format: with 5
     # configurations per forward pass no batch is padded.

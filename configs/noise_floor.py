@@ -14,6 +14,10 @@ brings), on 256 calibration windows of 256 tokens; intervals on nested-size subs
 quick: the pipeline on 16 windows of 64 tokens (subsets of 2 to 16 windows):
 
     python -m experiments.noise_floor --config=configs/noise_floor.py:quick
+
+gemma3: the full experiment on Gemma 3 270M (configs/common.py, on_gemma3):
+
+    python -m experiments.noise_floor --config=configs/noise_floor.py:gemma3
 """
 
 from configs import common
@@ -29,4 +33,6 @@ def get_config(arg=None):
     c.data.seq_len = 64
     c.data.windows = 16
     c.subsets = (2, 4, 8, 16)
+  elif common.variant(arg) == "gemma3":
+    common.on_gemma3(c, "noise_floor_gemma3")
   return c

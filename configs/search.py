@@ -33,6 +33,10 @@ quick: a search for a 2-core CPU on few short windows:
 below the noise floor, and with the upper rule the start is already over them). This checks
 the pipeline, racing (on the first 4 windows) and two other formats (MXINT8, MXFP8 E4M3); it is
 not a result.
+
+gemma3: the full experiment on Gemma 3 270M (configs/common.py, on_gemma3):
+
+    python -m experiments.search --config=configs/search.py:gemma3
 """
 
 import ml_collections
@@ -107,4 +111,6 @@ def get_config(arg=None):
     c.uniform_m = (3, 4, 5, 6, 7, 8)
     c.test.uniform = False
     c.other_formats = ("mxint8", "mxfp8_e4m3")
+  elif common.variant(arg) == "gemma3":
+    common.on_gemma3(c, "search_gemma3")
   return c

@@ -19,6 +19,10 @@ pipeline and the shape of the heatmap):
 
 Measured with the model and corpus cached: 15 s wall on an idle 2-core AMD EPYC (Zen 5), 133 s
 on the project's earlier, slower and shared 2-core machine.
+
+gemma3: the full experiment on Gemma 3 270M (configs/common.py, on_gemma3):
+
+    python -m experiments.sensitivity --config=configs/sensitivity.py:gemma3
 """
 
 from ml_collections import config_dict
@@ -37,4 +41,6 @@ def get_config(arg=None):
     c.mantissa_bits = (4,)
     c.data.seq_len = 64
     c.data.windows = 2
+  elif common.variant(arg) == "gemma3":
+    common.on_gemma3(c, "sensitivity_gemma3")
   return c

@@ -22,6 +22,10 @@ baseline), on 3 windows of 128 test tokens. Perplexities on 381 tokens are noisy
 the pipeline and the trend, the full sweep is the measurement. Measured from an empty cache in
 a fresh clone and virtualenv: 22 s wall on an idle 2-core AMD EPYC (Zen 5, AVX-512); 1 min 24 s
 idle and 4 min 51 s shared on the project's earlier, slower 2-core machine. One compilation.
+
+gemma3: the full sweep on Gemma 3 270M (configs/common.py, on_gemma3):
+
+    python -m experiments.sweep --config=configs/sweep.py:gemma3
 """
 
 from configs import common
@@ -46,4 +50,6 @@ def get_config(arg=None):
     c.data.windows = 3
     c.config_batch = 3
     c.window_batch = 3
+  elif common.variant(arg) == "gemma3":
+    common.on_gemma3(c, "sweep_gemma3")
   return c

@@ -9,6 +9,12 @@ On one GGUF model and the same windows (4 x 512 tokens by default), in one proce
   3. the cost of Anda at all four sites (G=64, M=8) over M=0, the float model (target <= 1.15x).
 Variants run round-robin and each keeps its best time, so load from other processes on a
 shared machine skews the ratios as little as possible.
+
+--head=logits (default) times forwards that return the [windows, tokens, vocab] logits;
+--head=loss times what evaluation computes, every window's next-token loss: ours through the
+streamed LM head (the logits never exist), transformers' forward with labels. For a large
+vocabulary (Gemma 3: 262,144 entries, 2.1 GB of logits per 4 x 512 tokens) the second is the
+one evaluation pays.
 """
 
 from __future__ import annotations
@@ -23,7 +29,8 @@ import numpy as np
 from anda_jax import AndaFormat
 from anda_jax import assets, models
 from anda_jax import data
-from anda_jax.matmul import ProductSpec
+from anda_jax.evaluation import cross_entropy
+from anda_jax.matmul import ProductSpec, lax_precision
 
 
 def _parse(argv):
@@ -33,6 +40,8 @@ def _parse(argv):
   p.add_argument("--seq_len", type=int, default=512)
   p.add_argument("--repeats", type=int, default=3, help="timed rounds per variant")
   p.add_argument("--skip_torch", action="store_true")
+  p.add_argument("--head", choices=("logits", "loss"), default="logits",
+                 help="time forwards to the full logits, or to each window's loss (streamed head)")
   # argv may or may not start with a program / benchmark name: only --flags count.
   args, _ = p.parse_known_args([a for a in argv if a.startswith("--")])
   return args
@@ -60,6 +69,15 @@ def _flops(model, n_tokens, seq_len, batch):
   return 2 * (macs * n_tokens + attn)
 
 
+def _losses(model, tokens, precision, spec):
+  """Every window's mean next-token loss [windows], the LM head streamed over vocabulary chunks
+  as evaluation runs it."""
+  h = model.run_layers(model.embed(tokens), precision, spec)
+  nll = cross_entropy.streamed_nll(model.head_input(h)[:, :-1], model.head_weight(), tokens[:, 1:],
+                                   precision=lax_precision(model.matmul_precision))
+  return nll.mean(axis=-1)
+
+
 def _round_robin(fns: dict, repeats: int, calls: dict) -> dict:
   """Best time of each fn over `repeats` rounds of calls[name] (default 1) calls each."""
   best = {k: float("inf") for k in fns}
@@ -81,10 +99,11 @@ def run(argv) -> None:
   n_tokens = windows.size
   threads = os.cpu_count()
   print(f"model {args.model}: {windows.shape[0]} x {windows.shape[1]} tokens ({source}); "
-        f"jax {jax.__version__} on {jax.devices()[0].platform}, {threads} threads")
+        f"jax {jax.__version__} on {jax.devices()[0].platform}, {threads} threads; head: {args.head}")
+  print(f"weights: {model.weight_types}")
 
   spec = ProductSpec(AndaFormat(group_size=64))
-  forward = jax.jit(lambda m, t, p: m(t, p, spec))
+  forward = jax.jit(lambda m, t, p: m(t, p, spec) if args.head == "logits" else _losses(m, t, p, spec))
   tokens = jnp.asarray(windows)
   precisions = {"M=0": jnp.zeros(4, jnp.int32), "M=8": jnp.full(4, 8, jnp.int32)}
   fns = {name: (lambda p=p: forward(model, tokens, p).block_until_ready()) for name, p in precisions.items()}
@@ -103,7 +122,10 @@ def run(argv) -> None:
 
     def torch_forward():
       with torch.inference_mode():
-        hf(torch_tokens).logits
+        if args.head == "logits":
+          hf(torch_tokens).logits
+        else:
+          hf(torch_tokens, labels=torch_tokens).loss
 
     fns["torch"] = torch_forward
     a_torch = torch.from_numpy(np.array(a))

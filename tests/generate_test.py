@@ -1,5 +1,6 @@
 """experiments/generate.py: greedy generation with a KV cache equals generation that reruns the
-whole prefix, token for token, on tiny LLaMA and OPT models, in float and with Anda; the
+whole prefix, token for token, on tiny LLaMA, OPT and Gemma 3 models (a sliding window shorter
+than the text), in float and with Anda; the
 checks of --precision and of the prompt's length."""
 
 from absl.testing import absltest
@@ -39,9 +40,12 @@ class KVCacheTest(parameterized.TestCase):
   def setUpClass(cls):
     super().setUpClass()
     ckpt = testlib.make_checkpoint(testlib.tempdir(cls) / "llama")  # grouped-query attention
-    cls.models = dict(llama=models.load(str(ckpt))[0], opt=tiny_opt(), opt_post_ln=tiny_opt(1, pre_ln=False))
+    gemma3 = testlib.tempdir(cls) / "gemma3"
+    testlib.hf_tiny_model("gemma3", sliding_window=4).save_pretrained(gemma3)
+    cls.models = dict(llama=models.load(str(ckpt))[0], opt=tiny_opt(), opt_post_ln=tiny_opt(1, pre_ln=False),
+                      gemma3=models.load(str(gemma3))[0])
 
-  @parameterized.product(model=("llama", "opt", "opt_post_ln"), precision=((0, 0, 0, 0), (6, 5, 4, 6)))
+  @parameterized.product(model=("llama", "opt", "opt_post_ln", "gemma3"), precision=((0, 0, 0, 0), (6, 5, 4, 6)))
   def test_greedy_generation_with_the_cache_equals_rerunning_the_prefix(self, model, precision):
     m = self.models[model]
     prompt = [5, 17, 3, 42, 8, 11, 60]
@@ -50,7 +54,7 @@ class KVCacheTest(parameterized.TestCase):
     self.assertLen(cached, 12)
     self.assertEqual(cached, rerun)
 
-  @parameterized.parameters("llama", "opt")
+  @parameterized.parameters("llama", "opt", "gemma3")
   def test_prefill_and_steps_give_the_forward_logits(self, model):
     m, tokens = self.models[model], np.array([[5, 17, 3, 42, 8, 11, 60, 2, 9]], np.int32)
     p = np.array([6, 5, 4, 6], np.int32)

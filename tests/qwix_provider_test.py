@@ -114,6 +114,12 @@ class OwnModelConsistencyTest(parameterized.TestCase):
   def test_opt(self):
     self._check(_tiny_opt(), AndaFormat(group_size=32))
 
+  def test_gemma3(self):
+    directory = testlib.tempdir(self)
+    testlib.hf_tiny_model("gemma3").save_pretrained(directory)
+    model, _ = models.load(directory, int4_group_size=32)
+    self._check(model, AndaFormat(group_size=32), more_checks=False)
+
   def test_site_rules_validation(self):
     with self.assertRaisesRegex(ValueError, "precision has shape"):
       site_rules(np.zeros((2, 4), np.int32))
