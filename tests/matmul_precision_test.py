@@ -48,9 +48,10 @@ class MatmulPrecisionTest(parameterized.TestCase):
     llama = testlib.make_checkpoint(tmp / "llama", tie=True)
     opt = testlib.hf_tiny_model("opt", word_embed_proj_dim=32, tie_word_embeddings=False)
     opt.save_pretrained(tmp / "opt")
-    cls.dirs = dict(llama=llama, opt=tmp / "opt")
+    testlib.hf_tiny_model("gemma3").save_pretrained(tmp / "gemma3")
+    cls.dirs = dict(llama=llama, opt=tmp / "opt", gemma3=tmp / "gemma3")
 
-  @parameterized.product(kind=("llama", "opt"), impl=("fake", "bitserial"),
+  @parameterized.product(kind=("llama", "opt", "gemma3"), impl=("fake", "bitserial"),
                          matmul_precision=("highest", "default"))
   def test_every_float_product_has_the_chosen_precision(self, kind, impl, matmul_precision):
     model, _ = models.load(self.dirs[kind], int4_group_size=32, matmul_precision=matmul_precision)
