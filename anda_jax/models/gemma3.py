@@ -20,7 +20,8 @@ from anda_jax.precision import DOWN, O, QKV, UP
 SLIDING_WINDOW_PATTERN = 6
 
 
-def default_sliding_layers(n_layers: int, pattern: int = SLIDING_WINDOW_PATTERN) -> tuple[bool, ...]:
+def default_sliding_layers(n_layers: int,
+                           pattern: int = SLIDING_WINDOW_PATTERN) -> tuple[bool, ...]:
   """Which layers use the sliding window: all but every `pattern`-th (HF's and llama.cpp's)."""
   return tuple(bool((i + 1) % pattern) for i in range(n_layers))
 
@@ -53,7 +54,8 @@ class Gemma3Config:
       if getattr(self, name) < 1:
         raise ValueError(f"Gemma3Config.{name}={getattr(self, name)} must be positive")
     if self.n_heads % self.n_kv_heads:
-      raise ValueError(f"Gemma3Config: n_heads={self.n_heads} must be a multiple of n_kv_heads={self.n_kv_heads}")
+      raise ValueError(f"Gemma3Config: n_heads={self.n_heads} must be a multiple of "
+                       f"n_kv_heads={self.n_kv_heads}")
     if self.head_dim % 2:
       raise ValueError(f"Gemma3Config: head_dim={self.head_dim} must be even (rotary pairs)")
     if len(self.sliding_layers) != self.n_layers:
@@ -119,9 +121,9 @@ class Gemma3(L.DecoderLM):
     """One block; with a KV cache (see run_layers_cached), (h, the cache's new keys and values)."""
     c = self.config
     b, t, _ = h.shape
-    fp_int = lambda x, site, name: L.linear(x, w[name], prec[site], spec.at(site), L.site_key(key, site),
-                                            precision=self.matmul_precision, lora=w.get(name + "_lora"),
-                                            site=self.site(site))
+    fp_int = lambda x, site, name: L.linear(
+        x, w[name], prec[site], spec.at(site), L.site_key(key, site),
+        precision=self.matmul_precision, lora=w.get(name + "_lora"), site=self.site(site))
     norm = lambda x, name: L.rms_norm(x, w[name].astype(jnp.float32), c.norm_eps)
     cos, sin, window = context
     scale = float(c.query_pre_attn_scalar) ** -0.5

@@ -108,8 +108,8 @@ class GGUFFile:
     file): F32 / F16 / BF16 in their own dtype, every other type float32 (gguf's dequantization)."""
     kind = t.tensor_type.name
     if kind not in _KEPT_FLOAT and not _dequantizable(t.tensor_type):
-      fail(self.path, f"tensor '{name}' has unsupported type {kind}: supported are the types the gguf "
-           f"package dequantizes, {supported_types()}")
+      fail(self.path, f"tensor '{name}' has unsupported type {kind}: supported are the types the "
+           f"gguf package dequantizes, {supported_types()}")
     try:
       if kind == "BF16":  # stored as bytes: the bfloat16 bit patterns, little-endian
         out = np.array(np.asarray(t.data).reshape(-1).view("<u2").view(jnp.bfloat16))

@@ -72,8 +72,8 @@ def from_gguf(gguf_file) -> Tokenizer:
   model = gguf_file.meta("tokenizer.ggml.model")
   builders = {"gpt2": _byte_level_bpe, "llama": _sentencepiece_bpe}
   if model not in builders:
-    raise ValueError(f"{gguf_file.path}: unsupported tokenizer model tokenizer.ggml.model={model!r}: "
-                     "supported are 'gpt2' (byte-level BPE) and 'llama' (SentencePiece BPE)")
+    raise ValueError(f"{gguf_file.path}: unsupported tokenizer model tokenizer.ggml.model="
+                     f"{model!r}: supported are 'gpt2' (byte-level BPE) and 'llama' (SentencePiece BPE)")
   backend = builders[model](gguf_file)
   return Tokenizer(backend, bos_id=gguf_file.meta("tokenizer.ggml.bos_token_id", None),
                    eos_id=gguf_file.meta("tokenizer.ggml.eos_token_id", None),

@@ -367,7 +367,8 @@ def llama_from_gguf(f: GGUFFile, int4_group_size=None):
       norm_eps=float(a("attention.layer_norm_rms_epsilon", 1e-5)),
       tie_embeddings="output.weight" not in f.tensors,
       max_positions=int(a("context_length", 2048)))
-  return config, apply_table(LLAMA_FROM_GGUF, f, _llama_dims(config), config.n_layers, int4_group_size)
+  return config, apply_table(LLAMA_FROM_GGUF, f, _llama_dims(config), config.n_layers,
+                             int4_group_size)
 
 
 def llama_from_hf(directory, cfg: dict, int4_group_size=None):
@@ -432,13 +433,15 @@ def gemma3_from_gguf(f: GGUFFile, int4_group_size=None):
   global one, and queries scaled by head_dim^-1/2 (d_model / heads for the 62-layer 27B)."""
   a = lambda key, *default: f.meta(f"gemma3.{key}", *default)
   size = lambda key, *default: positive_int(f.path, f"gemma3.{key}", a(key, *default))
-  n_layers, d_model, n_heads = size("block_count"), size("embedding_length"), size("attention.head_count")
+  n_layers, d_model = size("block_count"), size("embedding_length")
+  n_heads = size("attention.head_count")
   head_dim = size("attention.key_length", 256)
   if size("attention.value_length", head_dim) != head_dim:
     fail(f.path, "gemma3.attention.value_length differs from key_length: not supported")
   rope_dim = int(a("rope.dimension_count", head_dim))
   if rope_dim != head_dim:
-    fail(f.path, f"partial rotary (rope.dimension_count={rope_dim} < head_dim={head_dim}) is not supported")
+    fail(f.path, f"partial rotary (rope.dimension_count={rope_dim} < head_dim={head_dim}) is not "
+         "supported")
   scaling, factor = a("rope.scaling.type", "none"), 1.0
   if scaling == "linear":
     factor = float(a("rope.scaling.factor"))
@@ -463,18 +466,21 @@ def _gemma3_rope(path, cfg: dict) -> tuple[float, float, float]:
   rope_parameters of transformers >= 5 (per layer type), or the older rope_theta,
   rope_local_base_freq and rope_scaling."""
   params = cfg.get("rope_parameters") or {}
-  full = params.get("full_attention") or dict(cfg.get("rope_scaling") or {}, rope_theta=cfg.get("rope_theta", 1e6))
+  full = params.get("full_attention") or dict(cfg.get("rope_scaling") or {},
+                                              rope_theta=cfg.get("rope_theta", 1e6))
   local = params.get("sliding_attention") or dict(rope_theta=cfg.get("rope_local_base_freq", 1e4))
   kinds = {kind: p.get("rope_type", p.get("type", "default")) for kind, p in
            (("full_attention", full), ("sliding_attention", local))}
   if kinds["full_attention"] not in ("default", "linear") or kinds["sliding_attention"] != "default":
-    fail(path, f"rope types {kinds} are not supported: must be 'default' (or 'linear' on full_attention)")
+    fail(path, f"rope types {kinds} are not supported: must be 'default' (or 'linear' on "
+         "full_attention)")
   factor = float(full.get("factor", 1.0)) if kinds["full_attention"] == "linear" else 1.0
   return float(full.get("rope_theta", 1e6)), float(local.get("rope_theta", 1e4)), factor
 
 
 def gemma3_from_hf(directory, cfg: dict, int4_group_size=None):
-  """A transformers Gemma3ForCausalLM directory (model_type gemma3_text) -> (Gemma3Config, weights)."""
+  """A transformers Gemma3ForCausalLM directory (model_type gemma3_text) -> (Gemma3Config,
+  weights)."""
   directory = pathlib.Path(directory)
   path = directory / "config.json"
   for flag in ("attention_bias", "use_bidirectional_attention", "final_logit_softcapping",
@@ -482,27 +488,32 @@ def gemma3_from_hf(directory, cfg: dict, int4_group_size=None):
     if cfg.get(flag):
       fail(path, f"{flag}={cfg[flag]!r} is not supported")
   if cfg.get("hidden_activation", "gelu_pytorch_tanh") != "gelu_pytorch_tanh":
-    fail(path, f"hidden_activation={cfg['hidden_activation']!r} is not supported: must be gelu_pytorch_tanh")
+    fail(path, f"hidden_activation={cfg['hidden_activation']!r} is not supported: must be "
+         "gelu_pytorch_tanh")
   size = lambda key, *default: positive_int(path, key, cfg.get(key, *default))
   n_layers = size("num_hidden_layers")
   pattern = size("sliding_window_pattern", gemma3_lib.SLIDING_WINDOW_PATTERN)
   types = cfg.get("layer_types") or ["sliding_attention" if s else "full_attention"
                                      for s in gemma3_lib.default_sliding_layers(n_layers, pattern)]
   if len(types) != n_layers or not set(types) <= {"sliding_attention", "full_attention"}:
-    fail(path, f"layer_types={types!r} is invalid: must be {n_layers} of sliding_attention / full_attention")
+    fail(path, f"layer_types={types!r} is invalid: must be {n_layers} of sliding_attention / "
+         "full_attention")
   theta, local_theta, factor = _gemma3_rope(path, cfg)
   n_heads = size("num_attention_heads")
   config = gemma3_lib.Gemma3Config(
       n_layers=n_layers, d_model=size("hidden_size"), n_heads=n_heads,
       n_kv_heads=size("num_key_value_heads", n_heads), d_ff=size("intermediate_size"),
       vocab=size("vocab_size"), head_dim=size("head_dim", 256), rope_theta=theta,
-      rope_local_theta=local_theta, rope_scaling=factor, sliding_window=size("sliding_window", 4096),
+      rope_local_theta=local_theta, rope_scaling=factor,
+      sliding_window=size("sliding_window", 4096),
       sliding_layers=tuple(t == "sliding_attention" for t in types),
       query_pre_attn_scalar=float(cfg.get("query_pre_attn_scalar", 256)),
-      norm_eps=float(cfg.get("rms_norm_eps", 1e-6)), tie_embeddings=bool(cfg.get("tie_word_embeddings", True)),
+      norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),
+      tie_embeddings=bool(cfg.get("tie_word_embeddings", True)),
       max_positions=size("max_position_embeddings", 131072))
   tensors = Tensors(directory, ("model.", ""))
-  return config, apply_table(GEMMA3_FROM_HF, tensors, _gemma3_dims(config), n_layers, int4_group_size)
+  return config, apply_table(GEMMA3_FROM_HF, tensors, _gemma3_dims(config), n_layers,
+                             int4_group_size)
 
 
 HF_BUILDERS = {"llama": llama_from_hf, "opt": opt_from_hf, "gemma3_text": gemma3_from_hf}

@@ -4,7 +4,7 @@ from (GGUF types such as Q4_K or Q8_0, safetensors dtypes such as BF16) and what
 `model.weight_types`, so a run can record it in one line:
 
     setup["weights"] = model.weight_types.as_dict()
-    print(model.weight_types)   # Q4_K -> INT4 asymmetric G=32 (as stored): 18; Q5_0 -> float32: 81; ...
+    print(model.weight_types)  # Q4_K -> INT4 asymmetric G=32 (as stored): 18; Q5_0 -> float32: 81
 """
 
 from __future__ import annotations

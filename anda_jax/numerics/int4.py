@@ -187,7 +187,8 @@ def as_float(w):
 # --------------------------------------------------------------------------- GGUF
 
 
-def _gguf_blocks(name: str, raw, n_out, k, block_bytes: int, block: int = _GGUF_BLOCK) -> np.ndarray:
+def _gguf_blocks(name: str, raw, n_out, k, block_bytes: int,
+                 block: int = _GGUF_BLOCK) -> np.ndarray:
   """Validate raw GGUF bytes and view them as uint8 [n_out, k // block, block_bytes]."""
   for pname, v in (("n_out", n_out), ("k", k)):
     check_int(f"{name}: {pname}", v, 1)
