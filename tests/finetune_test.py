@@ -112,6 +112,29 @@ class GradientTest(_TinyModel):
     self.assertLen(state.history, 8)
 
 
+class Gemma3Test(absltest.TestCase):
+  """Gemma 3's extra norms (queries, keys, the sublayer outputs) are in the norms subset, and
+  training either subset lowers a fixed batch's loss under Anda."""
+
+  def test_norms_and_lora_train(self):
+    directory = testlib.tempdir(self)
+    testlib.hf_tiny_model("gemma3").save_pretrained(directory)
+    model, _ = models.load(directory, int4_group_size=16)
+    self.assertEqual(finetune.norm_names(model), [
+        "layers.attn_norm", "layers.mlp_norm", "layers.q_norm", "layers.k_norm",
+        "layers.post_attn_norm", "layers.post_mlp_norm", "final_norm"])
+    batch = np.random.default_rng(0).integers(0, testlib.HF_TINY_VOCAB, (2, 16)).astype(np.int32)
+    precision = np.full(4, 3, np.int32)
+    graphdef, frozen = nnx.split(model)
+    for subset in ("norms", "lora"):
+      cfg = finetune.TrainConfig(subset=subset, rank=4, steps=8, batch_size=2, learning_rate=1e-2,
+                                 warmup_steps=0, eval_every=8, patience=0)
+      state = finetune.train(model, batch, batch, precision, SPEC, cfg)
+      initial = finetune.init_params(model, subset, 4, jax.random.key(0))
+      loss = lambda p: float(finetune.loss(p, graphdef, frozen, batch, precision, SPEC))
+      self.assertLess(loss(state.params), loss(initial) - 0.05, subset)
+
+
 class LoraAndFilesTest(_TinyModel):
 
   @parameterized.parameters(0, 3, 8)
