@@ -38,7 +38,7 @@ FAMILIES = ("llama", "opt")
 # An activation left in floating point (M = 0) is FP16: 16 bits stored and streamed.
 FP16_BITS = 16
 # A FP16 activation pre-aligned to its group's maximum exponent needs at most 16
-# magnitude bits (11-bit significand plus the alignment shifts that matter, spec §4).
+# magnitude bits (11-bit significand plus the alignment shifts that matter, docs/formats.md, section 4).
 # This is the mantissa length we charge a float (M = 0) module on the bit-serial unit,
 # and the default mantissa length of the FIGNA-like baseline.
 FP16_ALIGNED_MANTISSA_BITS = 16
@@ -55,7 +55,7 @@ class ModelShape:
   (gate_proj and up_proj both read the `up` activation). OPT family: the same four
   projections (n_kv_heads == n_heads, n_heads * head_dim == d_model) and a plain MLP
   (fc1 reads `up`, fc2 reads `down`). Attention's activation-activation products and
-  the LM head are not FP-INT GeMMs and are not counted (spec §5).
+  the LM head are not FP-INT GeMMs and are not counted (docs/formats.md, section 8).
   """
 
   n_layers: int
@@ -137,7 +137,7 @@ def as_shape(model_or_shape: Any) -> ModelShape:
   return ModelShape.from_config(getattr(model_or_shape, "config", model_or_shape))
 
 
-# ------------------------------------------------------------------ spec §6 measures
+# ------------------------------------------- the measures of docs/formats.md, section 9
 
 
 def layer_precision(config: Any, n_layers: int) -> np.ndarray:
@@ -150,7 +150,7 @@ def _float_as(p: np.ndarray, value: float) -> np.ndarray:
 
 
 def mean_mantissa_bits(shape: ModelShape, precision: Any) -> float:
-  """M̄ = Σ MAC_t·M_t / Σ MAC_t (spec §6); a float module counts as 16 aligned bits."""
+  """M̄ = Σ MAC_t·M_t / Σ MAC_t (docs/formats.md, section 9); a float module counts as 16 aligned bits."""
   p = layer_precision(precision, shape.n_layers)
   macs = shape.macs()
   return float((macs * _float_as(p, FP16_ALIGNED_MANTISSA_BITS)).sum() / macs.sum())
@@ -158,7 +158,7 @@ def mean_mantissa_bits(shape: ModelShape, precision: Any) -> float:
 
 def storage_bits(shape: ModelShape, precision: Any, group_size: int = 64,
                  exponent_bits: int = 8) -> float:
-  """Mean stored bits per activation element: 1 + M + exponent_bits / G (spec §6).
+  """Mean stored bits per activation element: 1 + M + exponent_bits / G (docs/formats.md, section 9).
 
   Averaged over the activation elements each GeMM type reads per token (not over
   MACs: this is what sits in memory). A float module stores FP16: 16 bits.
@@ -209,7 +209,7 @@ def _m_or_row(fmt: Any, m: int, row_length: int) -> tuple:
 
 
 def bops(shape: ModelShape, precision: Any, weight_bits: int = 4) -> float:
-  """Bit operations per token: Σ MAC_t · (M_t + 1) · w_bits (spec §6).
+  """Bit operations per token: Σ MAC_t · (M_t + 1) · w_bits (docs/formats.md, section 9).
 
   A float module is charged FP16's 16 activation bits.
   """
@@ -243,7 +243,7 @@ class Accelerator:
   designs of different area):
 
   - Anda / block FP with M mantissa bits: M lane-cycles. The unit streams one bit-plane
-    per cycle, MSB first (spec §4); the sign is applied in the same cycle (P_p uses
+    per cycle, MSB first (docs/formats.md, section 4); the sign is applied in the same cycle (P_p uses
     (1 - 2 sgn) b q), and the per-block shift-and-add by 2^(E-M+1), d and z is amortised
     over a block of >= 32 elements, so it is not counted. Cycles are proportional to the
     planes processed.
