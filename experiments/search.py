@@ -161,7 +161,8 @@ def setup_of(cfg, windows: dict | None, shape: cost.ModelShape | None, model_dig
   extra = dict(stride=cfg.data.stride, impl=None if cfg.impl == "fake" else cfg.impl,
                matmul_precision=None if precision == "highest" else precision,
                seed=cfg.seed if f.rounding == "stochastic" else None)
-  return setup | {k: v for k, v in extra.items() if v is not None} | run_folder.finetune_setup(cfg)
+  return (setup | {k: v for k, v in extra.items() if v is not None} | run_folder.finetune_setup(cfg)
+          | run_folder.mesh_setup(cfg))
 
 
 def run(cfg) -> pathlib.Path:
@@ -169,6 +170,7 @@ def run(cfg) -> pathlib.Path:
   validate(cfg)
   distributed.maybe_initialize_distributed(cfg)
   digest = loading.model_sha256(cfg.model.name)
+  loading.check_finetune_file(cfg, digest)
   with run_folder.open_run(cfg, setup_of(cfg, None, None, digest)) as folder:
     _run(cfg, folder, digest)
   return folder
@@ -185,7 +187,9 @@ def _load(cfg):
       model, mesh, [config_checks.product_spec(cfg, cfg.format.group_sizes[0])]
       + [ProductSpec(f, cfg.impl) for f in others.values()])
   windows = loading.load_windows(cfg.data, tokenizer,
-                                 dict(zip(SPLITS, (cfg.data.windows, cfg.test.windows))))
+                                 dict(zip(SPLITS, (cfg.data.windows, cfg.test.windows))),
+                                 dict(zip(SPLITS, ("data.windows", "test.windows"))))
+  loading.check_model_fits(cfg, model, windows)
   return model, windows, others, mesh
 
 

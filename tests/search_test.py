@@ -248,9 +248,12 @@ class ReportTest(absltest.TestCase):
     # What is known before loading is the record without windows and shape.
     self.assertEqual(exp_search.setup_of(cfg, None, None, digest),
                      {k: v for k, v in setup.items() if k not in ("windows", "shape")})
-    cfg.data.stride, cfg.impl, cfg.window_batch = 128, "bitserial", 4
+    cfg.mesh = (2, 1)  # config shards change no bit: the record of before
+    self.assertEqual(exp_search.setup_of(cfg, windows, shape, digest), setup)
+    cfg.data.stride, cfg.impl, cfg.window_batch, cfg.mesh = 128, "bitserial", 4, (1, 2)
     setup = exp_search.setup_of(cfg, windows, shape, digest)
-    self.assertEqual((setup["stride"], setup["impl"], setup["window_batch"]), (128, "bitserial", 4))
+    self.assertEqual((setup["stride"], setup["impl"], setup["window_batch"], setup["model_shards"]),
+                     (128, "bitserial", 4, 2))
 
   def test_broken_lines_are_moved_aside_and_non_finite_sums_fail(self):
     run_dir = testlib.tempdir(self)
