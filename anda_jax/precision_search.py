@@ -245,7 +245,7 @@ def candidates(config: np.ndarray, min_m: int = 1) -> list[np.ndarray]:
 
 
 def config_cost(config: np.ndarray, macs: np.ndarray) -> float:
-  """Σ MACs · (M + 1): BOPs / w_bits (spec §6) for a config of macs' shape."""
+  """Σ MACs · (M + 1): BOPs / w_bits (docs/formats.md, section 9) for a config of macs' shape."""
   return float((np.asarray(macs, np.float64) * (np.asarray(config) + 1)).sum())
 
 

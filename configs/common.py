@@ -81,9 +81,17 @@ def experiment(run_name: str, *, group_sizes: tuple[int, ...], split: str, windo
   # on (anda_jax.sharding); the product must be the number of devices of all processes. None:
   # every device on "config", each holding the whole model (the fastest while it fits). Model
   # shards split the layer weights, for a model too large for one device; a row-parallel shard
-  # must hold whole Anda groups (K / model_shards a multiple of G, checked after loading). Not
-  # recorded in setup.json, so a run resumes on another machine: model shards only reorder
-  # float sums (within 1e-5 relative for float, 1e-3 for Anda configurations; tests/sharding_test).
+  # must hold whole Anda groups (K / model_shards a multiple of G, checked after loading). Model
+  # shards are recorded in setup.json (model_shards, where not 1), and a run resumes only on as
+  # many: a row-parallel product (o, down) adds its shards' partial sums in another order, which
+  # moves a float perplexity by about 1e-7 relative but a low-M cell as far as another CPU's
+  # summation order does. With 2 host devices (XLA_FLAGS=--xla_force_host_platform_device_count=2,
+  # AMD EPYC), `python -m experiments.sweep --config=configs/sweep.py:quick
+  # --config.format.group_sizes='(32,)' --config.mantissa_bits='(4,8)'
+  # --config.types="('up','all')"` gives `up` at M = 4 46.73 without a mesh, 49.27 with
+  # --config.mesh='(1,2)' (M = 8: 24.84, 24.88; FP 24.7126 both); the tiny test model moves far
+  # less (tests/sweep_test). Config shards change no bit (each device evaluates whole
+  # configurations): not recorded.
   c.mesh = config_dict.placeholder(tuple)
   # True: the processes of a multi-process run (one per host, or per GPU) join with
   # jax.distributed.initialize(coordinator_address, num_processes, process_id) before any JAX

@@ -126,8 +126,15 @@ def load_windows(cfg, tokenizer) -> dict[str, np.ndarray]:
   n_val = min(n_val, len(cal) - 1)
   texts = dict(train=cal[:-n_val], val=cal[-n_val:], test=corpus.split("test"))
   n = dict(train=d.windows, val=cfg.val.windows, test=cfg.test.windows)
-  return {s: data.token_windows(texts[s], tokenizer, d.seq_len, max_windows=n[s], stride=d.stride)
-          for s in SPLITS}
+  names = dict(train="data.windows", val="val.windows", test="test.windows")
+  where = dict(train=f"the calibration articles but the last {n_val}",
+               val=f"the last {n_val} calibration articles (val.articles={cfg.val.articles})",
+               test="the test split")
+  out = {}
+  for s in SPLITS:
+    out[s] = data.token_windows(texts[s], tokenizer, d.seq_len, max_windows=n[s], stride=d.stride)
+    loading.check_window_count(names[s], n[s], out[s], f"{where[s]} of data.corpus={d.corpus!r}")
+  return out
 
 
 def setup_of(cfg, windows: dict | None, digest: str) -> dict:
@@ -139,7 +146,11 @@ def setup_of(cfg, windows: dict | None, digest: str) -> dict:
   if windows is not None:
     setup["windows"] = {s: dict(shape=list(w.shape), sha256=run_folder.windows_sha256(w)[:16])
                         for s, w in windows.items()}
-  return setup
+  # The test evaluations' window batch changes their last bits; recorded where set, so that the
+  # setup of a run without it reads as before.
+  if cfg.window_batch is not None:
+    setup["window_batch"] = cfg.window_batch
+  return setup | run_folder.mesh_setup(cfg)
 
 
 # ---------------------------------------------------------------------- the runs
@@ -164,6 +175,7 @@ def _run(cfg, folder: pathlib.Path, digest: str) -> dict:
   config_checks.check_group_size_fits(model, cfg.format.group_sizes, cfg.impl)
   distributed.check_mesh_fits(model, mesh, [config_checks.product_spec(cfg, cfg.format.group_sizes[0])])
   windows = load_windows(cfg, tokenizer)
+  loading.check_model_fits(cfg, model, windows)
   is_main = distributed.is_main()
   results = run_folder.Results(folder, setup_of(cfg, windows, digest), write=is_main,
                            required=ROW_FIELDS)
@@ -220,8 +232,9 @@ def _run(cfg, folder: pathlib.Path, digest: str) -> dict:
       if is_main:
         finetune.save_params(params_file, state.best_params, dict(
             subset=subset, precision=precision.tolist(), model=cfg.model.name,
-            model_sha256=digest, format=row_format(cfg), steps=state.step,
-            best_step=state.best_step, val_ppl=state.best_val, seed=cfg.seed))
+            model_sha256=digest, int4_group_size=cfg.model.int4_group_size,
+            format=row_format(cfg), steps=state.step, best_step=state.best_step,
+            val_ppl=state.best_val, seed=cfg.seed))
       results.append([row])
       if is_main and ckpt.exists():
         ckpt.unlink()

@@ -56,6 +56,16 @@ def validate(cfg) -> None:
                      f"{cfg.data.windows} (the windows are split into disjoint subsets)")
 
 
+def check_subsets(subsets, n_windows: int) -> None:
+  """Each subset size fits in the windows there are and divides them (data.windows None: all
+  of the split, known once loaded); else ValueError, before anything is written."""
+  for n in subsets:
+    if n > n_windows or n_windows % n:
+      raise ValueError(f"subsets={tuple(subsets)!r} is invalid: each must divide the {n_windows} "
+                       f"windows evaluated (the windows are split into disjoint subsets), and "
+                       f"{n} does not")
+
+
 def config_id(m: int, perturbed: bool) -> str:
   return ("fp" if m == 0 else f"M{m}") + (PERTURBED if perturbed else "")
 
@@ -71,12 +81,14 @@ def run(cfg) -> dict:
   validate(cfg)
   distributed.maybe_initialize_distributed(cfg)
   digest = loading.model_sha256(cfg.model.name)
+  loading.check_finetune_file(cfg, digest)
   setup = lambda windows: dict(run_folder.setup_of(cfg, windows, digest), group_size=cfg.format.group_sizes[0],
                                perturb=cfg.perturb)
   with run_folder.open_run(cfg, setup(None)) as folder:
     t0 = time.time()
     mesh = distributed.mesh_of(cfg)
     model, windows, score_from = loading.start(cfg, mesh=mesh)
+    check_subsets(cfg.subsets, len(windows))
     results = run_folder.Results(folder, setup(windows), write=distributed.is_main(), required=ROW_FIELDS)
     weights = evaluate.target_weights(len(windows), windows.shape[1], score_from)
     window_tokens = weights.sum(axis=1, dtype=np.float64)

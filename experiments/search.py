@@ -17,7 +17,10 @@ evaluated on test.windows windows of the test split, from other articles, and so
 `other_formats` (OCP MX, NVFP4, per-token FP8 / INT8) at all four sites. `start_types` starts
 from M per type instead of start_m (e.g. a per-layer search refining a per-type result); the
 `cost` block sets the modeled accelerator of the report (anda_jax.cost.Accelerator), recorded in
-chosen.json, not in the rows.
+chosen.json, not in the rows. Before anything is evaluated, each tolerance must be at least
+twice the half-width its calibration tokens give, as the noise-floor study `noise_floor`
+predicts it (experiments/search_resolution.py): a search that cannot resolve one is refused,
+naming the tokens it needs, unless allow_unresolved=True.
 
 Writes results/<run>/ :
   setup.json     what the rows below are valid for (model, format, windows' sha256, shapes)
@@ -25,7 +28,9 @@ Writes results/<run>/ :
                  per-window NLL sums, appended and flushed as soon as it is known; a rerun
                  skips what is in it
   chosen.json    the configuration chosen for each tolerance, its losses with their intervals,
-                 the noise floor, and what racing, the bound and prefix reuse saved
+                 the noise floor, whether the calibration tokens resolve each tolerance
+                 (`resolution`, and `allow_unresolved`), and what racing, the bound and
+                 prefix reuse saved
   work.json      what each process of the run did (seconds, window evaluations, layer passes),
                  kept up to date as results come, so a resumed run reports its whole work
   report.md      tolerance, M per type, perplexity and loss [interval] on calibration and test,
@@ -70,6 +75,7 @@ from experiments.harness import reports
 from experiments.harness import run_folder
 from experiments.search_log import SPLITS, SearchLog, WorkLog
 from experiments import search_report
+from experiments import search_resolution
 
 
 
@@ -128,6 +134,8 @@ def validate(cfg) -> None:
                      "whole; set race_windows=None" % cfg.race_windows)
   config_checks.other_formats(cfg)
   cost.accelerator(cfg.cost.to_dict())
+  if cfg.data.windows is not None:  # else checked once the windows are loaded
+    search_resolution.check(cfg, cfg.data.windows)
 
 
 def setup_of(cfg, windows: dict | None, shape: cost.ModelShape | None, model_digest: str) -> dict:
@@ -153,7 +161,8 @@ def setup_of(cfg, windows: dict | None, shape: cost.ModelShape | None, model_dig
   extra = dict(stride=cfg.data.stride, impl=None if cfg.impl == "fake" else cfg.impl,
                matmul_precision=None if precision == "highest" else precision,
                seed=cfg.seed if f.rounding == "stochastic" else None)
-  return setup | {k: v for k, v in extra.items() if v is not None} | run_folder.finetune_setup(cfg)
+  return (setup | {k: v for k, v in extra.items() if v is not None} | run_folder.finetune_setup(cfg)
+          | run_folder.mesh_setup(cfg))
 
 
 def run(cfg) -> pathlib.Path:
@@ -161,6 +170,7 @@ def run(cfg) -> pathlib.Path:
   validate(cfg)
   distributed.maybe_initialize_distributed(cfg)
   digest = loading.model_sha256(cfg.model.name)
+  loading.check_finetune_file(cfg, digest)
   with run_folder.open_run(cfg, setup_of(cfg, None, None, digest)) as folder:
     _run(cfg, folder, digest)
   return folder
@@ -177,13 +187,17 @@ def _load(cfg):
       model, mesh, [config_checks.product_spec(cfg, cfg.format.group_sizes[0])]
       + [ProductSpec(f, cfg.impl) for f in others.values()])
   windows = loading.load_windows(cfg.data, tokenizer,
-                                 dict(zip(SPLITS, (cfg.data.windows, cfg.test.windows))))
+                                 dict(zip(SPLITS, (cfg.data.windows, cfg.test.windows))),
+                                 dict(zip(SPLITS, ("data.windows", "test.windows"))))
+  loading.check_model_fits(cfg, model, windows)
   return model, windows, others, mesh
 
 
-def _chosen_record(cfg, results, loss, floor, race, prefix_reuse, others, work) -> dict:
+def _chosen_record(cfg, results, loss, floor, race, prefix_reuse, others, work,
+                   resolution) -> dict:
   """chosen.json: the search's settings, the configuration chosen for each tolerance with its
-  losses on both splits, and what the run's processes evaluated, summed (work.json has each
+  losses on both splits, whether the calibration tokens resolve each tolerance
+  (search_resolution), and what the run's processes evaluated, summed (work.json has each
   one's)."""
   return dict(
       granularity=cfg.granularity, min_m=cfg.min_m,
@@ -193,6 +207,7 @@ def _chosen_record(cfg, results, loss, floor, race, prefix_reuse, others, work) 
       max_rounds=cfg.max_rounds, max_accept=cfg.max_accept, bound=cfg.bound,
       test_path=cfg.test.path,
       other_formats=list(others), cost=cfg.cost.to_dict(),
+      allow_unresolved=cfg.allow_unresolved, resolution=resolution,
       noise_floor=None if floor is None else floor[0],
       chosen=[dict(tolerance=tol, precision=r.precision.tolist(), rounds=r.rounds,
                    within_tolerance=r.within_tolerance,
@@ -207,6 +222,8 @@ def _chosen_record(cfg, results, loss, floor, race, prefix_reuse, others, work) 
 def _run(cfg, run_dir: pathlib.Path, digest: str) -> None:
   t0 = time.time()
   model, windows, others, mesh = _load(cfg)
+  # Before anything is evaluated: the split may hold fewer windows than asked for.
+  resolution = search_resolution.check(cfg, len(windows[SPLITS[0]]), digest)
   spec = config_checks.product_spec(cfg, cfg.format.group_sizes[0])
   shape = cost.as_shape(model)
   per_layer = cfg.granularity == "layer"
@@ -276,7 +293,7 @@ def _run(cfg, run_dir: pathlib.Path, digest: str) -> None:
     ev = window_evaluators[SPLITS[0]]
     reports.write_text(run_dir / "chosen.json", json.dumps(_chosen_record(
         cfg, results, loss, floor, race, ev.reuse, others,
-        work.total() | dict(saved_by_racing=saved)), indent=1) + "\n")
+        work.total() | dict(saved_by_racing=saved), resolution), indent=1) + "\n")
     search_report.write_report(run_dir)
 
 

@@ -6,6 +6,7 @@ chosen.json): report.md, pareto.png, and with their data path.png and layers.png
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import pathlib
@@ -13,10 +14,12 @@ import pathlib
 import numpy as np
 
 from anda_jax import cost
+from anda_jax import cost_assumptions
 from anda_jax.numerics import baselines
 from anda_jax.precision import MODULE_TYPES, config_key
 from experiments.harness import perplexity
 from experiments.harness import reports
+from experiments import search_resolution
 from experiments.search_log import ANDA, SPLITS, SearchLog, read_rows
 
 
@@ -115,6 +118,11 @@ class _Run:
     self.fp = {s: _fp_row(self.by_key[s]) for s in SPLITS}
     self.rule = self.chosen.get("rule", "point")  # runs before the intervals chose by the estimate
     self.hw = cost.accelerator(self.chosen.get("cost"))  # runs before the cost block: the defaults
+    # A setup.json without the vocabulary (a shape recorded before the head was costed): the
+    # head cannot be counted, and the report says so.
+    self.head_unknown = self.hw.lm_head and self.shape.vocab is None
+    if self.head_unknown:
+      self.hw = dataclasses.replace(self.hw, lm_head=False)
 
   def ppl_cells(self, split, config):
     return self.cells(split, self.by_key[split].get(config_key(np.asarray(config))))
@@ -158,7 +166,7 @@ def write_report(run_dir) -> str:
   """report.md and pareto.png of a run, from its setup.json, search.jsonl, chosen.json."""
   run = _Run(pathlib.Path(run_dir))
   out = (_chosen_section(run) + _search_section(run) + _noise_floor_section(run)
-         + _formats_section(run) + _path_section(run) + _what_if_section(run)
+         + _formats_section(run) + _path_section(run) + _cost_model_section(run)
          + ["", "![Pareto plot](pareto.png)", ""])
   if run.like.ndim == 2:
     out += ["![chosen M per layer and type](layers.png)", ""]
@@ -186,11 +194,13 @@ def _chosen_section(run: _Run) -> list[str]:
       f"on the same windows, in brackets its {perplexity.INTERVAL_METHOD}. "
       + ("A candidate fits a tolerance if the upper end of its interval is within it."
          if run.rule == "upper" else "A candidate fits a tolerance if its loss estimate is "
-         "within it (the paper's rule).") + " Storage bits per activation element (FP16: 16); "
-      "BOPs saving vs FP16 activations x INT4 weights; speedup and energy are modeled "
-      "(`anda_jax.cost.Accelerator`, assumptions in its docstring) against the GPU-like "
-      "FP16xFP16 baseline; the FP16-activations row runs its FP16 inputs on the Anda unit "
-      "pre-aligned (FIGNA-like).", "",
+         "within it (the paper's rule).") + " Mean M, storage bits per activation element (FP16: "
+      "16) and the BOPs saving vs FP16 activations x INT4 weights are over the four searched "
+      "sites; speedup and energy are modeled (`anda_jax.cost.Accelerator`) against the "
+      "GPU-like FP16xFP16 baseline, " + _head_text(run) + "; the FP16-activations row runs its "
+      "FP16 inputs on the Anda unit pre-aligned (FIGNA-like). Every assumption of the model, "
+      "with its source, and how the ratios move with them: [the last section](#the-cost-model"
+      "-its-assumptions-and-how-the-ratios-move-with-them).", "",
       "| tolerance | M per type | ppl calib | loss calib | ppl test | loss test | mean M "
       "| storage bits | BOPs saving | speedup vs FP16 | energy saving vs FP16 |",
       "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
@@ -206,31 +216,81 @@ def _chosen_section(run: _Run) -> list[str]:
   return out
 
 
+def _head_text(run: _Run) -> str:
+  """How the run's cost settings treat the LM head, for the report's first paragraph."""
+  hw = run.hw
+  if run.head_unknown:
+    return ("without the LM head, although `cost.lm_head` asks for it: setup.json records no "
+            "vocabulary (`shape.vocab`), so the four searched sites only")
+  if not hw.lm_head:
+    return "without the LM head (`cost.lm_head=False`: the four searched sites only)"
+  share = run.shape.head_macs() / hw.sites(run.shape)["macs"].sum()
+  head_input = ("FP16 (no configuration quantizes it; FIGNA-like on the FP-INT designs)"
+                if hw.head_mantissa_bits == 0 else
+                f"in the qkv site's format at M = {hw.head_mantissa_bits} (`cost."
+                "head_mantissa_bits`, a modeled figure: no evaluated row quantizes the head)")
+  return (f"with the LM head as a site of its own (`cost.lm_head=True`, {100 * share:.1f}% of "
+          f"the MACs): its input {head_input}, its weights {hw.head_weight_bits} bits")
+
+
 def _search_section(run: _Run) -> list[str]:
   return ["", "## The search", "", _search_work(run.chosen)]
 
 
 def _noise_floor_section(run: _Run) -> list[str]:
-  out = ["", "## Tolerances and the noise floor", ""]
+  out = ["", "## Tolerances and the noise floor", ""] + _resolution_lines(run)
   floor = noise_floor(run.by_key["calibration"])
   if floor is None:
     return out + ["The rows hold no per-window sums (a run before the intervals): no noise floor."]
+  factor = search_resolution.RESOLUTION
   out += [f"Noise floor of the calibration windows: **±{100 * floor[0]:.2f}%**, the half-width "
           f"of the interval of the evaluated configuration whose loss is closest to 0 "
           f"({_fmt_config(floor[1]['precision'])}): a loss difference smaller than that is not "
           "resolved by these windows.", "",
-          "Intervals widen as a configuration departs from FP: the last column is the "
-          "half-width of the chosen configuration's own interval.", "",
-          "| tolerance | rule | below the noise floor | half-width at the chosen configuration |",
-          "|---|---|---|---:|"]
+          "Intervals widen as a configuration departs from FP: the last columns are the "
+          "half-width of the chosen configuration's own interval, measured, and whether the "
+          f"tolerance is at least {factor:g} times it.", "",
+          "| tolerance | rule | below the noise floor | half-width at the chosen configuration "
+          f"| tolerance >= {factor:g} x that |", "|---|---|---|---:|---|"]
   for c in run.chosen["chosen"]:
     row = run.by_key["calibration"].get(config_key(np.asarray(c["precision"])))
     interval = None if row is None else perplexity.increase_interval(row, run.fp["calibration"])
     out.append(f"| {100 * c['tolerance']:g}% | {run.rule} | "
                + ("yes: more calibration tokens needed to resolve it" if c["tolerance"] < floor[0]
                   else "no")
-               + f" | {'–' if interval is None else f'±{100 * interval.half_width:.2f}%'} |")
+               + f" | {'–' if interval is None else f'±{100 * interval.half_width:.2f}%'} | "
+               + ("–" if interval is None else
+                  "yes" if c["tolerance"] >= factor * interval.half_width else "no") + " |")
   return out
+
+
+def _resolution_lines(run: _Run) -> list[str]:
+  """What the search predicted before it ran about resolving its tolerances (chosen.json's
+  `resolution`, experiments.search_resolution), and whether allow_unresolved overrode it."""
+  res = run.chosen.get("resolution")
+  if res is None:
+    return ["Resolution before the run: not recorded (chosen.json has no `resolution`: the run "
+            "predates the check of its tolerances against a noise-floor study).", ""]
+  allowed = ("**`allow_unresolved=True`**: the search ran although " if res["allow_unresolved"]
+             else "")
+  if res["unchecked"] is not None:
+    return [f"Resolution before the run: not predicted ({res['unchecked']}). " + (
+        allowed + "nothing said whether its tolerances are resolved." if allowed else ""), ""]
+  out = [f"Resolution before the run: from the noise-floor study `{res['noise_floor']}`, the "
+         "half-width each tolerance is decided with on the run's "
+         f"{res['calibration_tokens']:,} scored calibration tokens (its pair nearest the "
+         "tolerance, half-width x sqrt(tokens) at its most tokens, over sqrt(these tokens)); a "
+         f"tolerance is resolved when it is at least {res['factor']:g} times that.", "",
+         "| tolerance | study's pair | predicted half-width | tokens needed | resolved |",
+         "|---|---|---:|---:|---|"]
+  out += [f"| {100 * t['tolerance']:g}% | {t['pair']} | ±{100 * t['half_width']:.2f}% | "
+          + ("–" if t["tokens_needed"] is None else f"{t['tokens_needed']:,}")
+          + f" | {'yes' if t['resolved'] else 'no'} |" for t in res["tolerances"]]
+  unresolved = [f"{100 * t['tolerance']:g}%" for t in res["tolerances"] if not t["resolved"]]
+  if unresolved:
+    out += ["", (allowed or "The search ran although ") + "its calibration tokens do not "
+            f"resolve {', '.join(unresolved)}: those decisions are not supported by the data."]
+  return out + [""]
 
 
 def _formats_section(run: _Run) -> list[str]:
@@ -238,14 +298,19 @@ def _formats_section(run: _Run) -> list[str]:
          "Each other format at the sites the configuration quantizes (FP16 elsewhere), on the "
          "same modeled unit; perplexities measured on the same windows where the run evaluated "
          "the format (`other_formats`: at all four sites), else –. Lane-cycles per MAC: the "
-         "compute cost of one multiply-accumulate on the bit-serial unit (Anda: M; an FP element: "
-         "its significand aligned to the block's scale, see `anda_jax.cost.Accelerator`).", ""]
+         "compute cost of one multiply-accumulate, averaged over every modeled site, the LM head "
+         "included where it is counted (Anda: M at its sites; FP16xFP16: the FMA's area). Each "
+         "FP element (MXFP, NVFP4, FP8) in both models of `fp_elements`: *aligned*, its "
+         "significand aligned to the block's scale on the bit-serial unit, and *parallel*, a "
+         "bit-parallel significand multiplier with a shifter (see `anda_jax.cost.Accelerator`); "
+         "the other rows are the same in both.", ""]
   others = run.chosen.get("other_formats", [])
   for c in run.chosen["chosen"]:
     config = np.asarray(c["precision"])
     uniform_m = int(np.ceil(cost.mean_mantissa_bits(run.shape, config)))
-    table = cost.compare_formats(run.shape, config, run.group, run.ebits, run.hw, uniform_m,
-                                 [baselines.parse_format(n) for n in others] or None)
+    table = cost.compare_formats_by_mode(
+        run.shape, config, run.group, run.ebits, hw=run.hw, uniform_m=uniform_m,
+        other_formats=[baselines.parse_format(n) for n in others] or None)
     columns = {}
     for split in SPLITS:
       # The rows of compare_formats: FP16 twice, the other formats, uniform M, this config.
@@ -253,7 +318,8 @@ def _formats_section(run: _Run) -> list[str]:
           run.cells(split, rows_by_key(run.rows, split, name).get(
               config_key(np.ones_like(config))))
           if config.min() > 0 else ("–", "–") for name in others]
-      measured += [("–", "–")] * (len(table) - 2 - len(measured))  # no other_formats: MXINT8
+      n_rows = len(next(iter(table.values())))
+      measured += [("–", "–")] * (n_rows - 2 - len(measured))  # no other_formats: MXINT8
       measured += [run.ppl_cells(split, np.full_like(config, uniform_m)),
                    run.ppl_cells(split, config)]
       short = "calib" if split == SPLITS[0] else split
@@ -283,17 +349,31 @@ def _path_section(run: _Run) -> list[str]:
   return out + ["", "![loss along the path](path.png)", ""]
 
 
-def _what_if_section(run: _Run) -> list[str]:
+def _cost_model_section(run: _Run) -> list[str]:
+  """Every assumption of the cost model with its source, the headline ratios over the FP16
+  FMA's area, one other assumption changed at a time, and the paper's figures."""
   last = run.chosen["chosen"][-1]
-  out = ["## How the modeled ratios depend on the assumptions", "",
-         f"The chosen configuration of tolerance {100 * last['tolerance']:g}% "
-         "under the run's `cost` settings, then with one assumption changed at a time:", "",
-         "| assumption | speedup vs FP16 | energy saving vs FP16 | Anda bound by | FP16 bound by |",
-         "|---|---:|---:|---|---|"]
-  return out + [f"| {r['assumption']} | {r['speedup_vs_fp16']:.2f}x | "
-                f"{r['energy_saving_vs_fp16']:.2f}x | {r['anda_bound']} | {r['fp16_bound']} |"
-                for r in cost.what_if(run.shape, np.asarray(last["precision"]), run.group,
-                                      run.ebits, run.hw)]
+  config = np.asarray(last["precision"])
+  configs = [(f"{100 * c['tolerance']:g}%", np.asarray(c["precision"]))
+             for c in run.chosen["chosen"]]
+  args = (run.shape, config, run.group, run.ebits, run.hw)
+  lanes = cost_assumptions.lanes_table(run.shape, configs, run.group, run.ebits, run.hw)
+  return [
+      "## The cost model, its assumptions and how the ratios move with them", "",
+      "The modeled figures rest on these numbers and rules (the run's `cost` settings, "
+      "`--config.cost.<field>=`; they change the report, never an evaluated row). The model is "
+      "analytic and not calibrated against hardware.", "",
+      *cost_assumptions.assumptions_table(run.hw), "",
+      "Speedup and energy saving of the chosen configurations against the area charged for "
+      "one FP16 x FP16 FMA, the least certain number (every other assumption as configured):",
+      "", *lanes, "",
+      f"The chosen configuration of tolerance {100 * last['tolerance']:g}% with one other "
+      "assumption changed at a time:", "", *cost_assumptions.what_if_table(*args), "",
+      "### Against the paper's figures", "",
+      f"The paper's reported averages ({cost_assumptions.PAPER_SOURCE}, over a GPU-like FP-FP "
+      "baseline) next to the model's figures for the configuration of tolerance "
+      f"{100 * last['tolerance']:g}%:", "",
+      *cost_assumptions.paper_table(*args, model=run.setup["model"])]
 
 
 def _paths_on_test(chosen, by_key, fp) -> list:

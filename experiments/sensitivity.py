@@ -82,6 +82,7 @@ def run(cfg, reuse_prefix: bool = True, loaded=None) -> Outcome:
   validate(cfg)
   distributed.maybe_initialize_distributed(cfg)
   digest = loading.model_sha256(cfg.model.name)
+  loading.check_finetune_file(cfg, digest)
   setup = lambda windows: dict(run_folder.setup_of(cfg, windows, digest), group_size=cfg.format.group_sizes[0])
   with run_folder.open_run(cfg, setup(None)) as folder:
     return _run(cfg, folder, setup, reuse_prefix, loaded)

@@ -135,6 +135,7 @@ def run(cfg) -> dict:
   validate(cfg)
   distributed.maybe_initialize_distributed(cfg)
   digest = loading.model_sha256(cfg.model.name)
+  loading.check_finetune_file(cfg, digest)
   with run_folder.open_run(cfg, run_folder.setup_of(cfg, None, digest)) as folder:
     return _run(cfg, folder, digest)
 
@@ -145,11 +146,11 @@ def _run(cfg, folder: pathlib.Path, digest: str) -> dict:
   t0 = time.time()
   mesh = distributed.mesh_of(cfg)  # before loading: a shape that does not fit the devices is refused
   model, windows, score_from = loading.start(cfg, mesh=mesh)
+  others = config_checks.other_formats(cfg)
+  distributed.check_mesh_fits(model, mesh, [ProductSpec(f, cfg.impl) for f in others.values()])
   is_main = distributed.is_main()
   results = run_folder.Results(folder, run_folder.setup_of(cfg, windows, digest), write=is_main,
                            required=ROW_FIELDS)
-  others = config_checks.other_formats(cfg)
-  distributed.check_mesh_fits(model, mesh, [ProductSpec(f, cfg.impl) for f in others.values()])
   shape = cost.as_shape(model)
   configs = sweep_configs(cfg.format.group_sizes, cfg.mantissa_bits, cfg.types, tuple(others),
                           cfg.other_format_types)

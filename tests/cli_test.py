@@ -70,6 +70,22 @@ class CommandLineTest(absltest.TestCase):
     self.assertFalse((self.tmp / "results").exists())
     self.assertFalse((self.tmp / "escaped").exists())
 
+  def test_none_is_a_value_of_the_integer_settings(self):
+    # data.windows None: every window of the split; window_batch None: sized automatically.
+    # A setting that takes no None says so in its own check's words.
+    out = self.experiment("sweep", "--config.data.windows=None", "--config.window_batch=None",
+                          "--config.config_batch=0")
+    self.assert_one_line_error(out, r"config_batch=0 is invalid: must be an integer >= 1 or None")
+    out = self.experiment("sweep", "--config.data.seq_len=None")
+    self.assert_one_line_error(out, r"data.seq_len=None is invalid: must be an integer >= 2$")
+    out = self.experiment("sweep", "--config.data.windows=None", "--config.data.seq_len=64",
+                          "--config.format.group_sizes=(8,)", "--config.mantissa_bits=(4,)",
+                          "--config.types=('all',)", model=self.ckpt, results="all_windows")
+    self.assertEqual(out.returncode, 0, out.stderr)
+    setup = json.loads((self.tmp / "all_windows" / "quickstart" / "setup.json").read_text())
+    self.assertIsNone(setup["data"]["windows"])
+    self.assertGreater(setup["windows_shape"][0], 3)  # the quick variant's 3: all of them here
+
   def test_unknown_key_and_bad_config_file(self):
     out = self.experiment("search", "--config.tolerance=(0.1,)")
     self.assert_one_line_error(out, r"config key 'tolerance' .* is invalid: configs/search.py has no "

@@ -1,6 +1,8 @@
-"""Cost model against numbers computed by hand for a small model."""
+"""Cost model against numbers computed by hand for a small model, and against an independent
+per-site reference on random shapes, configurations and settings."""
 
 import dataclasses
+import math
 
 from absl.testing import absltest
 from absl.testing import parameterized
@@ -8,6 +10,7 @@ import numpy as np
 
 from anda_jax import cost
 from anda_jax import models
+from anda_jax import precision as precision_lib
 from anda_jax.numerics.anda import AndaFormat
 from anda_jax.numerics import baselines
 from anda_jax.numerics.baselines import MXFormat, NVFP4Format, PerTokenFormat
@@ -16,11 +19,13 @@ from configs import search as search_config
 # A small LLaMA: 2 layers, d_model 8, 4 heads of 2 (2 kv heads), d_ff 16.
 # Per layer:  qkv = 8 * (4*2 + 2 * 2*2) = 128   o = 8*8 = 64
 #             up  = 2 * 8*16 = 256 (gate + up)   down = 16*8 = 128   total 576
-LLAMA = cost.ModelShape(n_layers=2, d_model=8, n_heads=4, n_kv_heads=2, head_dim=2, d_ff=16)
+# The LM head: 8 * 32 = 256 MACs per token.
+LLAMA = cost.ModelShape(n_layers=2, d_model=8, n_heads=4, n_kv_heads=2, head_dim=2, d_ff=16,
+                        vocab=32)
 # The same shapes as OPT: kv heads = heads, one fc1.
 # Per layer:  qkv = 8 * 24 = 192   o = 64   up = 128   down = 128   total 512
 OPT = cost.ModelShape(n_layers=2, d_model=8, n_heads=4, n_kv_heads=4, head_dim=2, d_ff=16,
-                      family="opt")
+                      family="opt", vocab=32)
 
 
 @dataclasses.dataclass
@@ -51,16 +56,31 @@ class ShapesTest(parameterized.TestCase):
       config = FakeConfig()
     self.assertEqual(cost.as_shape(Model()), LLAMA)
     self.assertEqual(cost.as_shape(dict(n_layers=2, d_model=8, n_heads=4, d_ff=16,
-                                        family="opt")), OPT)
+                                        family="opt", vocab=32)), OPT)
+    self.assertIsNone(cost.as_shape(dict(n_layers=2, d_model=8, n_heads=4, d_ff=16)).vocab)
 
   @parameterized.named_parameters(
       ("layers", dict(n_layers=0)), ("family", dict(family="gpt")),
-      ("kv_heads", dict(n_kv_heads=3)))
+      ("kv_heads", dict(n_kv_heads=3)), ("vocab", dict(vocab=0)))
   def test_invalid_shape_names_the_field(self, change):
     kwargs = dict(n_layers=2, d_model=8, n_heads=4, n_kv_heads=2, head_dim=2, d_ff=16)
     kwargs.update(change)
     with self.assertRaisesRegex(ValueError, next(iter(change))):
       cost.ModelShape(**kwargs)
+
+  def test_head_macs_need_the_vocabulary(self):
+    self.assertEqual(LLAMA.head_macs(), 8 * 32)
+    unknown = dataclasses.replace(LLAMA, vocab=None)
+    with self.assertRaisesRegex(ValueError, "vocabulary size.*lm_head=False"):
+      cost.Accelerator().anda(unknown, np.full(4, 4))
+    self.assertEqual(cost.Accelerator(lm_head=False).anda(unknown, np.full(4, 4)),
+                     cost.Accelerator(lm_head=False).anda(LLAMA, np.full(4, 4)))
+
+  def test_smollm2_head_is_a_fifth_of_the_macs(self):
+    smollm2 = cost.ModelShape.from_config(models.llama.PRESETS["smollm2-135m"])
+    share = cost.summarize(smollm2, np.full(4, 8))["head_share"]
+    self.assertAlmostEqual(share, 576 * 49152 / (576 * 49152 + 30 * 3538944))
+    self.assertAlmostEqual(share, 0.2105, places=4)
 
 
 def tiny_model(family):
@@ -133,9 +153,10 @@ class AcceleratorTest(parameterized.TestCase):
     # configs/ import nothing from the library, so the search config spells the defaults out.
     defaults = {f.name: f.default for f in dataclasses.fields(cost.Accelerator)}
     self.assertEqual(search_config.get_config().cost.to_dict(), defaults)
+  # Without the head: the four searched sites (the head has its own tests below).
   HW = cost.Accelerator(lanes=64, memory_bits_per_cycle=32.0, tokens_per_weight_read=8,
                         weight_group_size=32, compressor_elements_per_cycle=4.0,
-                        energy_per_memory_bit=2.0, energy_per_compressor_op=1.0)
+                        energy_per_memory_bit=2.0, energy_per_compressor_op=1.0, lm_head=False)
 
   def test_anda_by_hand(self):
     p = np.array([8, 4, 6, 2])
@@ -186,9 +207,13 @@ class AcceleratorTest(parameterized.TestCase):
     self.assertIn("BFP, uniform M=6", rows[3]["format"])  # ceil(3072 / 576)
     self.assertEqual(rows[2]["format"], "mxint8")  # the default other format
     self.assertEqual(rows[2]["cycles"], self.HW.mxint8(LLAMA)["cycles"])
-    table = cost.format_table(rows)
+    self.assertEqual(rows[2]["bound"], cost.bound(self.HW.mxint8(LLAMA)))
+    table = cost.format_table(cost.compare_formats_by_mode(LLAMA, np.array([8, 4, 6, 2]),
+                                                           hw=self.HW))
     self.assertEqual(table.count("\n"), 6)
-    self.assertIn("| mxint8 | 7.00 | 8.25 | ", table)
+    # storage, memory bits, then lane-cycles, speedup, energy in each FP-element model.
+    self.assertIn("| mxint8 | 8.25 | ", table)
+    self.assertIn("lane-cycles / MAC, aligned | lane-cycles / MAC, parallel |", table)
 
 
 # Elements per layer and type of LLAMA (the contraction lengths K): qkv 8, o 8, up 8, down 16.
@@ -276,7 +301,7 @@ class FormatsTest(parameterized.TestCase):
       self.assertAlmostEqual(row["lane_cycles_per_mac"], want["lane_cycles"] / 1152)
     # FP8 per token: 18 planes where quantized, 16 (FIGNA-like) at o.
     self.assertAlmostEqual(rows[4]["lane_cycles_per_mac"], (2 * (128 + 256 + 128) * 18 + 2 * 64 * 16) / 1152)
-    self.assertIn("| nvfp4 | ", cost.format_table(rows))
+    self.assertIn("| nvfp4 | ", cost.format_table({"aligned": rows}))
 
   @parameterized.named_parameters(
       ("lanes", dict(lanes=0), "lanes=0"),
@@ -299,23 +324,164 @@ class FormatsTest(parameterized.TestCase):
     with self.assertRaisesRegex(ValueError, "fmt=.*is invalid"):
       cost.format_storage_bits(LLAMA, np.ones(4, np.int32), (MXFormat(),) * 3)
 
-  def test_what_if_changes_one_assumption_at_a_time(self):
+
+class HeadTest(absltest.TestCase):
+  """The LM head as a site of its own, by hand on LLAMA (head: 256 MACs, 8 input elements)."""
+
+  HW = dataclasses.replace(AcceleratorTest.HW, lm_head=True)  # head_weight_bits 8: two slices
+
+  def test_fp16_head_by_hand(self):
     p = np.array([8, 4, 6, 2])
-    variants = (("narrow", dict(compressor_elements_per_cycle=0.5)),
-                ("decode", dict(tokens_per_weight_read=1, memory_bits_per_cycle=1.0)))
-    rows = cost.what_if(LLAMA, p, hw=self.HW, variants=variants)
-    self.assertEqual([r["assumption"] for r in rows], ["as configured", "narrow", "decode"])
-    for row, hw in zip(rows, (self.HW, dataclasses.replace(self.HW, **variants[0][1]),
-                              dataclasses.replace(self.HW, **variants[1][1]))):
-      want = cost.summarize(LLAMA, p, hw=hw)
-      self.assertEqual(row["speedup_vs_fp16"], want["speedup_vs_fp16"])
-      self.assertEqual(row["energy_saving_vs_fp16"], want["energy_saving_vs_fp16"])
-    # By hand: compute 6144 / 64 = 96 cycles; 80 elements / 0.5 = 160 compressor cycles; with
-    # one bit per cycle and weights read per token, memory (> 1152 * 5 bits) bounds both.
-    self.assertEqual([(r["anda_bound"], r["fp16_bound"]) for r in rows],
-                     [("compute", "compute"), ("compressor", "compute"), ("memory", "memory")])
-    self.assertAlmostEqual(rows[1]["speedup_vs_fp16"], (1152 * 30.25 / 64) / 160)
-    self.assertLen(cost.what_if(LLAMA, p), 1 + len(cost.ASSUMPTION_VARIANTS))
+    got, bare = self.HW.anda(LLAMA, p), AcceleratorTest.HW.anda(LLAMA, p)
+    # FP16 input, FIGNA-like: 16 planes x 2 slices of the 8-bit weights.
+    self.assertAlmostEqual(got["lane_cycles"], bare["lane_cycles"] + 256 * 16 * 2)
+    # Its input written and read at 16 bits; its weights at 8 + 32 / 32 bits, per 8 tokens.
+    self.assertAlmostEqual(got["memory_bits"],
+                           bare["memory_bits"] + 2 * 8 * 16 + 256 * 9 / 8)
+    self.assertAlmostEqual(got["compressor_cycles"], bare["compressor_cycles"])  # FP16: none
+    fp16, fp16_bare = self.HW.fp16_gpu(LLAMA), AcceleratorTest.HW.fp16_gpu(LLAMA)
+    self.assertAlmostEqual(fp16["lane_cycles"], (1152 + 256) * 30.25)  # one FMA, any weight
+    self.assertAlmostEqual(fp16["memory_bits"], fp16_bare["memory_bits"] + 2 * 8 * 16 + 256 * 9 / 8)
+    self.assertAlmostEqual(self.HW.figna(LLAMA)["lane_cycles"], 1152 * 16 + 256 * 16 * 2)
+    s = cost.summarize(LLAMA, p, hw=self.HW)
+    self.assertAlmostEqual(s["head_share"], 256 / (1152 + 256))
+    self.assertAlmostEqual(s["speedup_vs_fp16"], fp16["cycles"] / got["cycles"])
+    # The measures of the configuration stay over the four searched sites.
+    bare_summary = cost.summarize(LLAMA, p, hw=AcceleratorTest.HW)
+    for key in ("mean_m", "storage_bits", "bops", "bops_saving"):
+      self.assertEqual(s[key], bare_summary[key])
+
+  def test_quantized_head_takes_the_qkv_format(self):
+    hw = dataclasses.replace(self.HW, head_mantissa_bits=5, head_weight_bits=4)
+    p = np.array([8, 4, 6, 2])
+    got, bare = hw.anda(LLAMA, p), AcceleratorTest.HW.anda(LLAMA, p)
+    self.assertAlmostEqual(got["lane_cycles"], bare["lane_cycles"] + 256 * 5)
+    self.assertAlmostEqual(got["memory_bits"],
+                           bare["memory_bits"] + 2 * 8 * 6.125 + 256 * 5 / 8)
+    self.assertAlmostEqual(got["compressor_cycles"], bare["compressor_cycles"] + 8 / 4)
+    self.assertAlmostEqual(got["energy"] - bare["energy"],
+                           256 * 5 + 2 * (2 * 8 * 6.125 + 256 * 5 / 8) + 8 * (2 + 5))
+    # With MXFP4 at qkv (and every site), the head is MXFP4: 4 planes, 4.25 bits.
+    mx = hw.run(LLAMA, np.ones(4, np.int32), MXFormat("fp4_e2m1"))
+    mx_bare = AcceleratorTest.HW.run(LLAMA, np.ones(4, np.int32), MXFormat("fp4_e2m1"))
+    self.assertAlmostEqual(mx["lane_cycles"], mx_bare["lane_cycles"] + 256 * 4)
+    self.assertAlmostEqual(mx["memory_bits"] - mx_bare["memory_bits"], 2 * 8 * 4.25 + 256 * 5 / 8)
+
+  def test_invalid_head_settings_name_the_field(self):
+    for change, message in ((dict(lm_head=1), "lm_head=1 is invalid"),
+                            (dict(head_mantissa_bits=25), r"head_mantissa_bits=25 .*\[0, 24\]"),
+                            (dict(head_weight_bits=0), "head_weight_bits=0 is invalid")):
+      with self.assertRaisesRegex(ValueError, message):
+        cost.Accelerator(**change)
+
+
+class ModesTest(absltest.TestCase):
+
+  def test_both_models_differ_only_in_fp_elements(self):
+    p = np.array([8, 0, 6, 2])
+    others = [baselines.parse_format(n) for n in baselines.FORMAT_NAMES]
+    modes = cost.compare_formats_by_mode(LLAMA, p, hw=cost.Accelerator(), other_formats=others)
+    self.assertEqual(tuple(modes), cost.FP_ELEMENT_MODELS)
+    for aligned, parallel in zip(*modes.values()):
+      self.assertEqual(aligned["format"], parallel["format"])
+      self.assertEqual(aligned["memory_bits"], parallel["memory_bits"])
+      fp = aligned["format"] in ("mxfp6_e3m2", "mxfp8_e4m3", "mxfp8_e5m2", "fp8_token")
+      # E2M1 (4 = 2 + 2) and E2M3 (6 = 4 + 2) cost the same in both; the wider ones do not.
+      if fp:
+        self.assertLess(parallel["lane_cycles_per_mac"], aligned["lane_cycles_per_mac"])
+      else:
+        self.assertEqual(aligned["lane_cycles_per_mac"], parallel["lane_cycles_per_mac"])
+    # FP8 E4M3 per MAC: 18 planes aligned, 4 significand + 4 shifter lanes parallel.
+    e4m3 = {m: next(r for r in rows if r["format"] == "mxfp8_e4m3") for m, rows in modes.items()}
+    sites = cost.Accelerator().sites(LLAMA)
+    on = sites["macs"][:-1].reshape(2, 4)[:, [0, 2, 3]].sum()
+    fp16 = sites["macs"][:-1].reshape(2, 4)[:, 1].sum() * 16 + 256 * 16 * 2
+    for mode, lanes in (("aligned", 18), ("parallel", 8)):
+      self.assertAlmostEqual(e4m3[mode]["lane_cycles_per_mac"],
+                             (on * lanes + fp16) / sites["macs"].sum())
+
+
+# Per-MAC compute and stored bits of each other format, spelled out (docs/formats.md, sections 5
+# to 7): element -> (aligned planes, parallel significand lanes, exponent bits, element bits).
+_ELEMENTS = dict(fp4_e2m1=(4, 2, 2, 4), fp6_e2m3=(6, 4, 2, 6), fp6_e3m2=(9, 3, 3, 6),
+                 fp8_e4m3=(18, 4, 4, 8), fp8_e5m2=(32, 3, 5, 8), int8=(7, 7, 0, 8))
+
+
+def _reference_site(fmt, m: int, k: int, hw) -> tuple:
+  """(lanes per 4-bit weight slice, stored bits, compressor magnitude bits or None)."""
+  if m == 0:
+    return hw.figna_mantissa_bits, 16.0, None
+  if isinstance(fmt, AndaFormat):
+    return m, 1 + m + fmt.exponent_bits / fmt.group_size, m
+  element = "fp4_e2m1" if isinstance(fmt, NVFP4Format) else fmt.element
+  aligned, significand, exponent, bits = _ELEMENTS[element]
+  lanes = (aligned if element == "int8" or hw.fp_elements == "aligned"
+           else significand + hw.fp_shift_lanes_per_exponent_bit * exponent)
+  stored = (bits + 8 / fmt.block_size if isinstance(fmt, MXFormat)
+            else 4 + 8 / 16 + 32 / k if isinstance(fmt, NVFP4Format) else 8 + 32 / k)
+  return lanes, stored, bits - 1
+
+
+def _reference(shape, p, fmt, hw) -> dict:
+  """Accelerator.run recomputed site by site from the docstring's rules."""
+  d, nh, nkv, hd, f = shape.d_model, shape.n_heads, shape.n_kv_heads, shape.head_dim, shape.d_ff
+  per_type = [(d * (nh + 2 * nkv) * hd, d), (nh * hd * d, nh * hd),
+              ((2 if shape.family == "llama" else 1) * d * f, d), (f * d, f)]
+  sites = [(macs, k, hw.weight_bits, int(p[layer, t]))
+           for layer in range(shape.n_layers) for t, (macs, k) in enumerate(per_type)]
+  if hw.lm_head:
+    sites.append((d * shape.vocab, d, hw.head_weight_bits, hw.head_mantissa_bits))
+  lane_cycles = memory = ops = compressed = 0.0
+  for macs, k, w_bits, m in sites:
+    lanes, stored, magnitude = _reference_site(fmt, m, k, hw)
+    lane_cycles += macs * lanes * math.ceil(w_bits / 4)
+    memory += 2 * k * stored + macs * (w_bits + 32 / hw.weight_group_size) / hw.tokens_per_weight_read
+    if magnitude is not None:
+      ops, compressed = ops + k * (2 + magnitude), compressed + k
+  cycles = max(lane_cycles / hw.lanes, memory / hw.memory_bits_per_cycle,
+               compressed / hw.compressor_elements_per_cycle)
+  return dict(lane_cycles=lane_cycles, memory_bits=memory, cycles=cycles,
+              energy=lane_cycles + memory * hw.energy_per_memory_bit
+              + ops * hw.energy_per_compressor_op)
+
+
+class ReferenceTest(parameterized.TestCase):
+
+  @parameterized.parameters(range(40))
+  def test_run_matches_the_site_by_site_reference(self, seed):
+    rng = np.random.default_rng(seed)
+    family = ("llama", "opt")[seed % 2]
+    n_heads = int(rng.choice([2, 4, 8]))
+    n_kv = n_heads if family == "opt" else int(rng.choice([h for h in (1, 2, n_heads)
+                                                           if n_heads % h == 0]))
+    head_dim = int(rng.choice([4, 8]))
+    shape = cost.ModelShape(
+        n_layers=int(rng.integers(1, 4)), d_model=n_heads * head_dim if family == "opt"
+        else int(rng.choice([16, 32])), n_heads=n_heads, n_kv_heads=n_kv, head_dim=head_dim,
+        d_ff=int(rng.choice([32, 48])), family=family, vocab=int(rng.integers(10, 500)))
+    fmt = (AndaFormat(int(rng.choice([16, 32, 64])), int(rng.integers(4, 9))) if seed % 3 == 0
+           else baselines.parse_format(str(rng.choice(baselines.FORMAT_NAMES))))
+    hw = cost.Accelerator(
+        lanes=int(rng.integers(16, 4096)), memory_bits_per_cycle=float(rng.uniform(8, 4096)),
+        tokens_per_weight_read=int(rng.integers(1, 300)),
+        fp16_fma_lanes=float(rng.uniform(10, 70)), weight_bits=int(rng.choice([3, 4, 8])),
+        weight_group_size=int(rng.choice([16, 32, 128])),
+        compressor_elements_per_cycle=float(rng.uniform(1, 128)),
+        energy_per_memory_bit=float(rng.uniform(0, 200)),
+        energy_per_compressor_op=float(rng.uniform(0, 3)),
+        fp_elements=str(rng.choice(cost.FP_ELEMENT_MODELS)),
+        fp_shift_lanes_per_exponent_bit=float(rng.uniform(0, 2)), lm_head=bool(seed % 4),
+        head_mantissa_bits=int(rng.choice([0, 0, rng.integers(1, 12)])),
+        head_weight_bits=int(rng.choice([4, 8, 16])))
+    p = rng.integers(0, 12, (shape.n_layers, 4)) * (rng.random((shape.n_layers, 4)) < 0.8)
+    got, want = hw.run(shape, p, fmt), _reference(shape, p, fmt, hw)
+    for key, value in want.items():
+      self.assertAlmostEqual(got[key] / value, 1.0, places=12, msg=key)
+    # The FP16 x FP16 baseline: one FMA per MAC at every site, whatever the weight bits.
+    macs = hw.sites(shape)["macs"].sum()
+    self.assertAlmostEqual(hw.fp16_gpu(shape)["lane_cycles"] / (macs * hw.fp16_fma_lanes), 1.0)
+    ref_fp16 = _reference(shape, np.zeros_like(p), fmt, dataclasses.replace(hw, head_mantissa_bits=0))
+    self.assertAlmostEqual(hw.figna(shape)["lane_cycles"] / ref_fp16["lane_cycles"], 1.0)
 
 
 if __name__ == "__main__":

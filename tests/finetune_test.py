@@ -3,6 +3,7 @@ gradients, a training step that lowers the loss, LoRA with B = 0 changing nothin
 file, bit-exact resume, the `finetune` setting of the experiments, and the experiment itself."""
 
 import json
+import pathlib
 
 from absl.testing import absltest
 from absl.testing import parameterized
@@ -252,6 +253,19 @@ class ResumeTest(_TinyModel):
 
 class ExperimentTest(absltest.TestCase):
   """experiments.finetune end to end on a tiny checkpoint; its parameters in the search."""
+
+  def test_setup_records_what_changes_the_test_evaluations(self):
+    # The recorded run's setup.json (docs/results/finetune_smollm2) reads as before: the
+    # settings known before loading are recorded with the same values, and nothing else.
+    recorded = json.loads((pathlib.Path(__file__).resolve().parents[1] / "docs/results/"
+                           "finetune_smollm2/setup.json").read_text())
+    cfg = finetune_config.get_config()
+    setup = exp_finetune.setup_of(cfg, None, recorded["model"]["sha256"])
+    self.assertEqual(setup, {k: v for k, v in recorded.items() if k != "windows"})
+    # The window batch of the test evaluations and the model shards are recorded where set.
+    cfg.window_batch, cfg.mesh = 4, (1, 2)
+    setup = exp_finetune.setup_of(cfg, None, recorded["model"]["sha256"])
+    self.assertEqual((setup["window_batch"], setup["model_shards"]), (4, 2))
 
   def test_run_resume_report_and_search_with_the_tuned_model(self):
     tmp = testlib.tempdir(self)

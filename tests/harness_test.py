@@ -111,8 +111,26 @@ class SetupTest(absltest.TestCase):
     self.assertEqual((setup["window_batch"], setup["config_batch"]), (3, 2))
     self.assertEqual(setup["model"]["sha256"], "ab" * 32)
 
+  def test_model_shards_are_part_of_the_setup(self):
+    # A row-parallel product adds its shards' partial sums in another order, which moves low-M
+    # cells (tests/sharding_test.py measures it): a run started on one model shard must not
+    # resume on two. Config shards change no bit; one model shard is the setup of before.
+    plain = run_folder.setup_of(_config(self.tmp), None, "ab" * 32)
+    self.assertNotIn("model_shards", plain)
+    for mesh, shards in (((2, 1), None), ((1, 1), None), ((1, 2), 2), ((2, 4), 4)):
+      setup = run_folder.setup_of(_config(self.tmp, mesh=mesh), None, "ab" * 32)
+      self.assertEqual(setup.get("model_shards"), shards, mesh)
+      self.assertEqual({k: v for k, v in setup.items() if k != "model_shards"}, plain)
+    run_folder.check_setup(self.tmp, plain)
+    (self.tmp / "results.jsonl").write_text('{"id": "fp"}\n')
+    on = lambda mesh: run_folder.setup_of(_config(self.tmp, mesh=mesh), None, "ab" * 32)
+    run_folder.check_setup(self.tmp, on((2, 1)), write=False, partial=True)
+    with self.assertRaisesRegex(ValueError, r"model_shards: \(not recorded\) -> 2"):
+      run_folder.check_setup(self.tmp, on((1, 2)), write=False, partial=True)
+
   def test_changed_settings_are_refused_with_one_message_saying_what_changed(self):
     run_folder.check_setup(self.tmp, dict(model=dict(name="m", sha256="a" * 64), window_batch=3))
+    (self.tmp / "results.jsonl").write_text('{"id": "fp"}\n')
     run_folder.check_setup(self.tmp, dict(model=dict(name="m", sha256="a" * 64), window_batch=3))
     with self.assertRaises(ValueError) as e:
       run_folder.check_setup(self.tmp, dict(model=dict(name="m", sha256="b" * 64), window_batch=None))
@@ -129,9 +147,45 @@ class SetupTest(absltest.TestCase):
 
   def test_damaged_setup_is_refused_naming_the_file_and_the_fix(self):
     (self.tmp / "setup.json").write_text("")  # a full disk, before writes were atomic
+    (self.tmp / "search.jsonl").write_text('{"split": "test"}\n')
     with self.assertRaisesRegex(ValueError, f"run folder '{self.tmp}' is invalid: its setup.json is "
                                             "damaged .*remove"):
       run_folder.check_setup(self.tmp, dict(a=1))
+
+  def test_results_without_a_setup_are_refused(self):
+    # An older version's run folder, or setup.json removed: whatever the rows were computed
+    # with is unknown, so they are never adopted, before loading or after.
+    for name in ("results.jsonl", "search.jsonl", "checkpoints/M4-norms.safetensors"):
+      with self.subTest(name):
+        folder = testlib.tempdir(self)
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_text("rows")
+        top = name.split("/")[0]
+        for partial in (True, False):
+          with self.assertRaisesRegex(
+              ValueError, rf"run folder '{folder}' is invalid: it holds {top} but no setup.json, "
+                          "so the settings its results were computed with are unknown; to start a "
+                          "new run choose another --config.run_name, or remove"):
+            run_folder.check_setup(folder, dict(window_batch=3), partial=partial)
+        self.assertFalse((folder / "setup.json").exists())
+    # Nothing but the lock, an empty results file and an empty folder: nothing to vouch for.
+    (self.tmp / ".lock").write_text("")
+    (self.tmp / "results.jsonl").write_text("")
+    (self.tmp / "checkpoints").mkdir()
+    run_folder.check_setup(self.tmp, dict(window_batch=3))
+    self.assertEqual(json.loads((self.tmp / "setup.json").read_text()), dict(window_batch=3))
+
+  def test_a_setup_beside_no_results_is_replaced(self):
+    # A run that failed after writing setup.json but before its first row (an older version
+    # left such folders): the corrected command is not refused, its settings are recorded.
+    (self.tmp / ".lock").write_text("")
+    (self.tmp / "setup.json").write_text(json.dumps(dict(impl="bitserial")))
+    run_folder.check_setup(self.tmp, dict(impl="fake"), write=False, partial=True)
+    run_folder.check_setup(self.tmp, dict(impl="fake"))
+    self.assertEqual(json.loads((self.tmp / "setup.json").read_text()), dict(impl="fake"))
+    (self.tmp / "results.jsonl").write_text('{"id": "fp"}\n')
+    with self.assertRaisesRegex(ValueError, "impl: 'fake' -> 'bitserial'"):
+      run_folder.check_setup(self.tmp, dict(impl="bitserial"))
 
   def test_setup_json_is_written_atomically(self):
     calls = []
@@ -218,6 +272,39 @@ class RunFolderTest(parameterized.TestCase):
       with run_folder.open_run(cfg, {}):
         raise ValueError("model failed")
     self.assertFalse(config_checks.run_dir(cfg).exists())
+
+  def test_a_run_that_fails_before_its_first_row_leaves_nothing(self):
+    cfg = _config(self.tmp)
+    folder = config_checks.run_dir(cfg)
+    with self.assertRaisesRegex(ValueError, "tokenizer failed"):
+      with run_folder.open_run(cfg, {}):
+        run_folder.check_setup(folder, dict(impl="fake"))
+        raise ValueError("tokenizer failed")
+    self.assertFalse(folder.exists())
+    # A folder that was there before stays, without the setup.json of the failed run; its
+    # results, once there are some, stay with theirs.
+    folder.mkdir(parents=True)
+    with self.assertRaises(KeyboardInterrupt):
+      with run_folder.open_run(cfg, {}):
+        run_folder.check_setup(folder, dict(impl="fake"))
+        raise KeyboardInterrupt
+    self.assertEqual([p.name for p in folder.iterdir()], [".lock"])
+    with self.assertRaises(KeyboardInterrupt):
+      with run_folder.open_run(cfg, {}):
+        run_folder.Results(folder, dict(impl="fake")).append([dict(id="fp")])
+        raise KeyboardInterrupt
+    self.assertCountEqual([p.name for p in folder.iterdir()],
+                          [".lock", "setup.json", "results.jsonl"])
+
+  def test_a_refused_second_process_removes_nothing(self):
+    cfg = _config(self.tmp)
+    folder = config_checks.run_dir(cfg)
+    with run_folder.open_run(cfg, {}):
+      run_folder.check_setup(folder, dict(impl="fake"))  # the first run, before its first row
+      with self.assertRaises(files.LockedError):
+        with run_folder.open_run(cfg, {}):
+          pass
+      self.assertTrue((folder / "setup.json").exists())
 
 
 def _read_only_folder(tmp: pathlib.Path) -> str:

@@ -34,7 +34,8 @@ from experiments import bench_search
 
 _REPO = pathlib.Path(__file__).resolve().parents[1]
 MACS = np.array([3.0, 1.0, 8.0, 4.0])
-SHAPE = dict(n_layers=2, d_model=8, n_heads=4, n_kv_heads=2, head_dim=2, d_ff=16, family="llama")
+SHAPE = dict(n_layers=2, d_model=8, n_heads=4, n_kv_heads=2, head_dim=2, d_ff=16, family="llama",
+             vocab=32)
 
 
 def _setup(n_calibration=2, n_test=3):
@@ -93,6 +94,9 @@ class ReportTest(absltest.TestCase):
     self.assertEqual(lines["FP16 activations"][1:5], ["20.000", "+0.00%", "30.000", "+0.00%"])
     self.assertEqual(lines["uniform M=5"][1:5], ["20.900", "+4.50%", "–", "–"])
     self.assertIn("no noise floor", text)
+    self.assertIn("Resolution before the run: not recorded", text)
+    self.assertIn("with the LM head as a site of its own (`cost.lm_head=True`, "
+                  f"{100 * 256 / (1152 + 256):.1f}% of the MACs)", text)
     # Changing a file changes the report: nothing is cached elsewhere. A new row with its
     # per-window sums joins the old ones.
     log = search_log.SearchLog(run_dir)  # repairs the torn line
@@ -153,19 +157,23 @@ class ReportTest(absltest.TestCase):
     (run_dir / "chosen.json").write_text(json.dumps(_chosen(
         [(0.01, config)], rule="upper", other_formats=["mxint8", "nvfp4"], cost=hw)))
     text = search_report.write_report(run_dir)
-    want = cost.compare_formats(shape, np.array(config), hw=cost.Accelerator(**hw),
-                                uniform_m=uniform, other_formats=[baselines.MXFormat("int8"),
-                                                                  baselines.NVFP4Format()])
+    modes = cost.compare_formats_by_mode(shape, np.array(config), hw=cost.Accelerator(**hw),
+                                         uniform_m=uniform,
+                                         other_formats=[baselines.MXFormat("int8"),
+                                                        baselines.NVFP4Format()])
+    want = list(zip(*modes.values()))  # each format's rows, one per FP-element model
     table = {l.split("|")[1].strip(): [c.strip() for c in l.split("|")[2:-1]]
              for l in text.split("## The chosen configurations in other")[1].split(
-                 "## How the modeled")[0].splitlines()
+                 "## The cost model")[0].splitlines()
              if l.startswith("| ") and not l.startswith("| format")}
-    self.assertEqual(list(table), [r["format"] for r in want][:6])
+    self.assertEqual(list(table), [r[0]["format"] for r in want][:6])
     mx = table["mxint8"]
     self.assertEqual(mx[0], f"{math.exp(3.02):.3f}")
     self.assertTrue(mx[1].startswith(f"{100 * (math.exp(0.02) - 1):+.2f}% ["), mx[1])
     self.assertEqual(mx[2], f"{math.exp(1.5 * 3.02):.3f}")
     self.assertEqual(mx[4:], cost.cost_cells(want[2]).split(" | "))  # the cost settings apply
+    # Both FP-element models: MXINT8 the same in both, NVFP4's E2M1 too (2 + 2 lanes = 4 planes).
+    self.assertEqual(mx[6], mx[7])
     self.assertEqual(table["nvfp4"][:4], ["–"] * 4)  # not measured in this run
     self.assertEqual(table[f"BFP, uniform M={uniform}"][0], f"{math.exp(3.005):.3f}")
     self.assertEqual(table["Anda (this config)"][2], f"{math.exp(1.5 * 3.01):.3f}")
@@ -173,9 +181,31 @@ class ReportTest(absltest.TestCase):
     # The assumptions table starts from the run's settings, then changes one at a time.
     s = cost.summarize(shape, np.array(config), hw=cost.Accelerator(**hw))
     self.assertIn(f"| as configured | {s['speedup_vs_fp16']:.2f}x |", text)
-    self.assertIn("| fp16_fma_lanes=60", text)
+    self.assertIn("| `fp16_fma_lanes` | 16.0 | ", text)  # the assumptions table, as run
+    self.assertIn("| `tokens_per_weight_read` | 4 | ", text)
+    at60 = cost.summarize(shape, np.array(config), hw=cost.Accelerator(**hw | dict(
+        fp16_fma_lanes=60.0)))
+    self.assertIn(f"| 60 | {at60['speedup_vs_fp16']:.2f}x | {at60['energy_saving_vs_fp16']:.2f}x |",
+                  text)
+    self.assertIn("| 16 (configured) | ", text)
+    self.assertIn("| area efficiency (throughput per area) | 4.0x | "
+                  f"{s['speedup_vs_fp16']:.2f}x |", text)
     # Anda's own rows ignore the format rows (they share the configuration [1, 1, 1, 1]).
     self.assertNotIn(_key([1, 1, 1, 1]), log.cache("calibration"))
+
+  def test_report_without_the_vocabulary_leaves_the_head_out_and_says_so(self):
+    run_dir = testlib.tempdir(self) / "old"
+    run_dir.mkdir()
+    shape = self._write_old_run(run_dir)
+    setup = json.loads((run_dir / "setup.json").read_text())
+    del setup["shape"]["vocab"]
+    (run_dir / "setup.json").write_text(json.dumps(setup))
+    text = search_report.write_report(run_dir)
+    self.assertIn("without the LM head, although `cost.lm_head` asks for it", text)
+    s = cost.summarize(shape, np.array([6, 5, 6, 5]), hw=cost.Accelerator(lm_head=False))
+    row = text.split("| 1% |")[1].splitlines()[0]
+    self.assertTrue(row.endswith(f"| {s['speedup_vs_fp16']:.2f}x | {s['energy_saving_vs_fp16']:.2f}x |"),
+                    row)
 
   def test_results_log_appends_partial_and_whole_rows_and_resumes(self):
     run_dir = testlib.tempdir(self)
@@ -218,9 +248,12 @@ class ReportTest(absltest.TestCase):
     # What is known before loading is the record without windows and shape.
     self.assertEqual(exp_search.setup_of(cfg, None, None, digest),
                      {k: v for k, v in setup.items() if k not in ("windows", "shape")})
-    cfg.data.stride, cfg.impl, cfg.window_batch = 128, "bitserial", 4
+    cfg.mesh = (2, 1)  # config shards change no bit: the record of before
+    self.assertEqual(exp_search.setup_of(cfg, windows, shape, digest), setup)
+    cfg.data.stride, cfg.impl, cfg.window_batch, cfg.mesh = 128, "bitserial", 4, (1, 2)
     setup = exp_search.setup_of(cfg, windows, shape, digest)
-    self.assertEqual((setup["stride"], setup["impl"], setup["window_batch"]), (128, "bitserial", 4))
+    self.assertEqual((setup["stride"], setup["impl"], setup["window_batch"], setup["model_shards"]),
+                     (128, "bitserial", 4, 2))
 
   def test_broken_lines_are_moved_aside_and_non_finite_sums_fail(self):
     run_dir = testlib.tempdir(self)
@@ -294,7 +327,8 @@ class ConfigTest(parameterized.TestCase):
       ("max_accept", 0, "max_accept=0 is invalid: must be an integer >= 1"),
       ("format.rounding", "stochastic", "race_windows=.* is invalid with format.rounding='stochastic'"),
       ("window_batch", 3, "race_windows=4 is invalid with window_batch=3: racing needs"),
-      ("window_batch", None, "race_windows=4 is invalid with window_batch=None"))
+      ("window_batch", None, "race_windows=4 is invalid with window_batch=None"),
+      ("cost.head_mantissa_bits", 25, "cost.head_mantissa_bits=25 is invalid"))
   def test_bad_configs_are_refused(self, key, value, message):
     for variant in (None, "quick"):
       cfg = search_config.get_config(variant)
@@ -309,6 +343,26 @@ class ConfigTest(parameterized.TestCase):
   def test_shipped_configs_are_valid(self):
     for variant in (None, "quick"):
       exp_search.validate(search_config.get_config(variant))
+
+  def test_unresolved_tolerances_are_refused_before_loading_unless_allowed(self):
+    cfg = search_config.get_config()  # its study: docs/results/noise_floor_smollm2
+    cfg.tolerances = (0.001, 0.01)
+    with self.assertRaisesRegex(ValueError, r"tolerances=\(0.001, 0.01\) is invalid with "
+                                r"data.windows=80: 0.1% is below 2 x .* it needs 501,855 tokens, "
+                                r"data.windows >= 1,969 .*allow_unresolved=True"):
+      exp_search.validate(cfg)
+    cfg.tolerances, cfg.data.windows = (0.01,), 16  # 4,080 tokens: 1% needs 5,019
+    with self.assertRaisesRegex(ValueError, "data.windows >= 20 "):
+      exp_search.validate(cfg)
+    cfg.data.windows = 20
+    exp_search.validate(cfg)
+    cfg.data.windows, cfg.allow_unresolved = 16, True
+    exp_search.validate(cfg)
+    # A study of another setup decides nothing: refused, unless allowed.
+    cfg.allow_unresolved, cfg.data.windows, cfg.format.rounding = False, 20, "nearest"
+    with self.assertRaisesRegex(ValueError, "cannot tell.*format.rounding: study 'truncate', "
+                                "search 'nearest'"):
+      exp_search.validate(cfg)
 
 
 class WindowEvaluatorTest(absltest.TestCase):
@@ -505,6 +559,8 @@ class ExperimentTest(absltest.TestCase):
     cfg = self._config(tmp, "formats", other_formats=("mxint8", "nvfp4"), tolerances=(0.1,),
                        start_types=(4, 3, 5, 4), uniform_m=(4,))
     cfg.data.seq_len = 12  # not the other tests' shapes: their compilation counts stay theirs
+    # A noise-floor study of this setup that resolves 10% on these windows: no override needed.
+    cfg.noise_floor, cfg.allow_unresolved = str(_study(tmp, cfg)), False
     run_dir = exp_search.run(cfg)
     rows = search_log.read_rows(run_dir / "search.jsonl")
     model, tokenizer = loading.load_model(cfg.model)
@@ -526,10 +582,56 @@ class ExperimentTest(absltest.TestCase):
     chosen = json.loads((run_dir / "chosen.json").read_text())
     self.assertEqual((chosen["start_m"], chosen["chosen"][0]["path"][0]), ([4, 3, 5, 4], [4, 3, 5, 4]))
     self.assertEqual(chosen["other_formats"], ["mxint8", "nvfp4"])
+    resolution = chosen["resolution"]
+    self.assertEqual((chosen["allow_unresolved"], resolution["unchecked"]), (False, None))
+    self.assertEqual(resolution["calibration_tokens"], 16 * 11)
+    self.assertEqual(resolution["tolerances"][0]["pair"], "M8 vs fp")
+    self.assertTrue(resolution["tolerances"][0]["resolved"])
+    self.assertIn(f"| 10% | M8 vs fp | ±{100 * 0.001 * math.sqrt(1000 / 176):.2f}% | 1 | yes |",
+                  (run_dir / "report.md").read_text())
     # Resumed: nothing evaluated again.
     before = (run_dir / "search.jsonl").read_text()
     exp_search.run(cfg)
     self.assertEqual((run_dir / "search.jsonl").read_text(), before)
+
+
+  def test_a_split_too_short_for_a_tolerance_is_refused_after_loading(self):
+    tmp = testlib.tempdir(self)
+    testlib.make_checkpoint(tmp / "ckpt", n_layers=2, d_model=32, d_ff=64)
+    (tmp / "corpus.txt").write_text(testlib.corpus_text())
+    cfg = self._config(tmp, "short", tolerances=(0.001,))
+    cfg.data.seq_len = 20  # not the other tests' shapes: their compilation counts stay theirs
+    cfg.noise_floor, cfg.allow_unresolved, cfg.data.windows = str(_study(tmp, cfg)), False, None
+    exp_search.validate(cfg)  # how many windows the split holds is known only once loaded
+    # 0.1% needs (2 x 0.001 x sqrt(1000) / 0.001)^2 = 4,000 scored tokens: more than the split.
+    with self.assertRaisesRegex(ValueError, r"invalid with data.windows=\d+: 0.1% .* it needs "
+                                "4,000 tokens, data.windows >= 211 of seq_len=20"):
+      exp_search.run(cfg)
+    self.assertFalse((tmp / "results" / "short").exists())  # nothing was written
+    # The quick config's override runs it, and says so in chosen.json and the report.
+    cfg.allow_unresolved, cfg.data.windows = True, 16
+    run_dir = exp_search.run(cfg)
+    chosen = json.loads((run_dir / "chosen.json").read_text())
+    self.assertTrue(chosen["allow_unresolved"])
+    self.assertFalse(chosen["resolution"]["tolerances"][0]["resolved"])
+    self.assertIn("**`allow_unresolved=True`**: the search ran although its calibration tokens do "
+                  "not resolve 0.1%", (run_dir / "report.md").read_text())
+
+
+def _study(tmp, cfg) -> pathlib.Path:
+  """A noise-floor study's folder for cfg's setup: M = 8 vs FP at ±0.1% on 1,000 tokens."""
+  folder = tmp / "noise_floor"
+  folder.mkdir(exist_ok=True)
+  (folder / "setup.json").write_text(json.dumps(dict(
+      model=dict(name=cfg.model.name, int4_group_size=None,
+                 sha256=loading.model_sha256(cfg.model.name)),
+      data=dict(corpus=cfg.data.corpus), group_size=cfg.format.group_sizes[0],
+      exponent_bits=cfg.format.exponent_bits, rounding=cfg.format.rounding)))
+  (folder / "noise_floor.csv").write_text(
+      "pair,windows,tokens,subsets,half_width,spread,estimate\n"
+      "M8 vs fp,2,500.0,2,0.0001,0.0,0.0\nM8 vs fp,4,1000.0,1,0.001,,0.0\n"
+      "M8~ vs M8,4,1000.0,1,0.5,,0.0\n")
+  return folder
 
 
 class BenchTest(absltest.TestCase):

@@ -78,6 +78,37 @@ class ModelShardedEvaluationTest(absltest.TestCase):
         self.assertEqual(set(fractions[site]), {1 / model_shards}, (shape, site))
       self.assertEqual(set(fractions["attn_norm"]), {1.0}, shape)  # replicated
 
+  def test_config_shards_change_no_bit(self):
+    # Each device evaluates whole configurations, so a run on config shards gives the sums of
+    # one device, bit for bit, also with stochastic rounding, whose draws follow the window
+    # batches: the automatic window batch is sized for the configurations asked for (3 here),
+    # not for their rounding up to the 2 devices (4). A small logits budget makes it 2 windows.
+    windows = np.random.default_rng(1).integers(0, 256, (5, 24))
+    np.save(self.tmp / "windows_cfg.npy", windows)
+    script = f"""
+        import json
+        import jax
+        import numpy as np
+        from anda_jax import models, sharding
+        from anda_jax.evaluation import evaluate
+        from anda_jax.numerics.anda import AndaFormat
+        from anda_jax.matmul import ProductSpec
+        evaluate.LOGITS_BUDGET_BYTES = 4 * 3 * 24 * 256 * 2
+        model, _ = models.load({str(self.ckpt)!r}, int4_group_size=8)
+        windows = np.load({str(self.tmp / 'windows_cfg.npy')!r})
+        configs = np.array([[4, 4, 4, 4], [8, 6, 7, 5], [3, 0, 0, 9]])
+        spec = ProductSpec(AndaFormat(group_size=8, rounding="stochastic"))
+        key = jax.random.key(0)
+        out = {{}}
+        for name, mesh in (("one", None), ("config_shards", sharding.make_mesh((2, 1)))):
+          sums, _ = evaluate.window_nll_sums(model, windows, configs, spec, config_batch=3, key=key,
+                                             mesh=mesh)
+          out[name] = sums.tolist()
+        print(json.dumps(out))
+        """
+    out = testlib.run_with_cpu_devices(self, script, 2)
+    self.assertEqual(out["config_shards"], out["one"])
+
   def test_row_parallel_shard_must_hold_whole_groups(self):
     model, _ = models.load(self.ckpt, int4_group_size=8)
     packed = model.layers.get_value()["o"].packed  # K = 64: 8 shards of 8

@@ -217,6 +217,76 @@ class SweepTest(absltest.TestCase):
     with self.assertRaisesRegex(ValueError, "invalid for these settings: .*windows_sha256: "):
       sweep.run(self.config("changing", **kw))
 
+  def test_rows_without_a_setup_are_never_adopted(self):
+    kw = dict(format__group_sizes=(8,), mantissa_bits=(3,), types=("all",))
+    sweep.run(self.config("no_setup", data__windows=2, **kw))
+    run_dir = self.tmp / "results" / "no_setup"
+    (run_dir / "setup.json").unlink()  # an older version's run folder, or the file removed
+    with mock.patch.object(models, "load", side_effect=AssertionError("model loaded")):
+      with self.assertRaisesRegex(ValueError, f"run folder '{run_dir}' is invalid: it holds "
+                                              "heatmap.png, ppl_vs_m.png, results.csv, "
+                                              "results.jsonl but no setup.json"):
+        sweep.run(self.config("no_setup", data__windows=3, **kw))
+    self.assertFalse((run_dir / "setup.json").exists())
+    self.assertLen(self.rows("no_setup"), 2)
+
+  def test_a_failure_after_loading_leaves_nothing_that_refuses_the_corrected_command(self):
+    kw = dict(format__group_sizes=(8,), mantissa_bits=(3,), types=("all",), data__windows=2)
+    run_dir = self.tmp / "results" / "corrected"
+    small = testlib.make_checkpoint(self.tmp / "small_vocab", vocab=64)  # a tokenizer of 256+ ids
+    with self.assertRaisesRegex(ValueError, "beyond the model's vocabulary of 64"):
+      sweep.run(self.config("corrected", model__name=str(small), **kw))
+    self.assertFalse(run_dir.exists())
+    # What an older version left in that case, the lock and a setup.json beside no rows, does
+    # not refuse the corrected command either.
+    run_dir.mkdir(parents=True)
+    (run_dir / ".lock").write_text("")
+    (run_dir / "setup.json").write_text(json.dumps(dict(model=dict(name=str(small)))))
+    rows = sweep.run(self.config("corrected", **kw))
+    self.assertCountEqual(rows, ["fp", "G8-all-M3"])
+    setup = json.loads((run_dir / "setup.json").read_text())
+    self.assertEqual(setup["model"]["name"], str(self.ckpt))
+
+  def test_a_run_resumes_only_on_as_many_model_shards(self):
+    # Two host devices. Config shards split the configurations, whole: no bit moves, and a run
+    # resumes on them. Model shards add the row-parallel products' partial sums in another
+    # order: a run started on one is refused on two.
+    script = f"""
+        import json, pathlib
+        from configs import sweep as sweep_config
+        from experiments import sweep
+        def config(run_name, mesh):
+          c = sweep_config.get_config()
+          c.run_name, c.results_dir, c.mesh = run_name, {str(self.tmp / "mesh_results")!r}, mesh
+          c.model.name, c.data.corpus = {str(self.ckpt)!r}, {str(self.tmp / "corpus.txt")!r}
+          c.data.seq_len, c.data.windows, c.format.group_sizes = 24, 6, (8,)
+          c.mantissa_bits, c.config_batch = (2, 4, 8), 4
+          return c
+        out = dict(one=sweep.run(config("one", None)))
+        out["config_shards"] = sweep.run(config("config_shards", (2, 1)))
+        sweep.run(config("one", (2, 1)))  # resumes: nothing left to do
+        try:
+          sweep.run(config("one", (1, 2)))
+        except ValueError as e:
+          out["refused"] = str(e)
+        out["model_shards"] = sweep.run(config("model_shards", (1, 2)))
+        out["setup"] = json.loads(pathlib.Path({str(self.tmp / "mesh_results")!r}, "model_shards",
+                                               "setup.json").read_text())
+        print(json.dumps(out))
+        """
+    out = testlib.run_with_cpu_devices(self, script, 2)
+    one, by_config, by_model = out["one"], out["config_shards"], out["model_shards"]
+    self.assertEqual({k: r["window_nll"] for k, r in by_config.items()},
+                     {k: r["window_nll"] for k, r in one.items()})
+    self.assertRegex(out["refused"], r"invalid for these settings: .*model_shards: "
+                                     r"\(not recorded\) -> 2.*choose another --config.run_name")
+    self.assertEqual(out["setup"]["model_shards"], 2)
+    self.assertNotEqual({k: r["window_nll"] for k, r in by_model.items()},
+                        {k: r["window_nll"] for k, r in one.items()})
+    np.testing.assert_allclose(by_model["fp"]["ppl"], one["fp"]["ppl"], rtol=1e-6)
+    for k in one:  # the tiny model is far from chaotic; SmolLM2 at low M is not (configs/common.py)
+      np.testing.assert_allclose(by_model[k]["ppl"], one[k]["ppl"], rtol=1e-4, err_msg=k)
+
   def test_broken_lines_are_moved_aside_and_recomputed(self):
     cfg = self.config("broken", format__group_sizes=(4,), mantissa_bits=(3,), types=("qkv", "o", "all"))
     first = sweep.run(cfg)

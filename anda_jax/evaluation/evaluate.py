@@ -183,8 +183,12 @@ def window_nll_sums(model, inputs, precisions, spec: ProductSpec = ProductSpec()
   mesh = sharding.make_mesh() if mesh == "auto" else mesh
   n_dev = sharding.config_shards(mesh)
   n_configs = len(precisions)
-  config_batch = -(-(config_batch or n_configs) // n_dev) * n_dev
-  batch_size = batch_size or auto_batch_size(config_batch, t, vocab)
+  asked = config_batch or n_configs
+  config_batch = -(-asked // n_dev) * n_dev
+  # Sized for the configurations asked for, not for their rounding to the devices: the windows
+  # are then batched alike on any number of devices, and so are stochastic rounding's draws
+  # (one key per window batch).
+  batch_size = batch_size or auto_batch_size(asked, t, vocab)
   batch_size = min(batch_size, n)
 
   graphdef, state = nnx.split(model)

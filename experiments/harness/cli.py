@@ -19,6 +19,24 @@ from experiments.harness import distributed
 from experiments.harness import errors
 
 
+class _IntOrNoneParser(flags.IntegerParser):
+  """The parser of an integer setting on the command line that also takes None, which several
+  mean (data.windows: all of the split, window_batch: sized automatically); ml_collections'
+  own parser refuses it ("invalid literal for int()"). Each setting's check says whether None
+  is allowed there."""
+
+  def parse(self, argument):
+    if isinstance(argument, str) and argument.strip() == "None":
+      return None
+    return super().parse(argument)
+
+  def flag_type(self):
+    return "int or None"
+
+
+config_flags.register_flag_parser_for_type(int, _IntOrNoneParser())
+
+
 def _argv_value(argv, name: str) -> str | None:
   for i, a in enumerate(argv):
     if a == "--":

@@ -18,6 +18,7 @@ import jax
 from anda_jax.checks import check_int
 from anda_jax import data
 from anda_jax.matmul import MATMUL_PRECISIONS, ProductSpec
+from anda_jax.precision import MODULE_TYPES
 from anda_jax import models
 from anda_jax.numerics import anda
 from anda_jax.numerics import baselines
@@ -208,7 +209,14 @@ def check_group_size_fits(model, group_sizes, impl: str, name: str = "format.gro
       raise ValueError(f"{name} holds {g}, which is invalid: larger than the model's smallest "
                        f"contraction length {k_min} (d_model={c.d_model}, d_ff={c.d_ff})")
   if impl == "bitserial":
-    weights = [w for w in model.layers.get_value().values() if isinstance(w, int4.Int4Weights)]
+    layers = model.layers.get_value()
+    float_sites = [site for site in MODULE_TYPES if not isinstance(layers[site], int4.Int4Weights)]
+    if float_sites:
+      raise ValueError(f"impl='bitserial' is invalid for this model: its {', '.join(float_sites)} "
+                       "weights are float, and the bit-serial kernel takes INT4 weights; set "
+                       "--config.model.int4_group_size (e.g. 32) to quantize them, or use "
+                       "impl='fake'")
+    weights = [layers[site] for site in MODULE_TYPES]
     for g in group_sizes:
       for w in weights:
         bitserial.block_size(g, w.group_size)  # ValueError naming both sizes

@@ -23,7 +23,7 @@ from experiments.harness import distributed
 
 def load_model(m, finetune: str | None = None):
   """(model, tokenizer) as the `model` section says, with the trained parameters of the file
-  `finetune` (the config's `finetune` setting) applied if given."""
+  `finetune` (the config's `finetune` setting, checked by check_finetune_file) applied if given."""
 
   model, tokenizer = models.load(m.name, int4_group_size=m.int4_group_size,
                                 matmul_precision=m.matmul_precision)
@@ -34,13 +34,84 @@ def load_model(m, finetune: str | None = None):
   return model, tokenizer
 
 
-def load_windows(d, tokenizer, windows: dict[str, int | None]) -> dict[str, np.ndarray]:
+def check_finetune_file(cfg, model_digest: str) -> None:
+  """The `finetune` file's parameters were trained on this model (the content's sha256, and the
+  INT4 group size where the file records it) in this run's Anda format (group size, exponent
+  bits, rounding): else ValueError naming both. Trained parameters fit the weights and the
+  quantizer they were trained with; another model of the same shapes takes them without a word.
+  (The sites and M may differ: the sweep, the sensitivity study and the search evaluate a tuned
+  model at other configurations by design.) Reads the file's metadata, before the model loads."""
+  path = cfg.get("finetune")
+  if path is None:
+    return
+  metadata = finetune_lib.load_params(pathlib.Path(path).expanduser())[1]
+  if not isinstance(metadata, dict):
+    raise ValueError(f"finetune={path!r} is invalid: its metadata is not a JSON object, so what "
+                     "its parameters were trained for is unknown")
+  trained = metadata.get("model_sha256")
+  if trained is not None and trained != model_digest:
+    raise ValueError(f"finetune={path!r} is invalid for model.name={cfg.model.name!r}: its "
+                     f"parameters were trained on model {metadata.get('model')!r} (sha256 "
+                     f"{str(trained)[:12]}…), another model than this one (sha256 "
+                     f"{model_digest[:12]}…); apply a file trained on this model")
+  if "int4_group_size" in metadata and metadata["int4_group_size"] != cfg.model.int4_group_size:
+    raise ValueError(f"finetune={path!r} is invalid with model.int4_group_size="
+                     f"{cfg.model.int4_group_size!r}: its parameters were trained on the weights "
+                     f"quantized with int4_group_size={metadata['int4_group_size']!r}")
+  fmt = metadata.get("format")
+  if isinstance(fmt, dict):
+    f = cfg.format
+    run = dict(group_size=tuple(f.group_sizes), exponent_bits=f.exponent_bits, rounding=f.rounding)
+    file = dict(group_size=(fmt.get("group_size"),), exponent_bits=fmt.get("exponent_bits"),
+                rounding=fmt.get("rounding"))
+    if run != file:
+      raise ValueError(
+          f"finetune={path!r} is invalid with format.group_sizes={run['group_size']!r}, "
+          f"exponent_bits={run['exponent_bits']!r}, rounding={run['rounding']!r}: its parameters "
+          f"were trained in Anda with G = {file['group_size'][0]}, exponent_bits="
+          f"{file['exponent_bits']!r}, rounding={file['rounding']!r} (tuned parameters fit the "
+          "quantizer they were trained with: run in that format, or train for this one)")
+
+
+def check_window_count(name: str, asked: int | None, windows: np.ndarray, where: str) -> None:
+  """The `name` setting asked for `asked` windows (None: all) and `windows` are what `where`
+  holds: fewer than asked -> ValueError (token_windows keeps at most as many as there are)."""
+  if asked is not None and len(windows) < asked:
+    raise ValueError(f"{name}={asked} is invalid: {where} holds {len(windows)} windows of "
+                     f"{windows.shape[1]} tokens; ask for at most {len(windows)} (or None: all)")
+
+
+def load_windows(d, tokenizer, windows: dict[str, int | None],
+                 settings: dict[str, str] | None = None) -> dict[str, np.ndarray]:
   """int32 [n, seq_len] token windows of each split in `windows` (split -> how many, None:
-  all), from the `data` section's corpus, seq_len and stride."""
+  all), from the `data` section's corpus, seq_len and stride. More than a split holds is refused,
+  naming the setting (`settings`: split -> its name; default data.windows)."""
   corpus = data.load_corpus(d.corpus)
-  return {split: data.token_windows(corpus.split(split), tokenizer, d.seq_len, max_windows=n,
+  out = {}
+  for split, n in windows.items():
+    out[split] = data.token_windows(corpus.split(split), tokenizer, d.seq_len, max_windows=n,
                                     stride=d.stride)
-          for split, n in windows.items()}
+    check_window_count((settings or {}).get(split, "data.windows"), n, out[split],
+                       f"the {split} split of data.corpus={d.corpus!r}"
+                       + (f" (stride {d.stride})" if d.stride else ""))
+  return out
+
+
+def check_model_fits(cfg, model, windows: dict[str, np.ndarray]) -> None:
+  """What only the loaded model says, checked before anything is written: the windows fit in
+  its context (max_position_embeddings, a GGUF's context_length) and their token ids in its
+  vocabulary (a tokenizer of other weights gives larger ones). ValueError naming the setting."""
+  limit = int(model.config.max_positions)
+  if cfg.data.seq_len > limit:
+    raise ValueError(f"data.seq_len={cfg.data.seq_len} is invalid for model.name="
+                     f"{cfg.model.name!r}: longer than the model's context of {limit} positions")
+  vocab = int(model.config.vocab)
+  for split, w in windows.items():
+    if w.size and int(w.max()) >= vocab:
+      raise ValueError(f"model.name={cfg.model.name!r} is invalid: its tokenizer gives token ids "
+                       f"up to {int(w.max())} on the {split} windows of data.corpus="
+                       f"{cfg.data.corpus!r}, beyond the model's vocabulary of {vocab} (the "
+                       "tokenizer belongs to other weights)")
 
 
 def score_from(d) -> int:
@@ -57,11 +128,13 @@ def load_model_and_windows(cfg):
 
 def start(cfg, loaded=None, mesh=None):
   """(model, windows, score_from) of a checked config (`loaded` if given, to share one load
-  between runs), checked against format.group_sizes and the device `mesh` (mesh_of)."""
+  between runs), checked against format.group_sizes and impl, the device `mesh` (mesh_of), the
+  model's context and vocabulary: before the run folder gets its setup.json."""
   t0 = time.time()
   model, windows, first = loaded or load_model_and_windows(cfg)
   config_checks.check_group_size_fits(model, cfg.format.group_sizes, cfg.impl)
   distributed.check_mesh_fits(model, mesh, [config_checks.product_spec(cfg, g) for g in cfg.format.group_sizes])
+  check_model_fits(cfg, model, {cfg.data.split: windows})
   logging.info("model %s, %d windows x %d tokens (%s split of %s), loaded in %.1f s",
                cfg.model.name, *windows.shape, cfg.data.split, cfg.data.corpus, time.time() - t0)
   return model, windows, first

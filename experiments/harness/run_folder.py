@@ -42,7 +42,17 @@ def setup_of(cfg, windows, model_digest: str) -> dict:
                config_batch=cfg.config_batch)
   if windows is not None:
     setup.update(windows_shape=list(windows.shape), windows_sha256=windows_sha256(windows))
-  return setup | finetune_setup(cfg)
+  return setup | finetune_setup(cfg) | mesh_setup(cfg)
+
+
+def mesh_setup(cfg) -> dict:
+  """The setup.json entry of the `mesh` setting: what of it changes a result. Model shards do:
+  a row-parallel product (o, down) adds its shards' partial sums in another order, and a cell
+  at low M moves with that order as it does across CPUs (configs/common.py, `mesh`). Config
+  shards change no bit (each device evaluates whole configurations), nor does the number of
+  processes. {} for one model shard, so that the setup of a run without a mesh reads as before."""
+  shards = 1 if cfg.mesh is None else int(cfg.mesh[1])
+  return {} if shards == 1 else dict(model_shards=shards)
 
 
 def finetune_setup(cfg) -> dict:
@@ -70,16 +80,34 @@ def _shown(value) -> str:
 _MISSING = object()
 
 
+# The run folder's own files: what its results are valid for, and the lock of the run using it.
+_BOOKKEEPING = ("setup.json", ".lock")
+
+
+def results_in(folder: pathlib.Path) -> list[str]:
+  """The names of what a run folder holds besides setup.json and the lock (an empty file or
+  folder holds nothing): its results, which setup.json vouches for."""
+  folder = pathlib.Path(folder)
+  if not folder.is_dir():
+    return []
+  empty = lambda p: not any(p.iterdir()) if p.is_dir() else p.stat().st_size == 0
+  return sorted(p.name for p in folder.iterdir() if p.name not in _BOOKKEEPING and not empty(p))
+
+
 def check_setup(run_folder: pathlib.Path, setup: dict, write: bool = True,
                 partial: bool = False) -> None:
   """Writes run_folder/setup.json (atomically), or checks that an existing one describes the
   same run: else ValueError saying what changed and how to start a new run. partial: compare
-  only the keys of `setup` (the settings known before loading), write nothing."""
+  only the keys of `setup` (the settings known before loading), write nothing. Results without
+  a setup.json (an older version's, or setup.json removed) are refused: what they were computed
+  with is unknown. A setup.json beside no results vouches for nothing (a run that failed
+  before its first row): it is replaced."""
   folder = pathlib.Path(run_folder)
   path = folder / "setup.json"
   fix = (f"to start a new run choose another --config.run_name, or remove {folder} to redo "
          "this one")
-  if path.exists():
+  held = results_in(folder)
+  if path.exists() and held:
     try:
       old = json.loads(path.read_text())
       if not isinstance(old, dict):
@@ -96,6 +124,10 @@ def check_setup(run_folder: pathlib.Path, setup: dict, write: bool = True,
       raise ValueError(f"run folder {str(folder)!r} is invalid for these settings: {what}its "
                        f"results were computed with others (setup.json, old -> new: "
                        f"{'; '.join(changed)}); {fix}")
+  elif held:
+    raise ValueError(f"run folder {str(folder)!r} is invalid: it holds {', '.join(held)} but no "
+                     "setup.json, so the settings its results were computed with are unknown; "
+                     f"{fix}")
   elif write and not partial:
     files.atomic_write_text(path, json.dumps(setup, indent=1) + "\n")
 
@@ -107,23 +139,28 @@ def open_run(cfg, setup: dict):
   before loading, see setup_of) is checked against an existing setup.json first, so a rerun
   with other settings is refused before the model is loaded. In a multi-process run process 0
   alone takes the lock and checks; a refusal stops every process with its message (distributed.on_main).
-  A folder this call created is removed again if the run fails before writing anything."""
+  A run that fails before its first result leaves nothing behind: its setup.json is removed
+  (it vouches for no result), and so is the folder if this call created it."""
   folder = config_checks.run_dir(cfg)
   created = not folder.exists()
   holder = ("; it is in use by another run of an experiment: wait for that one to end, or choose "
             "another --config.run_name")
+  locked = []
   with contextlib.ExitStack() as lock:
 
     def take():  # process 0; a refusal stops every process (distributed.on_main)
       lock.enter_context(files.locked(folder / ".lock", wait=False, holder=holder))
+      locked.append(True)
       check_setup(folder, setup, write=False, partial=True)
 
     try:
       distributed.on_main(take)
       yield folder
     except BaseException:
-      if distributed.is_main() and created and folder.is_dir() and [p.name for p in folder.iterdir()] == [".lock"]:
-        shutil.rmtree(folder, ignore_errors=True)
+      if distributed.is_main() and locked and folder.is_dir() and not results_in(folder):
+        (folder / "setup.json").unlink(missing_ok=True)
+        if created and [p.name for p in folder.iterdir()] == [".lock"]:
+          shutil.rmtree(folder, ignore_errors=True)
       raise
 
 

@@ -16,6 +16,7 @@ from ml_collections import config_flags
 from experiments import finetune as finetune_experiment
 from experiments import formats_report
 from experiments import search as search_experiment
+from experiments import search_resolution
 from experiments.harness import perplexity
 from experiments.harness import run_folder
 
@@ -50,7 +51,11 @@ class Run:
     return RESULTS / self.folder
 
 
-_SEARCH = "python -m experiments.search --config=configs/search.py"
+# The recorded searches decided on 16 calibration windows, fewer than their tolerances need
+# (experiments/search_resolution.py): they are rerun with the override that keeps that.
+_SEARCH = ("python -m experiments.search --config=configs/search.py --config.data.windows=16 "
+           "--config.allow_unresolved=True")
+_TOLERANCES = "--config.tolerances='(0.001,0.01)'"
 RUNS = dict(
     sweep=Run("sweep_smollm2", "python -m experiments.sweep --config=configs/sweep.py", EPYC),
     nearest=Run("sweep_smollm2_nearest", "python -m experiments.sweep --config=configs/sweep.py "
@@ -61,8 +66,10 @@ RUNS = dict(
                 EPYC_SHARED),
     sensitivity=Run("sensitivity_smollm2",
                     "python -m experiments.sensitivity --config=configs/sensitivity.py", EPYC),
-    search=Run("search_smollm2", f"{_SEARCH} --config.bound=False --config.test.path=True", EPYC),
-    layer=Run("search_smollm2_layer", f"{_SEARCH} --config.run_name=search_smollm2_layer "
+    search=Run("search_smollm2", f"{_SEARCH} {_TOLERANCES} --config.bound=False "
+               "--config.test.path=True", EPYC),
+    layer=Run("search_smollm2_layer", f"{_SEARCH} {_TOLERANCES} "
+              "--config.run_name=search_smollm2_layer "
               "--config.granularity=layer --config.max_rounds=1 --config.uniform_m='(10,)' "
               "--config.test.uniform=False --config.other_formats='()'", NOT_RECORDED,
               known=(("window_batch", WINDOW_BATCH_NOTE),)),
@@ -76,11 +83,13 @@ RUNS = dict(
               "python -m experiments.noise_floor --config=configs/noise_floor.py", EPYC),
     finetune=Run("finetune_smollm2", "python -m experiments.finetune --config=configs/finetune.py",
                  EPYC_SHARED),
-    search_base=Run("finetune_smollm2/search_base", f"{_SEARCH} --config.run_name=search_base "
+    search_base=Run("finetune_smollm2/search_base", f"{_SEARCH} {_TOLERANCES} "
+                    "--config.run_name=search_base "
                     "--config.other_formats='()'", EPYC_SHARED,
                     known=(("window_batch", WINDOW_BATCH_NOTE),)),
     search_norms6=Run(
-        "finetune_smollm2/search_norms6", f"{_SEARCH} --config.run_name=search_norms6 "
+        "finetune_smollm2/search_norms6", f"{_SEARCH} {_TOLERANCES} "
+        "--config.run_name=search_norms6 "
         "--config.finetune=results/finetune_smollm2/params/M6-norms.safetensors "
         "--config.other_formats='()' --config.test.uniform=False", EPYC_SHARED,
         known=(("window_batch", WINDOW_BATCH_NOTE),)),
@@ -204,7 +213,7 @@ def _evaluated(experiment: str, cfg, run: Run) -> tuple:
                   prefix_reuse=cfg.prefix_reuse, max_rounds=cfg.max_rounds,
                   max_accept=cfg.max_accept, bound=cfg.bound, test_path=cfg.test.path,
                   other_formats=list(cfg.other_formats), cost=cfg.cost.to_dict(),
-                  tolerances=list(cfg.tolerances))
+                  tolerances=list(cfg.tolerances), allow_unresolved=cfg.allow_unresolved)
   recorded = dict(chosen, tolerances=[c["tolerance"] for c in chosen["chosen"]])
   return settings, {k: v for k, v in recorded.items() if k in settings}
 
@@ -217,6 +226,11 @@ def check_command(run: Run) -> list[str]:
   out = [] if cfg.run_name == run.path.name else [
       f"run_name: command gives {cfg.run_name!r}, files are in {run.folder!r}"]
   diffs = _differences(_expected_setup(experiment, cfg), read_json(run, "setup.json"))
+  if experiment == "search" and cfg.data.windows:  # a command the search refuses writes nothing
+    try:
+      search_resolution.check(cfg, cfg.data.windows)
+    except ValueError as e:
+      diffs["refused"] = (str(e), "files")
   want, have = _evaluated(experiment, cfg, run)
   if isinstance(want, dict):
     diffs |= _differences(want, have)

@@ -9,16 +9,17 @@ import json
 import numpy as np
 
 from anda_jax import cost
+from anda_jax import cost_assumptions
 from anda_jax.numerics import baselines
 from anda_jax.precision import MODULE_TYPES
-from experiments.results_doc.runs import RUNS, Run, read_json, read_jsonl, search_rows, source
+from experiments import search_resolution
+from experiments.results_doc.runs import (RUNS, Run, config_of, read_json, read_jsonl, search_rows,
+                                          source)
 from experiments.results_doc.text import increase, loss, loss_of, table
 
 # ---------------------------------------------------------------------- the precision search
 
-# The paper's figures for its searched configurations on OPT, LLaMA and LLaMA-2 (6.7B to 13B)
-# against a GPU-like FP16 x FP16 unit (arXiv 2411.15982), quoted to compare with the cost model.
-PAPER = dict(speedup=2.4, area_efficiency=4.0, energy_efficiency=3.1)
+PAPER = cost_assumptions.PAPER
 
 
 @dataclasses.dataclass
@@ -147,75 +148,107 @@ def search_section() -> list[str]:
           "losses come from truncation, which lowers the perplexity of this model slightly from "
           "M = 7 on ([sweep](#sweep)). The report tables the path on the test split round by "
           "round: [`report.md`](results/search_smollm2/report.md#the-path-on-the-test-split).", ""]
-  return out + search_formats(s) + cost_assumptions(s)
+  return out + resolution_text(s) + search_formats(s) + against_the_paper(s)
+
+
+def resolution_text(s: Search) -> list[str]:
+  """What the search's check of its tolerances against the noise-floor study says of this run
+  and of the default configuration (experiments.search_resolution)."""
+  cfg = config_of(s.run.command)
+  res = search_resolution.resolution(cfg, s.setup["windows"]["calibration"]["n"])
+  default = config_of(s.run.command.split(" --config.")[0])
+  sized = search_resolution.resolution(default, default.data.windows)
+  if res["unchecked"] or sized["unchecked"]:
+    raise ValueError("the noise-floor study does not apply: "
+                     + (res["unchecked"] or sized["unchecked"]))
+  needs = ", ".join(f"{tolerance_text(t['tolerance'])} {t['tokens_needed']:,}"
+                    for t in res["tolerances"])
+  unresolved = [tolerance_text(t["tolerance"]) for t in res["tolerances"] if not t["resolved"]]
+  return [f"The search checks each tolerance before it runs: it must be at least "
+          f"{res['factor']:g} times the half-width the [noise floor](#noise-floor) study "
+          f"predicts on the calibration tokens (its pair `{res['tolerances'][0]['pair']}`: "
+          f"±{100 * res['tolerances'][0]['half_width']:.2f}% on this run's "
+          f"{res['calibration_tokens']:,} scored tokens). The scored tokens needed: {needs}. "
+          + (f"This run resolves {'neither' if len(unresolved) == 2 else 'not'} "
+             f"{' nor '.join(unresolved)}: its command carries `--config.allow_unresolved=True`, "
+             "without which it is refused. " if unresolved else "")
+          + f"The default configuration decides "
+          f"{' and '.join(tolerance_text(t) for t in default.tolerances)} on "
+          f"{default.data.windows} windows ({sized['calibration_tokens']:,} scored tokens).", ""]
 
 
 def search_formats(s: Search) -> list[str]:
   """Each chosen configuration and each other format (all four sites) on the same windows, with
-  the modeled accelerator's cost."""
+  the modeled accelerator's cost, FP elements in both models (`fp_elements`)."""
   f = s.setup["format"]
   others = [baselines.parse_format(n) for n in s.chosen.get("other_formats", [])]
   lines = []
   for c in s.chosen["chosen"]:
-    model = cost.compare_formats(s.shape, c["precision"], f["group_size"], f["exponent_bits"],
-                                 s.hw, other_formats=others)
-    by_name = {m["format"]: m for m in model}
-    entries = [(f"Anda, searched at {tolerance_text(c['tolerance'])}",
-                by_name["Anda (this config)"], s.row("calibration", c["precision"]),
-                s.row("test", c["precision"]))]
+    modes = cost.compare_formats_by_mode(s.shape, c["precision"], f["group_size"],
+                                         f["exponent_bits"], hw=s.hw, other_formats=others)
+    by_name = [{m["format"]: m for m in rows} for rows in modes.values()]
+    names = [("Anda (this config)", f"Anda, searched at {tolerance_text(c['tolerance'])}",
+              c["precision"])]
     if c is s.chosen["chosen"][-1]:
-      entries += [(baselines.format_name(o), by_name[baselines.format_name(o)],
-                   s.other("calibration", baselines.format_name(o)),
-                   s.other("test", baselines.format_name(o))) for o in others]
-    for name, m, cal, test in entries:
+      names += [(baselines.format_name(o), baselines.format_name(o), None) for o in others]
+    for key, name, precision in names:
+      rows = [b[key] for b in by_name]
+      cal = s.row("calibration", precision) if precision else s.other("calibration", key)
+      test = s.row("test", precision) if precision else s.other("test", key)
       lines.append((s.loss("test", test)[0], [
-          name, f"{m['storage_bits']:.2f}", loss(*s.loss("calibration", cal)),
-          loss(*s.loss("test", test)), f"{m['lane_cycles_per_mac']:.2f}",
-          f"{m['speedup_vs_fp16']:.2f}x", f"{m['energy_saving_vs_fp16']:.2f}x"]))
+          name, f"{rows[0]['storage_bits']:.2f}", loss(*s.loss("calibration", cal)),
+          loss(*s.loss("test", test))] + [f"{r['lane_cycles_per_mac']:.2f}" for r in rows]
+          + [f"{r['speedup_vs_fp16']:.2f}x" for r in rows]
+          + [f"{r['energy_saving_vs_fp16']:.2f}x" for r in rows]))
   lines.sort(key=lambda e: e[0])
   out = ["### The chosen configurations against other formats", "",
          "The same windows in the formats hardware ships, each at all four sites (they round to "
          "nearest; the searched Anda truncates), with the modeled accelerator's figures "
-         "(`anda_jax.cost.Accelerator` with the run's `cost` settings): lane-cycles per MAC on "
-         "the bit-serial unit (Anda: its mean M; an FP element: its significand aligned to its "
-         "block's scale), and the modeled speedup and energy saving against a GPU-like "
-         "FP16 x FP16 unit. By test loss:", ""]
-  out += table(["format", "bits / element", "calibration loss", "test loss", "lane-cycles / MAC",
-                "modeled speedup", "modeled energy saving"], [e[1] for e in lines])
+         "(`anda_jax.cost.Accelerator` with the run's `cost` settings, the LM head included as "
+         "a site of its own with FP16 input and 8-bit weights): lane-cycles per MAC averaged "
+         "over every site, and the modeled speedup and energy saving against a GPU-like "
+         "FP16 x FP16 unit. FP elements in both models: *aligned*, the element aligned to its "
+         "block's scale on the bit-serial unit, and *parallel*, a bit-parallel significand "
+         "multiplier with a shifter; Anda and the integer formats are the same in both. By "
+         "test loss:", ""]
+  mode_names = list(cost.FP_ELEMENT_MODELS)
+  out += table(["format", "bits / element", "calibration loss", "test loss"]
+               + [f"{what}, {m}" for what in ("lane-cycles / MAC", "modeled speedup",
+                                             "modeled energy saving") for m in mode_names],
+               [e[1] for e in lines])
   return out
 
 
-def cost_assumptions(s: Search) -> list[str]:
-  """How the modeled ratios of the largest tolerance's choice depend on the cost model's
-  assumptions, and how they compare with the paper's figures."""
+def against_the_paper(s: Search) -> list[str]:
+  """The largest tolerance's choice next to the paper's figures, how the modeled ratios move
+  with the FP16 FMA's area and with one other assumption at a time."""
   f = s.setup["format"]
   c = s.chosen["chosen"][-1]
-  rows = cost.what_if(s.shape, c["precision"], f["group_size"], f["exponent_bits"], s.hw)
+  args = (s.shape, c["precision"], f["group_size"], f["exponent_bits"], s.hw)
   base = s.summary(c["precision"])
-  lanes = s.hw.fp16_fma_lanes * PAPER["area_efficiency"] / base["speedup_vs_fp16"]
-  at = cost.summarize(s.shape, c["precision"], f["group_size"], f["exponent_bits"],
-                      dataclasses.replace(s.hw, fp16_fma_lanes=lanes))
+  configs = [(tolerance_text(x["tolerance"]), x["precision"]) for x in s.chosen["chosen"]]
+  report = f"results/{s.run.folder}/report.md"
   out = ["### Against the paper's figures", "",
-         f"The paper reports for its searched configurations (OPT, LLaMA, LLaMA-2, 6.7B to 13B) "
-         f"a {PAPER['speedup']}x speedup, {PAPER['area_efficiency']}x area efficiency and "
-         f"{PAPER['energy_efficiency']}x energy efficiency over a GPU-like FP16 x FP16 baseline. "
-         f"The cost model gives {base['speedup_vs_fp16']:.2f}x and "
-         f"{base['energy_saving_vs_fp16']:.2f}x for the {tolerance_text(c['tolerance'])} "
-         "configuration above. They are not the same quantity: the model gives every design the "
-         "same area, so its speedup is a throughput per area (the counterpart of the paper's "
-         "area efficiency, not of its speedup), and every ratio scales with the area charged for "
-         f"one FP16 x FP16 FMA (`fp16_fma_lanes`, {s.hw.fp16_fma_lanes:g} lanes: the significand "
-         f"multiplier only, an assumption). At {lanes:.1f} lanes the model gives "
-         f"{at['speedup_vs_fp16']:.2f}x, the paper's area efficiency. Energy depends on how "
-         "often weights are fetched and what a memory bit costs. One assumption changed at a "
-         "time (each a field of `anda_jax.cost.Accelerator`, `--config.cost.<field>=`; they "
-         "change the report, never an evaluated row):", ""]
-  out += table(["assumption", "speedup vs FP16", "energy saving vs FP16", "Anda bound by",
-                "FP16 bound by"],
-               [[r["assumption"], f"{r['speedup_vs_fp16']:.2f}x",
-                 f"{r['energy_saving_vs_fp16']:.2f}x", r["anda_bound"], r["fp16_bound"]]
-                for r in rows], "---|---:|---:|---|---|")
-  return out
+         f"The paper reports a {PAPER['speedup']}x speedup, {PAPER['area_efficiency']}x area "
+         f"efficiency and {PAPER['energy_efficiency']}x energy efficiency over a GPU-like "
+         f"FP-FP baseline ({cost_assumptions.PAPER_SOURCE}). The cost model gives "
+         f"{base['speedup_vs_fp16']:.2f}x and {base['energy_saving_vs_fp16']:.2f}x for the "
+         f"{tolerance_text(c['tolerance'])} configuration above, with the LM head "
+         f"({100 * base['head_share']:.0f}% of the MACs, its input FP16 and its weights "
+         f"{s.hw.head_weight_bits} bits, as SmolLM2's checkpoint stores them). The model gives "
+         "every design the same area, so its speedup is a throughput per area (the counterpart "
+         "of the paper's area efficiency, not of its speedup); it is analytic, and every number "
+         "it rests on is tabled with its source in "
+         f"[the report]({report}#the-cost-model-its-assumptions-and-how-the-ratios-move-with-"
+         "them).", ""]
+  out += cost_assumptions.paper_table(*args, model=s.setup["model"]) + [""]
+  out += ["Every ratio scales with the area charged for one FP16 x FP16 FMA (`fp16_fma_lanes`, "
+          f"{s.hw.fp16_fma_lanes:g} lanes: the significand multiplier only, an assumption):", ""]
+  out += cost_assumptions.lanes_table(s.shape, configs, f["group_size"], f["exponent_bits"],
+                                      s.hw) + [""]
+  out += ["One other assumption changed at a time (each a field of `anda_jax.cost.Accelerator`, "
+          "`--config.cost.<field>=`; they change the report, never an evaluated row):", ""]
+  return out + cost_assumptions.what_if_table(*args) + [""]
 
 
 def work_text(s: Search) -> str:
