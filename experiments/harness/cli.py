@@ -5,6 +5,7 @@ cannot be loaded.
 
 from __future__ import annotations
 
+import os
 import pathlib
 import re
 import runpy
@@ -102,8 +103,11 @@ def run_with_config(run, description: str) -> None:
     with compile_cache.count_cache_use() as used:
       out = run(cfg)
     if folder is not None and distributed.is_main():
-      print(f"compilation cache {folder}: {used['loaded']} programs loaded, {used['stored']} "
-            "compiled and stored")
+      if os.access(folder, os.W_OK):
+        compiled = f"{used['stored']} compiled and stored"
+      else:
+        compiled = f"{used['looked_up'] - used['loaded']} compiled (not stored: the folder is read-only)"
+      print(f"compilation cache {folder}: {used['loaded']} programs loaded, {compiled}")
     return out
 
   def main(argv):
