@@ -1,5 +1,6 @@
 """What a user error is, and how a command reports one: one line on stderr, `error: <what> is
-invalid: <why>`, exit status 2 (--traceback or --verbosity=1 shows the stack).
+invalid: <why>`, exit status 2 (--traceback or --verbosity=1 shows the stack); and an interrupt
+(Ctrl-C): one line saying what was kept, exit status 130 (128 + SIGINT, as a shell reports it).
 """
 
 from __future__ import annotations
@@ -38,3 +39,12 @@ def call_cleanly(fn, *args):
     if _show_stack():
       raise
     error_exit(e)
+
+
+INTERRUPTED = 130  # 128 + SIGINT
+
+
+def interrupted_exit(kept: str) -> None:
+  """Prints `interrupted: <kept>` as one line on stderr and exits with status 130."""
+  print(f"\ninterrupted: {' '.join(kept.split())}", file=sys.stderr, flush=True)
+  sys.exit(INTERRUPTED)
