@@ -187,9 +187,15 @@ def run(argv) -> None:
 
 
 def main(argv):
-  errors.call_cleanly(run, argv)
+  try:
+    errors.call_cleanly(run, argv)
+  except KeyboardInterrupt:
+    errors.interrupted_exit("generation keeps nothing: run the command again")
 
 
 if __name__ == "__main__":
   cli.define_traceback_flag()
-  app.run(main, flags_parser=cli.parse_flags)
+  try:
+    app.run(main, flags_parser=cli.parse_flags)
+  except KeyboardInterrupt:  # while the flags were read
+    errors.interrupted_exit("generation keeps nothing: run the command again")

@@ -5,6 +5,7 @@ invalid: <why>`, exit status 2 (--traceback or --verbosity=1 shows the stack); a
 
 from __future__ import annotations
 
+import os
 import sys
 
 from absl import flags
@@ -45,6 +46,10 @@ INTERRUPTED = 130  # 128 + SIGINT
 
 
 def interrupted_exit(kept: str) -> None:
-  """Prints `interrupted: <kept>` as one line on stderr and exits with status 130."""
+  """Prints `interrupted: <kept>` as one line on stderr and ends the process with status 130
+  at once. Without the interpreter's shutdown: interrupted while XLA compiles or runs, it can
+  crash in the threads XLA leaves behind (a segmentation fault after the message). Nothing is
+  lost: results are flushed as they are appended and files written whole (temp file + rename)."""
   print(f"\ninterrupted: {' '.join(kept.split())}", file=sys.stderr, flush=True)
-  sys.exit(INTERRUPTED)
+  sys.stdout.flush()
+  os._exit(INTERRUPTED)  # pylint: disable=protected-access
