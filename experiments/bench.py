@@ -107,9 +107,9 @@ def time_call(fn, *args, repeats: int = 5, warmup: int = 1) -> float:
 
 def main(argv: list[str]) -> None:
   if len(argv) < 2 or argv[1] not in BENCHMARKS:
-    given = f"benchmark {argv[1]!r}" if len(argv) > 1 else "a missing benchmark"
-    errors.error_exit(f"{given} is invalid: usage: python -m experiments.bench "
-                      f"{{{'|'.join(BENCHMARKS)}}} [--flags]")
+    given = f"benchmark {argv[1]!r} is invalid" if len(argv) > 1 else "no benchmark given"
+    errors.error_exit(f"{given}: usage: python -m experiments.bench {{{'|'.join(BENCHMARKS)}}} "
+                      "[--flags]")
   run_cleanly(importlib.import_module(f"experiments.bench_{argv[1]}").run, argv[1:])
 
 
