@@ -83,7 +83,7 @@ class Corpus:
     return (f"that split is empty: the corpus holds {n} article{'s' * (n != 1)}, and articles go "
             f"to the test split first (calibration gets round({self.calibration_fraction} x "
             "articles), at least 1 once there are 2 or more); give a corpus of 2 or more articles "
-            "(in a plain text file, blocks separated by a blank line)")
+            "(a plain text file's articles are its blocks separated by blank lines)")
 
 
 # ----------------------------------------------------------------------------- text
