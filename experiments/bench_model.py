@@ -13,7 +13,6 @@ shared machine skews the ratios as little as possible.
 
 from __future__ import annotations
 
-import argparse
 import os
 import time
 
@@ -24,17 +23,17 @@ from anda_jax import AndaFormat
 from anda_jax import assets, models
 from anda_jax import data
 from anda_jax.matmul import ProductSpec
+from experiments import bench
 
 
 def _parse(argv):
-  p = argparse.ArgumentParser(prog="python -m experiments.bench model")
+  p = bench.ArgumentParser("model")
   p.add_argument("--model", default="smollm2-135m", help="registry name or .gguf path")
   p.add_argument("--windows", type=int, default=4)
   p.add_argument("--seq_len", type=int, default=512)
   p.add_argument("--repeats", type=int, default=3, help="timed rounds per variant")
   p.add_argument("--skip_torch", action="store_true")
-  # argv may or may not start with a program / benchmark name: only --flags count.
-  args, _ = p.parse_known_args([a for a in argv if a.startswith("--")])
+  args = p.parse(argv)
   return args
 
 
@@ -133,4 +132,4 @@ def run(argv) -> None:
 
 if __name__ == "__main__":
   import sys
-  run(sys.argv)
+  bench.run_cleanly(run, sys.argv)

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import pathlib
 
 from anda_jax import assets
@@ -36,6 +37,20 @@ def load(name_or_path, *, int4_group_size=None, matmul_precision: str = "highest
   return model, tokenizer
 
 
+@contextlib.contextmanager
+def _naming(path, checkpoint=None):
+  """A ValueError raised inside the block that names neither `path` nor `checkpoint` (the file or
+  folder it belongs to) gets `path` as a prefix: the readers name the file themselves, but the
+  model configs (LlamaConfig, OPTConfig) check the settings the builders derived from it without
+  knowing where they came from."""
+  try:
+    yield
+  except ValueError as e:
+    if str(checkpoint or path) in str(e):
+      raise
+    raise ValueError(f"{path}: {e}") from None
+
+
 def _load(name_or_path, int4_group_size):
   if int4_group_size is not None and (isinstance(int4_group_size, bool) or not isinstance(int4_group_size, int)
                                       or int4_group_size < 2):
@@ -43,18 +58,20 @@ def _load(name_or_path, int4_group_size):
   if str(name_or_path) in REGISTRY:
     path = assets.fetch(str(name_or_path))
   else:
-    path = pathlib.Path(name_or_path)
+    path = pathlib.Path(name_or_path).expanduser()
   if path.is_dir():
     cfg = safetensors_reader.read_config(path)
     model_type = cfg.get("model_type")
     if model_type not in weight_maps.HF_BUILDERS:
       raise ValueError(f"{path / 'config.json'}: unsupported model_type {model_type!r}: supported are "
                        f"{sorted(weight_maps.HF_BUILDERS)}")
-    config, weights = weight_maps.HF_BUILDERS[model_type](path, cfg, int4_group_size)
+    with _naming(path / "config.json", path):
+      config, weights = weight_maps.HF_BUILDERS[model_type](path, cfg, int4_group_size)
     model = (Llama if model_type == "llama" else OPT)(config, weights)
     return model, tokenizer_lib.from_directory(path)
   if path.is_file():
-    config, weights, gguf_file = weight_maps.llama_from_gguf(path, int4_group_size)
+    with _naming(path):
+      config, weights, gguf_file = weight_maps.llama_from_gguf(path, int4_group_size)
     return Llama(config, weights), tokenizer_lib.from_gguf(gguf_file)
   raise ValueError(f"name_or_path={str(name_or_path)!r} is neither a registry name {REGISTRY}, "
                    "a GGUF file nor a Hugging Face checkpoint directory")
