@@ -91,11 +91,23 @@ class AssetError(RuntimeError):
 
 
 def cache_dir() -> pathlib.Path:
-  """$ANDA_JAX_CACHE, else $XDG_CACHE_HOME/anda_jax, else ~/.cache/anda_jax."""
-  if os.environ.get("ANDA_JAX_CACHE"):
-    return pathlib.Path(os.environ["ANDA_JAX_CACHE"]).expanduser()
-  base = os.environ.get("XDG_CACHE_HOME") or pathlib.Path.home() / ".cache"
-  return pathlib.Path(base).expanduser() / "anda_jax"
+  """$ANDA_JAX_CACHE, else $XDG_CACHE_HOME/anda_jax, else ~/.cache/anda_jax. A ValueError naming
+  the setting when that path, or a folder it would be made in, is a file."""
+  for setting in ("ANDA_JAX_CACHE", "XDG_CACHE_HOME"):
+    if os.environ.get(setting):
+      path = pathlib.Path(os.environ[setting]).expanduser()
+      path = path if setting == "ANDA_JAX_CACHE" else path / "anda_jax"
+      break
+  else:
+    setting, path = None, pathlib.Path.home() / ".cache" / "anda_jax"
+  # The nearest part of the path that exists must be a folder (the rest is made when written).
+  existing = next((p for p in (path, *path.parents) if p.exists()), None)
+  if existing is not None and not existing.is_dir():
+    given = f"{setting}={os.environ[setting]!r}" if setting else f"the cache folder {path}"
+    hint = "" if setting == "ANDA_JAX_CACHE" else " (or set ANDA_JAX_CACHE to one)"
+    raise ValueError(f"{given} is invalid: {existing} is a file, and the anda_jax cache must be a "
+                     f"folder{hint}")
+  return path
 
 
 def _asset(name: str) -> Asset:
@@ -180,6 +192,14 @@ def fetch(name: str, *, verbose: bool = True) -> pathlib.Path:
     if got == asset.sha256:
       return target
     stale = f" (the cached {target} had sha256 {got}, expected {asset.sha256}; it was re-fetched)"
+  try:
+    return _download(name, asset, target, stale, verbose)
+  except OSError as e:  # e.g. a read-only cache that lacks the asset
+    raise AssetError(f"could not fetch asset {name!r} into {target.parent}: {e}\n"
+                     f"{_manual_hint(name, asset)}") from None
+
+
+def _download(name: str, asset: Asset, target: pathlib.Path, stale: str, verbose: bool) -> pathlib.Path:
   # One download at a time per asset: a second process waits, then finds the file in place.
   with files.locked(target.parent / ".lock"):
     if target.exists() and sha256_file(target) == asset.sha256:

@@ -15,12 +15,19 @@ Sources (`load_corpus(name_or_path)`):
 - any other text file: articles are blocks separated by blank lines.
 
 Splits are by article, deterministic and independent of file order: articles are sorted by
-the sha256 of their title (or text) and the first `round(fraction * n)` go to calibration.
+the sha256 of their title (or text) and the first `round(fraction * n)` go to calibration (at
+least one once there are two articles; a one-article corpus has an empty calibration split).
 So no test article is ever seen during calibration.
 
 Token windows: the texts of a split are joined with a blank line, tokenized once (the ids
 are cached on disk keyed by the sha256 of the text and of the tokenizer), and cut into
 windows of `seq_len` tokens, non-overlapping unless `stride < seq_len`.
+
+Both caches (the articles of a MediaWiki dump, the token ids) live in the asset cache
+(anda_jax.assets.cache_dir()) and store a sha256 of their content, checked on every read: an
+entry that is damaged, of another format or edited is rebuilt, with a warning. A cache that
+cannot be written (a shared, read-only one) is read, and what it lacks is computed every time,
+with a warning.
 """
 
 from __future__ import annotations
@@ -55,11 +62,28 @@ class Corpus:
   name: str
   calibration: list[str]
   test: list[str]
+  # The fraction of the articles that went to calibration; None: the corpus brings its own split
+  # (a WikiText folder's wiki.train.raw and wiki.test.raw).
+  calibration_fraction: float | None = None
 
   def split(self, name: str) -> list[str]:
+    """The texts of split `name`; a ValueError saying why when it has none."""
     if name not in ("calibration", "test"):
       raise ValueError(f"split={name!r} is invalid: must be 'calibration' or 'test'")
-    return self.calibration if name == "calibration" else self.test
+    texts = self.calibration if name == "calibration" else self.test
+    if not texts:
+      raise ValueError(f"split={name!r} is invalid for corpus {self.name!r}: {self._why_empty(name)}")
+    return texts
+
+  def _why_empty(self, name: str) -> str:
+    if self.calibration_fraction is None:
+      file = "wiki.train.raw" if name == "calibration" else "wiki.test.raw"
+      return f"that split is empty, as its {file} holds no text"
+    n = len(self.calibration) + len(self.test)
+    return (f"that split is empty: the corpus holds {n} article{'s' * (n != 1)}, and articles go "
+            f"to the test split first (calibration gets round({self.calibration_fraction} x "
+            "articles), at least 1 once there are 2 or more); give a corpus of 2 or more articles "
+            "(a plain text file's articles are its blocks separated by blank lines)")
 
 
 # ----------------------------------------------------------------------------- text
@@ -153,24 +177,57 @@ def _articles_from_file(path: pathlib.Path) -> list[tuple[str, str]]:
     # Parsing the Wikipedia excerpt takes ~10 s, so the articles are cached, keyed by the
     # file's content and the extraction code's version.
     key = f"{hashlib.sha256(path.read_bytes()).hexdigest()[:32]}-v{_EXTRACT_VERSION}"
-    return [tuple(a) for a in _cached_json(key, lambda: _mediawiki_articles(path))]
+    return _cached_articles(assets.cache_dir() / "corpora" / f"{key}.json",
+                            lambda: _mediawiki_articles(path))
   text = _read_text(path)
   if name.endswith(".raw"):
     return _wikitext_raw_articles(text)
   return _blocks(text)
 
 
-def _cached_json(key: str, build):
-  """build() -> JSON-able value, memoized on disk under cache_dir()/corpora/<key>.json."""
-  path = assets.cache_dir() / "corpora" / f"{key}.json"
-  if path.exists():
-    try:
-      return json.loads(path.read_text())
-    except ValueError:
-      pass  # a damaged entry is rebuilt
-  value = build()
-  files.atomic_write(path, lambda f: f.write(json.dumps(value).encode()))
-  return value
+def _articles_sha256(articles) -> str:
+  return hashlib.sha256(json.dumps(articles).encode()).hexdigest()
+
+
+def _read_articles(path: pathlib.Path) -> list[tuple[str, str]] | None:
+  """The (title, text) articles cached at `path`, or None when absent. An entry that is damaged,
+  of another shape, or whose articles no longer match their stored sha256 (edited by hand, a torn
+  write) is reported and rebuilt, never used."""
+  if not path.exists():
+    return None
+  try:
+    entry = json.loads(path.read_bytes())
+    articles = entry["articles"]
+    if (isinstance(articles, list) and _articles_sha256(articles) == entry["sha256"]
+        and all(isinstance(a, list) and len(a) == 2 and all(isinstance(t, str) for t in a)
+                for a in articles)):
+      return [tuple(a) for a in articles]
+  except (ValueError, OSError, KeyError, TypeError):
+    pass
+  warnings.warn(f"article cache {path} is damaged, of another format or does not match its "
+                "checksum: rebuilding it")
+  return None
+
+
+def _cached_articles(path: pathlib.Path, build) -> list[tuple[str, str]]:
+  """build() -> [(title, text)], memoized at `path` with the articles' sha256, checked on every
+  read; a cache that cannot be written (read-only) costs the time of build(), nothing else."""
+  articles = _read_articles(path)
+  if articles is None:
+    articles = [tuple(a) for a in build()]
+    entry = dict(articles=articles, sha256=_articles_sha256(articles))
+    _write_cache_entry(path, lambda f: f.write(json.dumps(entry).encode()))
+  return articles
+
+
+def _write_cache_entry(path: pathlib.Path, write) -> None:
+  """files.atomic_write(path, write), or a warning when the cache folder cannot be written (a
+  shared, read-only cache): the value is used without being cached."""
+  try:
+    files.atomic_write(path, write)
+  except OSError as e:
+    warnings.warn(f"cannot write the cache entry {path} ({e.strerror or e}): going on without "
+                  "caching it")
 
 
 def load_corpus(name_or_path: str, *, calibration_fraction: float = 0.25) -> Corpus:
@@ -196,7 +253,7 @@ def load_corpus(name_or_path: str, *, calibration_fraction: float = 0.25) -> Cor
   if not articles:
     raise ValueError(f"corpus {path} holds no text")
   calibration, test = split_articles(articles, calibration_fraction)
-  return Corpus(name, calibration, test)
+  return Corpus(name, calibration, test, calibration_fraction)
 
 
 # --------------------------------------------------------------------------- tokens
@@ -252,7 +309,7 @@ def token_ids(texts: list[str], tokenizer) -> np.ndarray:
   ids = _cached_ids(path)
   if ids is None:
     ids = np.asarray(_encode(tokenizer, text), np.int32)
-    files.atomic_write(path, lambda f: np.savez(f, ids=ids, sha256=np.array(_ids_sha256(ids))))
+    _write_cache_entry(path, lambda f: np.savez(f, ids=ids, sha256=np.array(_ids_sha256(ids))))
   return ids
 
 
@@ -283,7 +340,7 @@ def _main(argv) -> None:
   if len(argv) > 2:
     _, tokenizer = models.load(argv[2])
   for split in ("calibration", "test"):
-    texts = corpus.split(split)
+    texts = getattr(corpus, split)
     line = f"{split}: {len(texts)} articles, {sum(map(len, texts))} characters"
     if tokenizer is not None:
       line += f", {len(token_ids(texts, tokenizer))} tokens"

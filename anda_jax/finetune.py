@@ -238,8 +238,18 @@ def _read_safetensors(path, key: str, what: str) -> tuple[dict, dict]:
 
 
 def load_params(path) -> tuple[dict, dict]:
-  """(params name -> float32 numpy array, metadata) of a file written by `save_params`."""
+  """(params name -> float32 numpy array, metadata) of a file written by `save_params`: float
+  values, all finite (a NaN would turn every perplexity of the tuned model into NaN), and a JSON
+  object of metadata; else a ValueError naming the file."""
   tensors, metadata = _read_safetensors(path, _FILE_KEY, "trained-parameter file")
+  what = f"trained-parameter file {str(path)!r} is invalid"
+  for name, v in tensors.items():
+    if v.dtype.kind != "f":
+      raise ValueError(f"{what}: parameter {name!r} has dtype {v.dtype}, must be float")
+    if not np.isfinite(v).all():
+      raise ValueError(f"{what}: parameter {name!r} holds NaN or Inf values")
+  if not isinstance(metadata, dict):
+    raise ValueError(f"{what}: its {_FILE_KEY!r} metadata is not a JSON object")
   return {k: v.astype(np.float32) for k, v in tensors.items()}, metadata
 
 

@@ -51,6 +51,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import os
+import re
 from typing import Sequence
 
 from absl import logging
@@ -100,6 +101,13 @@ class AndaRule(qwix.QuantizationRule):
       raise ValueError("rounding='stochastic' is not supported by the qwix provider (it needs a "
                        "PRNG key per product): use 'truncate' or 'nearest'")
     anda.AndaFormat(self.group_size, self.exponent_bits, self.rounding)  # validates
+    if not isinstance(self.module_path, str):
+      raise ValueError(f"module_path={self.module_path!r} is invalid: must be a regex string")
+    try:
+      re.compile(self.module_path)
+    except re.error as e:
+      raise ValueError(f"module_path={self.module_path!r} is invalid: not a regular expression "
+                       f"({e})") from None
     if self.activation not in ACTIVATION_OPERANDS:
       raise ValueError(f"activation={self.activation!r} is invalid: must be one of {ACTIVATION_OPERANDS}")
     if isinstance(self.op_names, str) or set(self.op_names) - set(OP_NAMES):

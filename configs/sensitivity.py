@@ -8,8 +8,8 @@ full (no argument):
 The 30 layers x 4 types, M in {3, 4, 6}, on 8 calibration windows of 256 tokens: 120
 (layer, type) pairs x 3 M = 360 configurations, each running only layers l..29 and the head
 from a cached float prefix. Measured: 10 min 42 s wall, 1 compilation, on an idle 2-core AMD
-EPYC (Zen 5, AVX-512) with the model and corpus cached; about 5x as long on the project's
-earlier 2-core machine (jnp.dot 2048^2 at 61 GFLOP/s, 334 here).
+EPYC (Zen 5, AVX-512) with the model and corpus cached; about 5x as long on a 2-core CPU whose
+jnp.dot 2048^2 runs at 61 GFLOP/s instead of 334.
 Resumable: rerun the same command after an interruption.
 
 quick: every layer x type at M = 4 on 2 calibration windows of 64 tokens (noisy; shows the
@@ -17,8 +17,7 @@ pipeline and the shape of the heatmap):
 
     python -m experiments.sensitivity --config=configs/sensitivity.py:quick
 
-Measured with the model and corpus cached: 15 s wall on an idle 2-core AMD EPYC (Zen 5), 133 s
-on the project's earlier, slower and shared 2-core machine.
+Measured with the model and corpus cached: 15 s wall on an idle 2-core AMD EPYC (Zen 5).
 
 gemma3: the full experiment on Gemma 3 270M (configs/common.py, on_gemma3):
 

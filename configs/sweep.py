@@ -8,8 +8,8 @@ full (no argument):
 G in {16, 32, 64, 128} x M in 2..10 (180 configurations + the FP baseline), on 32 windows of
 256 test tokens (8160 scored tokens). Measured: 27 min 34 s wall, 4 compilations, on an idle
 2-core AMD EPYC (Zen 5, AVX-512) with the model and corpus cached (about 9 s per
-configuration). Run time follows the machine's float32 matrix-product speed: on the project's
-earlier 2-core machine (jnp.dot 2048^2 at 61 GFLOP/s, 334 here) expect about 5x as long.
+configuration). Run time follows the machine's float32 matrix-product speed (a 2-core CPU whose jnp.dot
+2048^2 runs at 61 GFLOP/s instead of 334 takes about 5x as long).
 Resumable: rerun the same command after an interruption.
 
 quick, the README's first command: a small sweep that finishes in under 10 minutes on a 2-core
@@ -20,8 +20,8 @@ CPU from an empty cache (downloads of ~120 MB included):
 G = 64, M in {3, 4, 6, 8}, each type alone and all together (20 configurations + the FP
 baseline), on 3 windows of 128 test tokens. Perplexities on 381 tokens are noisy: this shows
 the pipeline and the trend, the full sweep is the measurement. Measured from an empty cache in
-a fresh clone and virtualenv: 22 s wall on an idle 2-core AMD EPYC (Zen 5, AVX-512); 1 min 24 s
-idle and 4 min 51 s shared on the project's earlier, slower 2-core machine. One compilation.
+a fresh clone and virtualenv: 22 s wall on an idle 2-core AMD EPYC (Zen 5, AVX-512). One
+compilation.
 
 gemma3: the full sweep on Gemma 3 270M (configs/common.py, on_gemma3):
 

@@ -6,11 +6,12 @@ import jax
 import jax.numpy as jnp
 
 from anda_jax.numerics import anda
+from experiments import bench
 from experiments.bench import time_call
 
 
 def run(argv) -> None:
-  del argv
+  bench.ArgumentParser("format").parse(argv)  # it takes no flags
   shape, group_size, mantissa_bits = (4096, 4096), 64, 8
   x = jax.random.normal(jax.random.key(0), shape, jnp.float32)
   gbytes = 2 * x.size * x.dtype.itemsize / 1e9  # read x, write the result

@@ -17,12 +17,12 @@ whether a layout or a larger window batch would be worth changing the models for
 
 from __future__ import annotations
 
-import argparse
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from experiments import bench
 from experiments.bench import time_call
 
 # SmolLM2-135M: d_model 576, 9 query and 3 key/value heads of 64, FFN 1536, one 8192-column
@@ -32,13 +32,13 @@ SHAPES = dict(qkv=(576, 960), o=(576, 576), gate_up=(576, 3072), down=(1536, 576
 
 
 def _parse(argv):
-  p = argparse.ArgumentParser(prog="python -m experiments.bench gemm")
+  p = bench.ArgumentParser("gemm")
   p.add_argument("--rows", default="256,512,1024,2048,4096",
                  help="token rows per product (window batch x tokens per window)")
   p.add_argument("--shapes", default=None,
                  help="KxN[,KxN...] instead of SmolLM2's products, e.g. 4096x11008")
   p.add_argument("--repeats", type=int, default=5, help="timed calls per variant (median)")
-  args, _ = p.parse_known_args([a for a in argv if a.startswith("--")])
+  args = p.parse(argv)
   try:
     args.rows = [int(r) for r in args.rows.split(",")]
     shapes = (SHAPES if args.shapes is None else
@@ -46,7 +46,7 @@ def _parse(argv):
   except ValueError:
     shapes = {}
   if not shapes or any(len(s) != 2 or min(s) < 1 for s in shapes.values()) or min(args.rows) < 1:
-    raise SystemExit(f"--rows={args.rows!r} / --shapes={args.shapes!r} are invalid: positive "
+    raise ValueError(f"--rows={args.rows!r} / --shapes={args.shapes!r} are invalid: positive "
                      "integers, shapes as KxN[,KxN...]")
   args.shapes = shapes
   return args

@@ -13,7 +13,6 @@ compressor + bit-serial kernel). Times are medians over --repeats runs after one
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
 
@@ -29,6 +28,7 @@ from anda_jax.numerics import anda
 from anda_jax.numerics import bitplane
 from anda_jax.numerics import bitserial
 from anda_jax.numerics import int4
+from experiments import bench
 
 
 M_PLANES = 8  # static planes the traced M is packed into
@@ -63,11 +63,11 @@ def _report(name, shape, kernel_fn, reference_fn, args, repeats):
 
 
 def run(argv) -> None:
-  parser = argparse.ArgumentParser(prog="bench kernels", description=__doc__.split("\n")[0])
+  parser = bench.ArgumentParser("kernels", description=__doc__.split("\n")[0])
   parser.add_argument("--rows", type=int, default=256, help="activation rows for the per-kernel rows")
   parser.add_argument("--layer_rows", type=int, default=2048, help="rows of the anda_matmul layer")
   parser.add_argument("--repeats", type=int, default=3)
-  args = parser.parse_args(list(argv[1:]) if argv and not argv[0].startswith("-") else list(argv))
+  args = parser.parse(argv)
 
   backend = jax.default_backend()
   mode = "interpret mode" if backend == "cpu" else "compiled"

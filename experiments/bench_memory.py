@@ -15,6 +15,9 @@ printed as well when the backend reports it.
 
     python -m experiments.bench memory [--layers=2,4] [--group_size=128] [--seq_len=256]
         [--windows=2] [--batch_size=1] [--config_batch=2] [--dir=/tmp] [--keep]
+
+The checkpoints take about 0.4 GB per layer plus 0.5 GB (embedding and head): before writing
+anything, the larger of the two (both with --keep) is checked against the free space in --dir.
 """
 
 from __future__ import annotations
@@ -33,6 +36,9 @@ import time
 
 import numpy as np
 
+from experiments import bench
+from experiments.harness import errors
+
 # LLaMA-2-7B's shapes.
 HIDDEN, FFN, HEADS, VOCAB = 4096, 11008, 32, 32000
 FULL_LAYERS = 32
@@ -42,19 +48,37 @@ PRECISIONS = ((0, 0, 0, 0), (8, 8, 8, 8))  # the float activation, and Anda M = 
 GB, MB = 1e9, 1e6
 
 
+def _layer_counts(text: str) -> tuple[int, int]:
+  counts = tuple(int(n) for n in text.split(","))
+  if len(counts) != 2 or not 1 <= counts[0] < counts[1]:
+    raise ValueError(text)
+  return counts
+
+
+def _group_size(text: str) -> int:
+  g = int(text)
+  if g < 2 or HIDDEN % g or FFN % g:
+    raise ValueError(text)
+  return g
+
+
 def _parse(argv):
-  p = argparse.ArgumentParser(prog="python -m experiments.bench memory")
-  p.add_argument("--layers", default="2,4", help="two layer counts: the slope is taken between them")
-  p.add_argument("--group_size", type=int, default=128, help="int4_group_size of the RTN weights")
-  p.add_argument("--seq_len", type=int, default=256)
-  p.add_argument("--windows", type=int, default=2)
-  p.add_argument("--batch_size", type=int, default=1, help="windows per forward")
-  p.add_argument("--config_batch", type=int, default=2, help="configurations per forward (vmapped)")
+  p = bench.ArgumentParser("memory")
+  p.add_argument("--layers", default=(2, 4), type=bench.flag_type(
+      _layer_counts, "two layer counts, the smaller first, e.g. 2,4"),
+                 help="two layer counts: the slope is taken between them")
+  p.add_argument("--group_size", type=bench.flag_type(_group_size, f"an integer >= 2 dividing "
+                                                      f"{HIDDEN} and {FFN}"), default=128,
+                 help="int4_group_size of the RTN weights")
+  p.add_argument("--seq_len", type=bench.int_at_least(2), default=256)
+  p.add_argument("--windows", type=bench.int_at_least(1), default=2)
+  p.add_argument("--batch_size", type=bench.int_at_least(1), default=1, help="windows per forward")
+  p.add_argument("--config_batch", type=bench.int_at_least(1), default=2,
+                 help="configurations per forward (vmapped)")
   p.add_argument("--dir", default=None, help="where the temporary checkpoints go (default: $TMPDIR)")
   p.add_argument("--keep", action="store_true", help="keep the checkpoints (printed paths)")
   p.add_argument("--child", default=None, help=argparse.SUPPRESS)  # internal: measure one checkpoint
-  args, _ = p.parse_known_args([a for a in argv if a.startswith("--")])
-  return args
+  return p.parse(argv)
 
 
 # ----------------------------------------------------------------------------- the checkpoint
@@ -212,17 +236,37 @@ def _measure(directory, args) -> dict:
 # ----------------------------------------------------------------------------- the benchmark
 
 
+def checkpoint_bytes(n_layers: int) -> int:
+  """The size of build_checkpoint's model.safetensors with n_layers layers, but for its header
+  (the tokenizer and config.json are a few kB more)."""
+  return sum(int(np.prod(shape)) * 2 for _, shape, _ in _tensor_specs(n_layers))
+
+
+def _check_room(args, counts) -> None:
+  """--dir is a folder with room for the checkpoints (both at once with --keep, else the larger),
+  or one line and exit status 2, before anything is written."""
+  where = pathlib.Path(args.dir).expanduser() if args.dir else pathlib.Path(tempfile.gettempdir())
+  if not where.is_dir():
+    errors.error_exit(f"--dir={args.dir!r} is invalid: no such folder")
+  sizes = [checkpoint_bytes(n) for n in counts]
+  need, free = (sum(sizes) if args.keep else max(sizes)) * 1.01 + 10 * MB, shutil.disk_usage(where).free
+  if need > free:
+    errors.error_exit(f"--layers={','.join(map(str, counts))} is invalid with --dir={str(where)!r}: the "
+                      f"checkpoints need about {need / GB:.1f} GB{' (--keep: both)' if args.keep else ''}"
+                      f" and {free / GB:.1f} GB are free there; choose fewer layers or --dir on a "
+                      "larger disk")
+
+
 def run(argv) -> dict:
   args = _parse(argv)
   if args.child:
     _child(args)
     return {}
-  counts = [int(n) for n in args.layers.split(",")]
-  if len(counts) != 2 or counts[0] >= counts[1] or counts[0] < 1:
-    sys.exit(f"--layers={args.layers!r} is invalid: must be two layer counts, the smaller first")
-  parent = tempfile.mkdtemp(prefix="anda_bench_memory_", dir=args.dir)
+  counts = args.layers
+  _check_room(args, counts)
+  parent = tempfile.mkdtemp(prefix="anda_bench_memory_", dir=args.dir and pathlib.Path(args.dir).expanduser())
   free = shutil.disk_usage(parent).free
-  print(f"synthetic LLaMA-2-7B-shaped checkpoints (float16) with {counts} layers in {parent} "
+  print(f"synthetic LLaMA-2-7B-shaped checkpoints (float16) with {list(counts)} layers in {parent} "
         f"({free / GB:.0f} GB free); int4_group_size={args.group_size}; {len(PRECISIONS)} configurations "
         f"x {args.windows} windows x {args.seq_len} tokens (batch_size={args.batch_size}, "
         f"config_batch={args.config_batch}); load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
@@ -277,4 +321,4 @@ def run(argv) -> dict:
 
 
 if __name__ == "__main__":
-  run(sys.argv)
+  bench.run_cleanly(run, sys.argv)

@@ -19,7 +19,6 @@ one evaluation pays.
 
 from __future__ import annotations
 
-import argparse
 import os
 import time
 
@@ -31,10 +30,11 @@ from anda_jax import assets, models
 from anda_jax import data
 from anda_jax.evaluation import cross_entropy
 from anda_jax.matmul import ProductSpec, lax_precision
+from experiments import bench
 
 
 def _parse(argv):
-  p = argparse.ArgumentParser(prog="python -m experiments.bench model")
+  p = bench.ArgumentParser("model")
   p.add_argument("--model", default="smollm2-135m", help="registry name or .gguf path")
   p.add_argument("--windows", type=int, default=4)
   p.add_argument("--seq_len", type=int, default=512)
@@ -42,8 +42,7 @@ def _parse(argv):
   p.add_argument("--skip_torch", action="store_true")
   p.add_argument("--head", choices=("logits", "loss"), default="logits",
                  help="time forwards to the full logits, or to each window's loss (streamed head)")
-  # argv may or may not start with a program / benchmark name: only --flags count.
-  args, _ = p.parse_known_args([a for a in argv if a.startswith("--")])
+  args = p.parse(argv)
   return args
 
 
@@ -157,4 +156,4 @@ def run(argv) -> None:
 
 if __name__ == "__main__":
   import sys
-  run(sys.argv)
+  bench.run_cleanly(run, sys.argv)

@@ -24,7 +24,6 @@ tolerance (every layer at that M).
 
 from __future__ import annotations
 
-import argparse
 import time
 
 import numpy as np
@@ -34,11 +33,12 @@ from anda_jax import precision_search
 from configs import search as search_config
 from experiments.harness import config_checks
 from experiments.harness import loading
+from experiments import bench
 from experiments import search
 
 
 def _parse(argv):
-  p = argparse.ArgumentParser(prog="python -m experiments.bench search")
+  p = bench.ArgumentParser("search")
   p.add_argument("--model", default="smollm2-135m", help="registry name, .gguf path or HF folder")
   p.add_argument("--corpus", default="enwiki-excerpt")
   p.add_argument("--windows", type=int, default=16, help="calibration windows")
@@ -60,7 +60,7 @@ def _parse(argv):
                  help="configurations per forward, as the search's config_batch (4: one layer's "
                       "candidates)")
   p.add_argument("--skip", default="", help="'type' or 'layer': leave that part out")
-  args, _ = p.parse_known_args(list(argv)[1:])
+  args = p.parse(argv)
   return args
 
 

@@ -12,15 +12,15 @@ A warm-up on one layer first compiles both paths, so the times exclude compilati
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 from configs import sensitivity as sensitivity_config
 from experiments.harness import loading
+from experiments import bench
 from experiments import sensitivity
 
 
 def _parse(argv):
-  p = argparse.ArgumentParser(prog="python -m experiments.bench sensitivity")
+  p = bench.ArgumentParser("sensitivity")
   p.add_argument("--model", default="smollm2-135m", help="registry name, .gguf path or HF folder")
   p.add_argument("--corpus", default="enwiki-excerpt")
   p.add_argument("--seq_len", type=int, default=64)
@@ -28,7 +28,7 @@ def _parse(argv):
   p.add_argument("--mantissa_bits", default="4", help="comma-separated, vmapped")
   p.add_argument("--types", default="qkv,o,up,down")
   p.add_argument("--group_size", type=int, default=64)
-  args, _ = p.parse_known_args(list(argv)[1:])
+  args = p.parse(argv)
   return args
 
 

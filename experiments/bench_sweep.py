@@ -28,7 +28,6 @@ evaluation (one configuration batch), summarized as self time per XLA operation.
 
 from __future__ import annotations
 
-import argparse
 import collections
 import functools
 import gzip
@@ -52,11 +51,12 @@ from anda_jax import precision as anda_precision
 from configs import sweep as sweep_config
 from experiments.harness import config_checks
 from experiments.harness import loading
+from experiments import bench
 from experiments import sweep
 
 
 def _parse(argv):
-  p = argparse.ArgumentParser(prog="python -m experiments.bench sweep")
+  p = bench.ArgumentParser("sweep")
   p.add_argument("--model", default="smollm2-135m", help="registry name, .gguf path or HF folder")
   p.add_argument("--corpus", default="enwiki-excerpt")
   p.add_argument("--windows", type=int, default=8)
@@ -72,7 +72,7 @@ def _parse(argv):
   p.add_argument("--full_logits_window_batch", type=int, default=None,
                  help="window batch of the full-logits variant (default: ours'; the old automatic "
                       "choice was 1 window for 3 or 4 configurations of SmolLM2 at 256 tokens)")
-  args, _ = p.parse_known_args([a for a in argv if a.startswith("--")])
+  args = p.parse(argv)
   return args
 
 
@@ -445,4 +445,4 @@ def _version(name: str) -> str:
 
 if __name__ == "__main__":
   import sys
-  run(sys.argv)
+  bench.run_cleanly(run, sys.argv)

@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from anda_jax.checks import check_int
+from anda_jax.checks import check_int, check_token_ids
 from anda_jax.matmul import ProductSpec
 from anda_jax import models
 from anda_jax.numerics import anda
@@ -148,14 +148,16 @@ def generate_ids(model, ids, max_new_tokens: int, precision=None, spec: ProductS
 
 def generate(model, tokenizer, prompt: str, max_new_tokens: int, precision=None,
              spec: ProductSpec = ProductSpec(), chat: bool = True, kv_cache: bool = True) -> str:
-  """The greedy continuation of `prompt` as text. A prompt that fills the model's context is
-  refused (ValueError); one that leaves less room than max_new_tokens generates fewer tokens,
-  with a note on stderr."""
+  """The greedy continuation of `prompt` as text. A prompt that fills the model's context, or
+  whose token ids are beyond the model's vocabulary, is refused (ValueError); one that leaves
+  less room than max_new_tokens generates fewer tokens, with a note on stderr."""
   if chat and tokenizer.backend.token_to_id("<|im_start|>") is not None:
     prompt = f"<|im_start|>user\n{prompt}<|im_end|>\n<|im_start|>assistant\n"
   ids = tokenizer.encode(prompt)
   if not ids:
     raise ValueError("--prompt='' is invalid: it has no tokens")
+  check_token_ids(ids, model.config.vocab, "--prompt is invalid for this model: its tokens",
+                  ": the tokenizer gives ids beyond the model's vocabulary (a tokenizer of another model?)")
   limit = context_length(model)
   if len(ids) >= limit:
     raise ValueError(f"--prompt is invalid: it has {len(ids)} tokens, and the model's context is "
@@ -185,9 +187,15 @@ def run(argv) -> None:
 
 
 def main(argv):
-  errors.call_cleanly(run, argv)
+  try:
+    errors.call_cleanly(run, argv)
+  except KeyboardInterrupt:
+    errors.interrupted_exit("generation keeps nothing: run the command again")
 
 
 if __name__ == "__main__":
   cli.define_traceback_flag()
-  app.run(main, flags_parser=cli.parse_flags)
+  try:
+    app.run(main, flags_parser=cli.parse_flags)
+  except KeyboardInterrupt:  # while the flags were read
+    errors.interrupted_exit("generation keeps nothing: run the command again")

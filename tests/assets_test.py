@@ -178,6 +178,25 @@ class AssetsTest(absltest.TestCase):
     with mock.patch.dict(os.environ, {"ANDA_JAX_CACHE": "", "XDG_CACHE_HOME": "/x/y"}):
       self.assertEqual(assets.cache_dir(), pathlib.Path("/x/y/anda_jax"))
 
+  def test_cache_dir_that_is_a_file_is_refused(self):
+    a_file = self.cache / "a_file"
+    a_file.write_text("not a folder")
+    for setting, value, named in (("ANDA_JAX_CACHE", a_file, a_file),
+                                  ("ANDA_JAX_CACHE", a_file / "below", a_file),
+                                  ("XDG_CACHE_HOME", a_file, a_file)):
+      with self.subTest(setting=setting, value=value):
+        with mock.patch.dict(os.environ, {"ANDA_JAX_CACHE": "", setting: str(value)}):
+          with self.assertRaisesRegex(ValueError, f"^{setting}='{value}' is invalid: {named} is a "
+                                                  "file, and the anda_jax cache must be a folder"):
+            assets.cache_dir()
+
+  def test_unwritable_cache_without_the_asset_is_an_asset_error(self):
+    # No one can create a folder in /proc, root included.
+    with mock.patch.dict(os.environ, {"ANDA_JAX_CACHE": "/proc/anda_jax_cache"}):
+      with self.assertRaisesRegex(assets.AssetError, "(?s)could not fetch asset 'fake' into "
+                                                     "/proc/anda_jax_cache/fake: .*by hand"):
+        assets.fetch("fake", verbose=False)
+
 
 @pytest.mark.download
 class RealFetchTest(absltest.TestCase):

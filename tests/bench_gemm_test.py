@@ -22,7 +22,7 @@ class BenchGemmTest(absltest.TestCase):
 
   def test_bad_flags_are_refused(self):
     for flags in (["--rows=0"], ["--shapes=24"], ["--shapes=axb"], ["--shapes=0x4"]):
-      with self.assertRaisesRegex(SystemExit, "are invalid"):
+      with self.assertRaisesRegex(ValueError, "are invalid"):
         bench_gemm.run(["gemm"] + flags)
 
 

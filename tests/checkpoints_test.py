@@ -6,8 +6,10 @@ files, what weight_types records, broken files -> ValueError, and memory-lean lo
 bfloat16 weights stay so in the model, and INT4 loading quantizes one tensor at a time without
 ever holding the model in float32."""
 
+import json
 import os
 import pathlib
+import re
 import shutil
 import tempfile
 import tracemalloc
@@ -648,6 +650,70 @@ class StreamingLoadTest(absltest.TestCase):
     # the embedding and head: about 1/4 of the float32 matrices.
     self.assertLess(peak, 0.5 * self.f32_matrix_bytes,
                     f"peak {peak / 1e6:.1f} MB vs {self.f32_matrix_bytes / 1e6:.1f} MB of float32 matrices")
+
+
+class HFConfigTest(parameterized.TestCase):
+  """config.json settings of the wrong type, or that the model config refuses: one ValueError
+  naming the file, the key and what is expected."""
+
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    cls.tmp = testlib.tempdir(cls)
+    cls.ckpt = testlib.make_checkpoint(cls.tmp / "ckpt", n_layers=1)
+    cls.config = json.loads((cls.ckpt / "config.json").read_text())
+
+  def _with(self, **changes):
+    """A copy of the tiny checkpoint whose config.json has `changes` (None: key removed)."""
+    directory = testlib.tempdir(self) / "ckpt"
+    shutil.copytree(self.ckpt, directory)
+    config = {k: v for k, v in dict(self.config, **changes).items() if v is not None}
+    (directory / "config.json").write_text(json.dumps(config))
+    return directory
+
+  @parameterized.named_parameters(
+      ("head_dim_string", dict(head_dim="8"), r"setting 'head_dim' = '8' is invalid: must be an integer"),
+      ("rope_theta_string", dict(rope_theta="abc"),
+       r"setting 'rope_theta' = 'abc' is invalid: must be a finite number"),
+      ("eps_bool", dict(rms_norm_eps=True), r"setting 'rms_norm_eps' = True is invalid: must be a finite number"),
+      ("tie_string", dict(tie_word_embeddings="false"),
+       r"setting 'tie_word_embeddings' = 'false' is invalid: must be true or false"),
+      ("nested_rope_theta", dict(rope_scaling=dict(rope_type="default", rope_theta="1e4")),
+       r"setting 'rope_scaling.rope_theta' = '1e4' is invalid: must be a finite number"),
+      ("rope_scaling_string", dict(rope_scaling="linear"),
+       r"setting 'rope_scaling' = 'linear' is invalid: must be an object of settings"),
+      ("layers_float", dict(num_hidden_layers=1.0), r"setting 'num_hidden_layers' = 1.0 is invalid"),
+      # Checked by LlamaConfig, which does not know the file: the loader names it.
+      ("kv_heads", dict(num_key_value_heads=3), r"LlamaConfig: n_heads=4 must be a multiple of n_kv_heads=3"),
+  )
+  def test_bad_setting_names_file_and_key(self, changes, message):
+    directory = self._with(**changes)
+    with self.assertRaisesRegex(ValueError, "^" + re.escape(f"{directory / 'config.json'}: ") + message):
+      models.load(directory)
+
+  def test_not_an_object(self):
+    directory = self._with()
+    (directory / "config.json").write_text("[1, 2]")
+    with self.assertRaisesRegex(ValueError, re.escape(f"{directory / 'config.json'}: must be a JSON "
+                                                      "object of settings, not a list")):
+      models.load(directory)
+
+  def test_null_is_absent(self):
+    directory = self._with()
+    nulls = dict(head_dim=None, rope_theta=None, rms_norm_eps=None, max_position_embeddings=None,
+                 rope_scaling=dict(rope_type="default", rope_theta=None))
+    (directory / "config.json").write_text(json.dumps(dict(self.config, **nulls)))
+    config = models.load(directory)[0].config
+    self.assertEqual((config.head_dim, config.rope_theta, config.norm_eps, config.max_positions),
+                     (8, 10000.0, 1e-6, 2048))
+
+  def test_home_folder_is_expanded(self):
+    home = testlib.tempdir(self)
+    shutil.copytree(self.ckpt, home / "models" / "tiny")
+    with mock.patch.dict(os.environ, {"HOME": str(home)}):
+      model, tokenizer = models.load("~/models/tiny")
+    self.assertEqual(model.config.n_layers, 1)
+    self.assertIsNotNone(tokenizer)
 
 
 if __name__ == "__main__":

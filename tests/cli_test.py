@@ -6,8 +6,11 @@ import json
 import os
 import pathlib
 import re
+import signal
 import subprocess
 import sys
+import textwrap
+import time
 
 from absl.testing import absltest
 
@@ -137,6 +140,78 @@ class CommandLineTest(absltest.TestCase):
     self.assert_one_line_error(self.experiment("sweep", *small, **tiny),
                                "run folder .* is invalid for these settings: .*"
                                "model.matmul_precision: 'default' -> 'highest'")
+
+  def test_ctrl_c_during_a_run_says_what_was_kept_and_the_same_command_resumes(self):
+    flags = ["--config=configs/sweep.py:quick", f"--config.model.name={self.ckpt}",
+             f"--config.data.corpus={self.tmp / 'corpus.txt'}", f"--config.results_dir={self.tmp / 'ctrl_c'}",
+             "--config.format.group_sizes=(8,)", "--config.mantissa_bits=(3,4,5)", "--config.types=('all',)",
+             "--config.config_batch=1"]
+    # Ctrl-C right after the first rows are appended: Python's SIGINT handler raises
+    # KeyboardInterrupt wherever the program is; here it is raised at that point.
+    script = f"""
+        import runpy, sys
+        from experiments.harness import run_folder
+        append = run_folder.Results.append
+        def append_then_interrupt(self, rows):
+          append(self, rows)
+          raise KeyboardInterrupt
+        run_folder.Results.append = append_then_interrupt
+        sys.argv = ["sweep", *{flags!r}]
+        runpy.run_module("experiments.sweep", run_name="__main__")
+        """
+    env = dict(os.environ, ANDA_JAX_CACHE=str(self.tmp / "cache"))
+    out = subprocess.run([sys.executable, "-c", textwrap.dedent(script)], cwd=_REPO, env=env,
+                         capture_output=True, text=True, timeout=300)
+    run_dir = self.tmp / "ctrl_c" / "quickstart"
+    self.assertEqual(out.returncode, 130, out.stderr)
+    self.assertNotIn("Traceback", out.stderr)
+    lines = [l for l in out.stderr.splitlines() if l.strip() and not re.match(r"[IWEF]\d{4} |sweep:", l)]
+    self.assertEqual(lines, [f"interrupted: the run folder {run_dir} keeps what was done (results.jsonl, "
+                             "setup.json): run the same command again to resume"])
+    kept = len((run_dir / "results.jsonl").read_text().splitlines())
+    self.assertBetween(kept, 1, 3)
+    out = self.run_cli("sweep", *flags)
+    self.assertEqual(out.returncode, 0, out.stderr)
+    self.assertIn(f"4 configurations, {kept} already done, {4 - kept} to go", out.stderr)
+    self.assertLen((run_dir / "results.jsonl").read_text().splitlines(), 4)
+
+  def test_ctrl_c_while_the_command_starts_is_one_line(self):
+    env = dict(os.environ, ANDA_JAX_CACHE=str(self.tmp / "cache"))
+    proc = subprocess.Popen([sys.executable, "-m", "experiments.sweep", "--config=configs/sweep.py:quick",
+                             f"--config.model.name={self.ckpt}", f"--config.data.corpus={self.tmp / 'corpus.txt'}",
+                             "--config.format.group_sizes=(8,)", f"--config.results_dir={self.tmp / 'started'}"],
+                            cwd=_REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(1.0)  # importing JAX and the experiment takes seconds
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=300)
+    # 130 from an exit, or killed by SIGINT as Python does after an uncaught KeyboardInterrupt
+    # (a shell shows 130 for both).
+    self.assertIn(proc.returncode, (130, -signal.SIGINT), err)
+    self.assertNotIn("Traceback", err)
+    lines = [l for l in err.splitlines() if l.strip() and not re.match(r"[IWEF]\d{4} ", l)]
+    self.assertLen(lines, 1, err)
+    self.assertRegex(lines[0], "^interrupted: nothing was written")
+    self.assertFalse((self.tmp / "started").exists())
+
+  def test_ctrl_c_in_a_garbage_collection_callback_is_not_lost(self):
+    # JAX registers a gc callback; Python ignores (prints) an exception raised in one, so a
+    # Ctrl-C landing there would be lost, and the command would go on.
+    script = """
+        import gc, sys, time
+        import experiments
+        def interrupted_once(phase, info):
+          gc.callbacks.remove(interrupted_once)
+          raise KeyboardInterrupt
+        gc.callbacks.append(interrupted_once)
+        gc.collect()
+        time.sleep(30)
+        print("went on")
+        """
+    out = subprocess.run([sys.executable, "-c", textwrap.dedent(script)], cwd=_REPO,
+                         capture_output=True, text=True, timeout=300)
+    self.assertIn(out.returncode, (130, -signal.SIGINT), out.stderr)
+    self.assertEqual(out.stdout, "")
+    self.assertEqual(out.stderr.strip(), "interrupted: nothing was written: run the command again")
 
   def test_generate_refuses_bad_precision_before_loading(self):
     for value, why in (("abc", "must be one integer or four"), ("25", r"every M must be in \[0, 24\]"),

@@ -1,12 +1,16 @@
 """Tests for anda_jax.data: text extraction, article splits, token windows and their cache."""
 
 import bz2
+import errno
+import json
+from unittest import mock
 
 from absl.testing import absltest
 import numpy as np
 import pytest
 
 from anda_jax import data
+from anda_jax import files
 import testlib
 
 
@@ -134,6 +138,69 @@ class DataTest(absltest.TestCase):
       f.write_bytes(b"junk")
     np.testing.assert_array_equal(data.token_ids(["some text"], tok), a)
     self.assertEqual(tok.calls, 7)
+
+  def _dump(self, n=12):
+    pages = [_page(f"Article {i}", f"Body of article {i}. " * 5) for i in range(n)]
+    path = self.tmp / f"dump{n}.xml"
+    path.write_text(_dump(pages))
+    return path
+
+  def test_article_cache_is_checked_and_rebuilt(self):
+    path = self._dump()
+    corpus = data.load_corpus(str(path))
+    entry, = (self.cache / "corpora").iterdir()
+    self.assertEqual(len(corpus.calibration) + len(corpus.test), 12)
+    # Half the articles cut from the entry by hand, in whatever format it has.
+    stored = json.loads(entry.read_text())
+    articles = stored["articles"] if isinstance(stored, dict) else stored
+    del articles[6:]
+    entry.write_text(json.dumps(stored))
+    with self.assertWarnsRegex(UserWarning, f"article cache {entry} is damaged, of another format "
+                                            "or does not match its checksum: rebuilding it"):
+      again = data.load_corpus(str(path))
+    self.assertEqual(again, corpus)
+    # Valid JSON of other shapes, and damaged files: rebuilt as well.
+    for text in (b"[1, 2]", b'{"articles": 3}', b'[["title"]]', b"{}", b"null", b"{broken", b"\xff"):
+      with self.subTest(text=text):
+        entry.write_bytes(text)
+        with self.assertWarnsRegex(UserWarning, "rebuilding it"):
+          self.assertEqual(data.load_corpus(str(path)), corpus)
+    # The rebuilt entry is used as it is, without a warning.
+    with mock.patch.object(data, "_mediawiki_articles", side_effect=AssertionError("parsed again")):
+      self.assertEqual(data.load_corpus(str(path)), corpus)
+
+  def test_read_only_cache_is_read_and_not_written(self):
+    tok = CharTokenizer()
+    cached_dump = self._dump()
+    corpus = data.load_corpus(str(cached_dump))
+    ids = data.token_ids(corpus.test, tok)
+    read_only = OSError(errno.EROFS, "Read-only file system")
+    with mock.patch.object(files, "atomic_write", side_effect=read_only):
+      # What the cache holds is read from it ...
+      with mock.patch.object(data, "_mediawiki_articles", side_effect=AssertionError("parsed again")):
+        self.assertEqual(data.load_corpus(str(cached_dump)), corpus)
+      np.testing.assert_array_equal(data.token_ids(corpus.test, tok), ids)
+      # ... and what it lacks is computed, with a warning naming the entry.
+      with self.assertWarnsRegex(UserWarning, "cannot write the cache entry .*corpora.* "
+                                              "\\(Read-only file system\\): going on without caching it"):
+        self.assertLen(data.load_corpus(str(self._dump(5))).test, 4)
+      with self.assertWarnsRegex(UserWarning, "cannot write the cache entry .*tokens"):
+        np.testing.assert_array_equal(data.token_ids(["new text"], tok), list(b"new text"))
+    self.assertLen(list((self.cache / "tokens").iterdir()), 1)
+
+  def test_empty_calibration_split_says_why(self):
+    (self.tmp / "one.txt").write_text("The only article.\nIt is long enough for many windows.\n")
+    corpus = data.load_corpus(str(self.tmp / "one.txt"))
+    self.assertLen(corpus.test, 1)
+    with self.assertRaisesRegex(ValueError, r"split='calibration' is invalid for corpus '.*one.txt': "
+                                            r"that split is empty: the corpus holds 1 article, and "
+                                            r"articles go to the test split first \(calibration gets "
+                                            r"round\(0.25 x articles\)"):
+      corpus.split("calibration")
+    (self.tmp / "wiki.train.raw").write_text("\n")
+    (self.tmp / "wiki.test.raw").write_text(" = A = \n\n text . \n")
+    with self.assertRaisesRegex(ValueError, "that split is empty, as its wiki.train.raw holds no text"):
+      data.load_corpus(str(self.tmp)).split("calibration")
 
 
 @pytest.mark.download

@@ -190,6 +190,19 @@ class LoraAndFilesTest(_TinyModel):
     st.save_file({"x": np.zeros(3, np.float32)}, str(foreign))
     with self.assertRaisesRegex(ValueError, "not written by anda_jax.finetune"):
       finetune.load_params(foreign)
+    nan = self.tmp / "nan.safetensors"
+    finetune.save_params(nan, {"final_norm": np.array([1.0, np.nan] * 16, np.float32)})
+    with self.assertRaisesRegex(ValueError, "nan.safetensors' is invalid: parameter 'final_norm' holds "
+                                            "NaN or Inf values"):
+      finetune.apply_file(self.fresh(), nan)
+    ints = self.tmp / "ints.safetensors"
+    ints.write_bytes(st.save({"final_norm": np.ones(32, np.int32)}, metadata={"anda_jax.finetune": "{}"}))
+    with self.assertRaisesRegex(ValueError, "parameter 'final_norm' has dtype int32, must be float"):
+      finetune.load_params(ints)
+    listed = self.tmp / "listed.safetensors"
+    listed.write_bytes(st.save({"final_norm": np.ones(32, np.float32)}, metadata={"anda_jax.finetune": "[1]"}))
+    with self.assertRaisesRegex(ValueError, "metadata is not a JSON object"):
+      finetune.load_params(listed)
     wrong = self.tmp / "wrong.safetensors"
     finetune.save_params(wrong, {"layers.attn_norm": np.ones((2, 7), np.float32)})
     with self.assertRaisesRegex(ValueError, r"wrong.safetensors.*'layers.attn_norm' has shape \[2, 7\]"):

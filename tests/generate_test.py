@@ -81,6 +81,19 @@ class KVCacheTest(parameterized.TestCase):
       generate.generate_ids(m, list(range(60)), 5)
 
 
+class TokenizerTest(absltest.TestCase):
+
+  def test_token_ids_beyond_the_models_vocabulary_are_refused(self):
+    # A byte-level BPE has at least 256 ids: more than this model's 64 embedding rows.
+    ckpt = testlib.make_checkpoint(testlib.tempdir(self) / "llama", vocab=64, n_layers=1)
+    model, tokenizer = models.load(str(ckpt))
+    self.assertGreater(max(tokenizer.encode("The quick brown fox")), 64)
+    with self.assertRaisesRegex(ValueError, r"--prompt is invalid for this model: its tokens hold "
+                                            r"token ids \d+\.\.\d+: must be in \[0, vocab=64\): the "
+                                            "tokenizer gives ids beyond the model's vocabulary"):
+      generate.generate(model, tokenizer, "The quick brown fox", 4)
+
+
 class PrecisionFlagTest(parameterized.TestCase):
 
   @parameterized.parameters(("", None), ("8", [8, 8, 8, 8]), ("0,6,8,24", [0, 6, 8, 24]))

@@ -9,11 +9,13 @@ from unittest import mock
 
 from absl.testing import absltest
 from absl.testing import parameterized
+import jax
 
 from anda_jax import assets
 from anda_jax import files
 from configs import sweep as sweep_config
 from experiments.harness import cli
+from experiments.harness import compile_cache
 from experiments.harness import config_checks
 from experiments.harness import distributed
 from experiments.harness import loading
@@ -388,6 +390,48 @@ class ScaleSettingsTest(absltest.TestCase):
           config_checks.check_processes(_config(self.tmp, **changes))
     config_checks.check_processes(_config(self.tmp, distributed=True, coordinator_address="127.0.0.1:80",
                                    num_processes=2, process_id=1))
+
+
+class CompilationCacheTest(absltest.TestCase):
+  """A compilation cache that cannot be written (a shared, read-only cache) is read and not
+  written, or left off when its folder cannot be made: never a warning per program."""
+
+  _SETTINGS = ("jax_enable_compilation_cache", "jax_compilation_cache_dir",
+               "jax_persistent_cache_min_compile_time_secs", "jax_persistent_cache_min_entry_size_bytes")
+
+  def setUp(self):
+    super().setUp()
+    saved = {k: getattr(jax.config, k) for k in self._SETTINGS}  # process-wide: restored after
+    self.addCleanup(lambda: [jax.config.update(k, v) for k, v in saved.items()])
+    self.cache = testlib.asset_cache(self)
+    jax.config.update("jax_compilation_cache_dir", None)
+
+  def test_writable_folder_stores_every_program(self):
+    folder = compile_cache.use_compilation_cache(_config(self.cache))
+    self.assertEqual(folder, compile_cache.compilation_cache_dir())
+    self.assertTrue(folder.is_dir())
+    self.assertEqual(jax.config.jax_persistent_cache_min_compile_time_secs, 0.0)
+
+  def test_read_only_folder_is_read_but_never_written(self):
+    compile_cache.compilation_cache_dir().mkdir(parents=True)
+    with testlib.warnings_logged(compile_cache.logging) as warned, \
+         mock.patch.object(compile_cache.os, "access", return_value=False):
+      folder = compile_cache.use_compilation_cache(_config(self.cache))
+    self.assertEqual(folder, compile_cache.compilation_cache_dir())
+    self.assertTrue(jax.config.jax_enable_compilation_cache)
+    self.assertEqual(jax.config.jax_persistent_cache_min_compile_time_secs, float("inf"))
+    self.assertEqual(warned, [f"the compilation cache {folder} is read-only: its programs are loaded, "
+                              "new ones compiled but not stored"])
+
+  def test_folder_that_cannot_be_made_leaves_the_cache_off(self):
+    # No one can create a folder in /proc, root included.
+    with mock.patch.dict(os.environ, {"ANDA_JAX_CACHE": "/proc/anda_jax_cache"}), \
+         testlib.warnings_logged(compile_cache.logging) as warned:
+      self.assertIsNone(compile_cache.use_compilation_cache(_config(self.cache)))
+    self.assertFalse(jax.config.jax_enable_compilation_cache)
+    self.assertLen(warned, 1)
+    self.assertRegex(warned[0], "cannot create the compilation cache /proc/anda_jax_cache/.*: "
+                                "compiling without it")
 
 
 if __name__ == "__main__":

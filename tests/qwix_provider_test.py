@@ -348,6 +348,9 @@ class OpsTest(parameterized.TestCase):
       ("activation", dict(mantissa_bits=7, activation="weight"), "activation='weight'"),
       ("op_names", dict(mantissa_bits=7, op_names=("conv",)), "op_names"),
       ("act_qtype", dict(mantissa_bits=7, act_qtype=jnp.int8), "act_qtype"),
+      ("module_path_regex", dict(mantissa_bits=7, module_path="("),
+       r"module_path='\(' is invalid: not a regular expression \(missing \), unterminated"),
+      ("module_path_type", dict(mantissa_bits=7, module_path=None), "module_path=None is invalid"),
   )
   def test_invalid_rule(self, kwargs, message):
     with self.assertRaisesRegex(ValueError, message):

@@ -34,7 +34,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from anda_jax.checks import check_int
+from anda_jax.checks import check_int, check_token_ids
 from anda_jax.evaluation import cross_entropy
 from anda_jax.matmul import ProductSpec, lax_precision
 from anda_jax import precision as anda_precision
@@ -87,9 +87,7 @@ def check_windows(windows, vocab: int) -> np.ndarray:
   if w.ndim != 2 or w.shape[1] < 2 or not len(w) or not np.issubdtype(w.dtype, np.integer):
     raise ValueError(f"windows has shape {list(w.shape)} and dtype {w.dtype}: must be integer token "
                      "ids [n_windows >= 1, seq_len >= 2]")
-  if w.min() < 0 or w.max() >= vocab:
-    raise ValueError(f"windows hold token ids {w.min()}..{w.max()}: must be in [0, vocab={vocab})")
-  return w.astype(np.int32)
+  return check_token_ids(w, vocab, "windows").astype(np.int32)
 
 
 def target_weights(n_windows: int, seq_len: int, score_from: int = 0) -> np.ndarray:

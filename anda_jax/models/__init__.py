@@ -8,6 +8,7 @@ checkpoints.
 
 from __future__ import annotations
 
+import contextlib
 import pathlib
 
 from anda_jax import assets
@@ -51,6 +52,20 @@ def load(name_or_path, *, int4_group_size=None, matmul_precision: str = "highest
   return model, tokenizer
 
 
+@contextlib.contextmanager
+def _naming(path, checkpoint=None):
+  """A ValueError raised inside the block that names neither `path` nor `checkpoint` (the file or
+  folder it belongs to) gets `path` as a prefix: the readers name the file themselves, but the
+  model configs (LlamaConfig, OPTConfig) check the settings the builders derived from it without
+  knowing where they came from."""
+  try:
+    yield
+  except ValueError as e:
+    if str(checkpoint or path) in str(e):
+      raise
+    raise ValueError(f"{path}: {e}") from None
+
+
 def _build(family: str, config, weights: dict):
   weights = dict(weights)
   types = weights.pop("weight_types")
@@ -66,22 +81,24 @@ def _load(name_or_path, int4_group_size):
   if str(name_or_path) in REGISTRY:
     path = assets.fetch(str(name_or_path))
   else:
-    path = pathlib.Path(name_or_path)
+    path = pathlib.Path(name_or_path).expanduser()
   if path.is_dir():
     cfg = safetensors_reader.read_config(path)
     model_type = cfg.get("model_type")
     if model_type not in weight_maps.HF_BUILDERS:
       raise ValueError(f"{path / 'config.json'}: unsupported model_type {model_type!r}: supported are "
                        f"{sorted(weight_maps.HF_BUILDERS)}")
-    config, weights = weight_maps.HF_BUILDERS[model_type](path, cfg, int4_group_size)
+    with _naming(path / "config.json", path):
+      config, weights = weight_maps.HF_BUILDERS[model_type](path, cfg, int4_group_size)
     return _build(model_type, config, weights), tokenizer_lib.from_directory(path)
   if path.is_file():
-    gguf_file = GGUFFile(path)
-    arch = gguf_file.meta("general.architecture")
-    if arch not in weight_maps.GGUF_BUILDERS:
-      raise ValueError(f"{gguf_file.path}: unsupported architecture '{arch}': supported are "
-                       f"{sorted(weight_maps.GGUF_BUILDERS)}")
-    config, weights = weight_maps.GGUF_BUILDERS[arch](gguf_file, int4_group_size)
+    with _naming(path):
+      gguf_file = GGUFFile(path)
+      arch = gguf_file.meta("general.architecture")
+      if arch not in weight_maps.GGUF_BUILDERS:
+        raise ValueError(f"{gguf_file.path}: unsupported architecture '{arch}': supported are "
+                         f"{sorted(weight_maps.GGUF_BUILDERS)}")
+      config, weights = weight_maps.GGUF_BUILDERS[arch](gguf_file, int4_group_size)
     return _build(arch, config, weights), tokenizer_lib.from_gguf(gguf_file)
   raise ValueError(f"name_or_path={str(name_or_path)!r} is neither a registry name {REGISTRY}, "
                    "a GGUF file nor a Hugging Face checkpoint directory")

@@ -12,7 +12,7 @@ import pathlib
 import jax
 import numpy as np
 
-from anda_jax.models.checkpoints import check_finite, fail
+from anda_jax.models.checkpoints import check_config_types, check_finite, fail
 
 # transformers keeps a causal LM's output layer outside the model's prefix, and stores it only
 # when it is not tied to the embedding.
@@ -21,13 +21,15 @@ _FLOAT_DTYPES = tuple(np.dtype(t) for t in ("float16", jax.numpy.bfloat16, "floa
 
 
 def read_config(directory) -> dict:
+  """The settings of a directory's config.json, those the loaders read checked for type."""
   path = pathlib.Path(directory) / "config.json"
   if not path.is_file():
     fail(path, "no config.json in the checkpoint directory")
   try:
-    return json.loads(path.read_text())
+    cfg = json.loads(path.read_text())
   except (json.JSONDecodeError, UnicodeDecodeError) as e:
     fail(path, f"not valid JSON: {e}")
+  return check_config_types(path, cfg)
 
 
 def _safe_open(file, framework="numpy"):

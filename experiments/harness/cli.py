@@ -5,6 +5,7 @@ cannot be loaded.
 
 from __future__ import annotations
 
+import os
 import pathlib
 import re
 import runpy
@@ -120,13 +121,38 @@ def run_with_config(run, description: str) -> None:
     with compile_cache.count_cache_use() as used:
       out = run(cfg)
     if folder is not None and distributed.is_main():
-      print(f"compilation cache {folder}: {used['loaded']} programs loaded, {used['stored']} "
-            "compiled and stored")
+      if os.access(folder, os.W_OK):
+        compiled = f"{used['stored']} compiled and stored"
+      else:
+        compiled = f"{used['looked_up'] - used['loaded']} compiled (not stored: the folder is read-only)"
+      print(f"compilation cache {folder}: {used['loaded']} programs loaded, {compiled}")
     return out
 
   def main(argv):
     if len(argv) > 1:
       errors.error_exit(f"arguments {argv[1:]} are invalid: this command takes only flags")
-    errors.call_cleanly(run_cached, config.value)
+    try:
+      errors.call_cleanly(run_cached, config.value)
+    except KeyboardInterrupt:
+      interrupted_exit(config.value)
 
-  app.run(main, flags_parser=parse_flags)
+  try:
+    app.run(main, flags_parser=parse_flags)
+  except KeyboardInterrupt:  # while the flags and the config file were read
+    errors.interrupted_exit("nothing was written: run the command again")
+
+
+def interrupted_exit(cfg) -> None:
+  """Ctrl-C in a run: one line saying what its run folder kept and how to resume (every
+  experiment skips what its folder holds), exit status 130. Files are written whole or appended
+  line by line, so what is kept is sound."""
+  folder = config_checks.run_dir(cfg)
+  kept = sorted(p.name for p in folder.iterdir() if p.name != ".lock") if folder.is_dir() else []
+  if kept:
+    message = (f"the run folder {folder} keeps what was done ({', '.join(kept)}): run the same "
+               "command again to resume")
+  else:
+    message = f"nothing was written in {folder}: run the command again"
+  if not distributed.is_main():  # process 0 alone says it
+    os._exit(errors.INTERRUPTED)  # pylint: disable=protected-access (see errors.interrupted_exit)
+  errors.interrupted_exit(message)

@@ -5,15 +5,18 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
 import pathlib
 import platform
 
+from absl import logging
 import jax
 
 from anda_jax import assets
 
 
-_CACHE_EVENTS = {"/jax/compilation_cache/cache_hits": "loaded",
+_CACHE_EVENTS = {"/jax/compilation_cache/compile_requests_use_cache": "looked_up",
+                 "/jax/compilation_cache/cache_hits": "loaded",
                  "/jax/compilation_cache/cache_misses": "stored"}
 
 
@@ -48,21 +51,35 @@ def use_compilation_cache(cfg) -> pathlib.Path | None:
   on = cfg.get("compilation_cache", True)
   if not isinstance(on, bool):
     raise ValueError(f"compilation_cache={on!r} is invalid: must be True or False")
-  if not on:
-    jax.config.update("jax_enable_compilation_cache", False)
+  folder = pathlib.Path(jax.config.jax_compilation_cache_dir or compilation_cache_dir()) if on else None
+  if folder is not None and not folder.is_dir():
+    try:
+      folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:  # a read-only cache without this CPU's folder: JAX would warn per program
+      logging.warning("cannot create the compilation cache %s (%s): compiling without it", folder,
+                      e.strerror or e)
+      folder = None
+  jax.config.update("jax_enable_compilation_cache", folder is not None)
+  if folder is None:
     return None
-  folder = pathlib.Path(jax.config.jax_compilation_cache_dir or compilation_cache_dir())
-  jax.config.update("jax_enable_compilation_cache", True)
   jax.config.update("jax_compilation_cache_dir", str(folder))
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+  # A folder this process cannot write (a shared, read-only cache) is read but never written:
+  # JAX stores only programs that took longer than this to compile, and warns of every store
+  # that fails.
+  writable = os.access(folder, os.W_OK)
+  if not writable:
+    logging.warning("the compilation cache %s is read-only: its programs are loaded, new ones "
+                    "compiled but not stored", folder)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0 if writable else float("inf"))
   jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
   return folder
 
 
 @contextlib.contextmanager
 def count_cache_use():
-  """{"loaded": programs read from the persistent compilation cache, "stored": programs compiled
-  and written to it} inside the block, from JAX's monitoring events."""
+  """{"looked_up": programs looked up in the persistent compilation cache, "loaded": programs read
+  from it, "stored": programs compiled and written to it} inside the block, from JAX's monitoring
+  events."""
   counts = dict.fromkeys(_CACHE_EVENTS.values(), 0)
 
   def listener(event, **kwargs):

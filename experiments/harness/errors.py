@@ -1,9 +1,11 @@
 """What a user error is, and how a command reports one: one line on stderr, `error: <what> is
-invalid: <why>`, exit status 2 (--traceback or --verbosity=1 shows the stack).
+invalid: <why>`, exit status 2 (--traceback or --verbosity=1 shows the stack); and an interrupt
+(Ctrl-C): one line saying what was kept, exit status 130 (128 + SIGINT, as a shell reports it).
 """
 
 from __future__ import annotations
 
+import os
 import sys
 
 from absl import flags
@@ -38,3 +40,16 @@ def call_cleanly(fn, *args):
     if _show_stack():
       raise
     error_exit(e)
+
+
+INTERRUPTED = 130  # 128 + SIGINT
+
+
+def interrupted_exit(kept: str) -> None:
+  """Prints `interrupted: <kept>` as one line on stderr and ends the process with status 130
+  at once. Without the interpreter's shutdown: interrupted while XLA compiles or runs, it can
+  crash in the threads XLA leaves behind (a segmentation fault after the message). Nothing is
+  lost: results are flushed as they are appended and files written whole (temp file + rename)."""
+  print(f"\ninterrupted: {' '.join(kept.split())}", file=sys.stderr, flush=True)
+  sys.stdout.flush()
+  os._exit(INTERRUPTED)  # pylint: disable=protected-access

@@ -7,6 +7,7 @@ import difflib
 import pathlib
 import sys
 
+from anda_jax import files
 from experiments.results_doc import page
 from experiments.results_doc.runs import DOC
 
@@ -26,7 +27,7 @@ def main(argv=None) -> int:
     print(f"error: docs/results cannot be read: {e}", file=sys.stderr)
     return 2
   if not args.check:
-    args.doc.write_text(text)
+    files.atomic_write_text(args.doc, text)  # an interrupted write leaves the old page
     print(f"wrote {args.doc}")
     return 0
   current = args.doc.read_text() if args.doc.exists() else ""
