@@ -177,7 +177,8 @@ def _run(cfg, folder: pathlib.Path, digest: str) -> dict:
   windows = load_windows(cfg, tokenizer)
   loading.check_model_fits(cfg, model, windows)
   is_main = distributed.is_main()
-  results = run_folder.Results(folder, setup_of(cfg, windows, digest), write=is_main,
+  results = run_folder.Results(folder, setup_of(cfg, windows, digest) | run_folder.weights_setup(model),
+                               write=is_main,
                            required=ROW_FIELDS)
   spec = config_checks.product_spec(cfg, cfg.format.group_sizes[0])
   key = config_checks.rounding_key(cfg)
@@ -292,7 +293,7 @@ def report(run_dir) -> str:
                    f"{r['test_ppl_fp']:>10.2f} {_ratio(r['test_ppl'], r['test_ppl_fp']):>7} "
                    f"{r['steps']:>5} {r['train_seconds']:>7.0f}")
       first = " " * len(first)
-  table = "\n".join(lines)
+  table = reports.with_weights(run_dir, "\n".join(lines))
   print(table)
   _plot(run_dir, runs, before)
   return table

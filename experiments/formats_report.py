@@ -195,6 +195,6 @@ def write(run_dir: pathlib.Path, base: dict | None, rows: list[dict]) -> str:
   """formats.md and pareto.png of a run whose rows include other formats; returns the table."""
   run_dir = pathlib.Path(run_dir)
   text = table(run_dir.name, base, rows)
-  reports.write_text(run_dir / "formats.md", text)
+  reports.write_text(run_dir / "formats.md", reports.with_weights(run_dir, text))
   plot(run_dir / "pareto.png", run_dir.name, base, rows)
   return text

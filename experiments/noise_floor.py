@@ -89,7 +89,8 @@ def run(cfg) -> dict:
     mesh = distributed.mesh_of(cfg)
     model, windows, score_from = loading.start(cfg, mesh=mesh)
     check_subsets(cfg.subsets, len(windows))
-    results = run_folder.Results(folder, setup(windows), write=distributed.is_main(), required=ROW_FIELDS)
+    results = run_folder.Results(folder, setup(windows) | run_folder.weights_setup(model),
+                                 write=distributed.is_main(), required=ROW_FIELDS)
     weights = evaluate.target_weights(len(windows), windows.shape[1], score_from)
     window_tokens = weights.sum(axis=1, dtype=np.float64)
     ms = [0] + sorted(set(cfg.mantissa_bits), reverse=True)
@@ -169,7 +170,7 @@ def report(run_dir, subsets) -> str:
            f"{'pair':<12}{'windows':>8}{'tokens':>8}{'subsets':>8} {'half-width':>10} {'spread':>9} {'estimate':>10}"]
   lines += [f"{e['pair']:<12}{e['windows']:>8}{e['tokens']:>8.0f}{e['subsets']:>8} {pct(e['half_width']):>10} "
             f"{pct(e['spread']):>9} {100 * e['estimate']:>+10.3g}" for e in entries]
-  table = "\n".join(lines)
+  table = reports.with_weights(run_dir, "\n".join(lines))
   print(table)
   _plot(run_dir, entries)
   return table

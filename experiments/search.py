@@ -231,7 +231,8 @@ def _run(cfg, run_dir: pathlib.Path, digest: str) -> None:
                                      np.int32), (shape.n_layers, 4) if per_layer else (4,)).copy()
   macs = shape.macs() if per_layer else shape.macs().sum(0)
   is_main = distributed.is_main()
-  log = SearchLog(run_dir, setup_of(cfg, windows, shape, digest), write=is_main, shape=shape)
+  log = SearchLog(run_dir, setup_of(cfg, windows, shape, digest) | run_folder.weights_setup(model),
+                  write=is_main, shape=shape)
   logging.info("loaded model and data in %.1f s; windows %s", time.time() - t0,
                {s: w.shape for s, w in windows.items()})
 

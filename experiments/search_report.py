@@ -190,6 +190,7 @@ def _chosen_section(run: _Run) -> list[str]:
       f"{len(run.cal_rows)} configurations evaluated on calibration"
       + (f", {n_partial} more only on the first {chosen['race_windows']} windows (dropped by "
          f"racing at level {chosen['race_level']})" if n_partial else "") + ".", "",
+      *([line, ""] if (line := reports.weights_line(run.dir)) else []),
       "M per type is (" + ", ".join(MODULE_TYPES) + "); 0 = FP16. Loss is ppl / ppl_FP - 1 "
       f"on the same windows, in brackets its {perplexity.INTERVAL_METHOD}. "
       + ("A candidate fits a tolerance if the upper end of its interval is within it."

@@ -100,7 +100,8 @@ def _run(cfg, folder, setup, reuse_prefix, loaded) -> Outcome:
     raise ValueError(f"layers holds {layers[-1]}, which is invalid: the model has layers 0..{n_layers - 1}")
   is_main = distributed.is_main()
   group_size = cfg.format.group_sizes[0]
-  results = run_folder.Results(folder, setup(windows), write=is_main, required=ROW_FIELDS)
+  results = run_folder.Results(folder, setup(windows) | run_folder.weights_setup(model), write=is_main,
+                               required=ROW_FIELDS)
   spec = config_checks.product_spec(cfg, group_size)
   ms = tuple(cfg.mantissa_bits)
   key = config_checks.rounding_key(cfg)
@@ -187,7 +188,7 @@ def report(run_dir, top: int = 10) -> str:
           f"ppl {shown(r, 'ppl')}") for r in worst]
   if any(r["interval"] is not None for r in worst):
     lines.append(f"[low, high]: the {perplexity.INTERVAL_METHOD} of the increase")
-  table = "\n".join(lines)
+  table = reports.with_weights(run_dir, "\n".join(lines))
   print(table)
   _heatmap(run_dir, rows)
   return table

@@ -149,7 +149,8 @@ def _run(cfg, folder: pathlib.Path, digest: str) -> dict:
   others = config_checks.other_formats(cfg)
   distributed.check_mesh_fits(model, mesh, [ProductSpec(f, cfg.impl) for f in others.values()])
   is_main = distributed.is_main()
-  results = run_folder.Results(folder, run_folder.setup_of(cfg, windows, digest), write=is_main,
+  results = run_folder.Results(folder, run_folder.setup_of(cfg, windows, digest)
+                               | run_folder.weights_setup(model), write=is_main,
                            required=ROW_FIELDS)
   shape = cost.as_shape(model)
   configs = sweep_configs(cfg.format.group_sizes, cfg.mantissa_bits, cfg.types, tuple(others),
@@ -235,6 +236,7 @@ def report(run_dir) -> str:
   table = _table(base, anda)
   if len(anda) < len(rows):  # other formats: their table against Anda, and the Pareto plot
     table += "\n\n" + formats_report.write(run_dir, base, rows)
+  table = reports.with_weights(run_dir, table)
   print(table)
   _plots(run_dir, base_ppl, anda)
   return table

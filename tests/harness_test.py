@@ -130,6 +130,27 @@ class SetupTest(absltest.TestCase):
     with self.assertRaisesRegex(ValueError, r"model_shards: \(not recorded\) -> 2"):
       run_folder.check_setup(self.tmp, on((1, 2)), write=False, partial=True)
 
+  def test_a_setup_written_before_the_weights_were_recorded(self):
+    # Weights used as stored are what the model's content holds, recorded or not; re-quantized
+    # ones (int4_group_size) may have been loaded otherwise, so such a run is not resumed.
+    weights = dict(weights={"Q4_1 -> INT4 asymmetric G=32 (as stored)": 4})
+    for group, resumes in ((None, True), (32, False)):
+      folder = self.tmp / f"g{group}"
+      old = dict(model=dict(name="m", sha256="a" * 64, int4_group_size=group))
+      run_folder.check_setup(folder, old)
+      (folder / "results.jsonl").write_text('{"id": "fp"}\n')
+      if resumes:
+        run_folder.check_setup(folder, old | weights)
+      else:
+        with self.assertRaisesRegex(ValueError, "weights.Q4_1 -> INT4 .*: \\(not recorded\\) -> 4"):
+          run_folder.check_setup(folder, old | weights)
+      other = dict(weights={"Q4_1 -> float32": 4})
+      recorded = self.tmp / f"recorded{group}"
+      run_folder.check_setup(recorded, old | weights)
+      (recorded / "results.jsonl").write_text('{"id": "fp"}\n')
+      with self.assertRaisesRegex(ValueError, "weights"):
+        run_folder.check_setup(recorded, old | other)
+
   def test_changed_settings_are_refused_with_one_message_saying_what_changed(self):
     run_folder.check_setup(self.tmp, dict(model=dict(name="m", sha256="a" * 64), window_batch=3))
     (self.tmp / "results.jsonl").write_text('{"id": "fp"}\n')

@@ -101,6 +101,11 @@ class SweepTest(absltest.TestCase):
     table = sweep.report(run_dir)
     self.assertIn(f"baseline perplexity: {base:.4f}", table)
     self.assertIn("M=5", table)
+    # What the weights were is recorded and reported.
+    weights = json.loads((run_dir / "setup.json").read_text())["weights"]
+    self.assertEqual(weights, models.load(str(self.ckpt))[0].weight_types.counts())
+    self.assertTrue(weights)
+    self.assertTrue(table.startswith("weights (stored type -> what it became: tensors): "), table)
 
   def test_every_increase_carries_its_paired_interval(self):
     # G = 4: a group size that test_full_run... (which counts compilations) does not use.

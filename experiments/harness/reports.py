@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import pathlib
 import textwrap
 
@@ -45,3 +46,20 @@ def csv_text(fields: list[str], rows: list[dict]) -> str:
   w.writeheader()
   w.writerows(rows)
   return out.getvalue()
+
+
+def weights_line(run_dir: pathlib.Path) -> str | None:
+  """One line saying what the run's model weights were (from its setup.json): each stored
+  tensor type, what it became and how many tensors; None where the setup does not record it."""
+  path = pathlib.Path(run_dir) / "setup.json"
+  weights = json.loads(path.read_text()).get("weights") if path.exists() else None
+  if not weights:
+    return None
+  return "weights (stored type -> what it became: tensors): " + "; ".join(
+      f"{kind}: {n}" for kind, n in weights.items())
+
+
+def with_weights(run_dir: pathlib.Path, table: str) -> str:
+  """A printed report `table` headed by the run's weights line (weights_line), where recorded."""
+  line = weights_line(run_dir)
+  return table if line is None else f"{line}\n{table}"

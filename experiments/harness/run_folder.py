@@ -55,6 +55,22 @@ def mesh_setup(cfg) -> dict:
   return {} if shards == 1 else dict(model_shards=shards)
 
 
+def weights_setup(model) -> dict:
+  """The setup.json entry of what a loaded model's weights are: each stored tensor type, what
+  it became (INT4 as stored, INT4 re-quantized, a float dtype) and how many tensors
+  (anda_jax.models.weight_types); {} for a model built without a checkpoint."""
+  kinds = getattr(model, "weight_types", None)
+  return {} if kinds is None else dict(weights=kinds.counts())
+
+
+def _weights_as_stored(setup: dict) -> bool:
+  """Whether a setup says the weights were used as stored (no int4_group_size): what such a run
+  loaded is what the model's content (its sha256) holds, recorded or not."""
+  model = setup.get("model")
+  group = model.get("int4_group_size") if isinstance(model, dict) else setup.get("int4_group_size")
+  return group is None
+
+
 def finetune_setup(cfg) -> dict:
   """The setup.json entry of the `finetune` setting: {} without one (so the setup of a run
   without it reads as before), else the file and its sha256."""
@@ -115,6 +131,9 @@ def check_setup(run_folder: pathlib.Path, setup: dict, write: bool = True,
     except (ValueError, UnicodeDecodeError) as e:
       raise ValueError(f"run folder {str(folder)!r} is invalid: its setup.json is damaged "
                        f"({e}), so what its results are valid for is unknown; {fix}") from None
+    if "weights" not in old and _weights_as_stored(old):
+      # Written before the weights were recorded: stored weights were loaded then as now.
+      setup = {k: v for k, v in setup.items() if k != "weights"}
     old, new = _flat(old), _flat(setup)
     keys = sorted(new) if partial else sorted(set(old) | set(new))
     changed = [f"{k}: {_shown(old.get(k, _MISSING))} -> {_shown(new.get(k, _MISSING))}"
