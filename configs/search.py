@@ -51,6 +51,7 @@ from configs import common
 
 
 def get_config(arg=None):
+  # One function, as in every config file: the settings read top to bottom, each with its reason.
   # 80 windows: the 20,075 scored tokens that resolve 0.5% (see noise_floor below), rounded up
   # to whole window batches.
   c = common.experiment("search_smollm2", group_sizes=(64,), split="calibration", windows=80)

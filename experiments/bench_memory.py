@@ -184,6 +184,8 @@ def _peak_bytes() -> int:
 
 def _child(args) -> None:
   """Loads one checkpoint and evaluates it; prints one JSON line of measurements."""
+  # Imported in the child alone: the parent writes the checkpoints with numpy and should not hold
+  # a JAX runtime (its threads and buffers) beside the children whose memory it measures.
   import jax  # pylint: disable=g-import-not-at-top
   from anda_jax import AndaFormat, models  # pylint: disable=g-import-not-at-top
   from anda_jax.evaluation import evaluate  # pylint: disable=g-import-not-at-top
