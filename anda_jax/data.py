@@ -21,7 +21,11 @@ So no test article is ever seen during calibration.
 
 Token windows: the texts of a split are joined with a blank line, tokenized once (the ids
 are cached on disk keyed by the sha256 of the text and of the tokenizer), and cut into
-windows of `seq_len` tokens, non-overlapping unless `stride < seq_len`.
+windows of `seq_len` tokens, non-overlapping unless `stride < seq_len`. With `bos` (a model
+trained with BOS first, as Gemma 3: `bos_first` decides from the tokenizer), every window is
+BOS followed by seq_len - 1 tokens of the stream, windows start every `stride` stream tokens
+(default seq_len - 1: consecutive, no stream token twice), and BOS is never a target (the
+targets are a window's tokens after its first).
 
 Both caches (the articles of a MediaWiki dump, the token ids) live in the asset cache
 (anda_jax.assets.cache_dir()) and store a sha256 of their content, checked on every read: an
@@ -313,24 +317,60 @@ def token_ids(texts: list[str], tokenizer) -> np.ndarray:
   return ids
 
 
+def bos_first(setting, tokenizer) -> bool:
+  """Whether windows start with BOS for the `data.bos` setting: "auto" (BOS first when the
+  tokenizer adds BOS to what it encodes, as Gemma 3's GGUF says; SmolLM2's does not), or
+  True / False (also "true" / "false", as a command line gives them) to force it. Forcing it
+  needs a tokenizer that knows its BOS id. ValueError naming the setting otherwise."""
+  value = check_bos_setting(setting)
+  bos_id = getattr(tokenizer, "bos_id", None)
+  if value == "auto":
+    return bool(getattr(tokenizer, "add_bos", False)) and bos_id is not None
+  if value and bos_id is None:
+    raise ValueError(f"data.bos={setting!r} is invalid for this tokenizer: it has no BOS token")
+  return value
+
+
+def check_bos_setting(setting) -> str | bool:
+  """The `data.bos` setting as "auto", True or False; ValueError naming it otherwise."""
+  value = setting.lower() if isinstance(setting, str) else setting
+  named = {"auto": "auto", "true": True, "false": False}
+  if isinstance(value, bool):
+    return value
+  if value not in named:
+    raise ValueError(f"data.bos={setting!r} is invalid: must be 'auto', True or False")
+  return named[value]
+
+
 def token_windows(texts: list[str], tokenizer, seq_len: int, max_windows: int | None = None,
-                  stride: int | None = None) -> np.ndarray:
+                  stride: int | None = None, bos: bool = False) -> np.ndarray:
   """Windows of seq_len tokens, int32 [n, seq_len].
 
-  Windows start every `stride` tokens (default seq_len: non-overlapping). With max_windows,
+  Windows start every `stride` tokens of the stream (default: non-overlapping). With max_windows,
   that many windows spread evenly over the corpus are kept (in order), so a small
-  evaluation still samples every part of the split."""
+  evaluation still samples every part of the split. bos: each window is the tokenizer's BOS
+  followed by seq_len - 1 stream tokens (stride at most, and by default, seq_len - 1); the
+  stream is then the text's tokens without the BOS the tokenizer puts at its start."""
   seq_len = check_int("seq_len", seq_len, 2)
-  stride = check_int("stride", seq_len if stride is None else stride, 1, seq_len, " (at most seq_len)")
+  span = seq_len - 1 if bos else seq_len  # stream tokens per window
+  limit = " (at most seq_len - 1 with BOS first)" if bos else " (at most seq_len)"
+  stride = check_int("stride", span if stride is None else stride, 1, span, limit)
   if max_windows is not None:
     check_int("max_windows", max_windows, 1, hint=" or None")
   ids = token_ids(texts, tokenizer)
-  starts = np.arange(0, len(ids) - seq_len + 1, stride)
+  if bos:
+    bos_id = tokenizer.bos_id
+    ids = ids[1:] if len(ids) and ids[0] == bos_id else ids
+  starts = np.arange(0, len(ids) - span + 1, stride)
   if len(starts) == 0:
-    raise ValueError(f"the text has {len(ids)} tokens, fewer than seq_len={seq_len}")
+    raise ValueError(f"the text has {len(ids)} tokens, fewer than seq_len={seq_len}"
+                     + (" - 1 (BOS first)" if bos else ""))
   if max_windows is not None and max_windows < len(starts):
     starts = starts[np.linspace(0, len(starts) - 1, max_windows).round().astype(int)]
-  return np.stack([ids[s:s + seq_len] for s in starts]).astype(np.int32)
+  windows = np.stack([ids[s:s + span] for s in starts]).astype(np.int32)
+  if bos:
+    windows = np.concatenate([np.full((len(windows), 1), bos_id, np.int32), windows], axis=1)
+  return windows
 
 
 def _main(argv) -> None:

@@ -4,8 +4,8 @@
     model                   name, int4_group_size, matmul_precision
     format                  group_sizes (a tuple; the sensitivity study and the search take
                             one), exponent_bits, rounding
-    data                    corpus, split, seq_len, stride, windows: the token windows the
-                            experiment evaluates
+    data                    corpus, split, seq_len, stride, windows, bos: the token windows
+                            the experiment evaluates (bos: BOS first in every window)
     impl, seed              the product's implementation; the PRNG seed for stochastic rounding
     window_batch            windows per forward pass (None: sized to a logits budget)
     config_batch            precision configurations per forward pass (None: all at once)
@@ -71,8 +71,13 @@ def experiment(run_name: str, *, group_sizes: tuple[int, ...], split: str, windo
                                            rounding="truncate"))  # truncate | nearest | stochastic
   # corpus: "enwiki-excerpt", a text / WikiText-raw file or folder. split: calibration | test.
   # stride None: non-overlapping windows. windows: how many, spread over the split (None: all).
+  # bos: "auto" starts every window with BOS when the model's tokenizer adds BOS (a model trained
+  # so, as Gemma 3; SmolLM2's adds none, so its windows are cut from the stream alone); "true" /
+  # "false" force it. With BOS a window is BOS + seq_len - 1 stream tokens and BOS is never a
+  # target. Recorded in setup.json (bos_first) only where the windows start with BOS.
   c.data = ml_collections.ConfigDict(dict(corpus="enwiki-excerpt", split=split, seq_len=seq_len,
-                                         stride=config_dict.placeholder(int), windows=windows))
+                                         stride=config_dict.placeholder(int), windows=windows,
+                                         bos="auto"))
   c.impl = "fake"  # "fake" (fake quantization) or "bitserial" (the exact bit-serial kernel)
   c.seed = 0  # PRNG seed for stochastic rounding
   c.window_batch = config_dict.placeholder(int)

@@ -131,8 +131,10 @@ def load_windows(cfg, tokenizer) -> dict[str, np.ndarray]:
                val=f"the last {n_val} calibration articles (val.articles={cfg.val.articles})",
                test="the test split")
   out = {}
+  bos = loading.bos_first(d, tokenizer)
   for s in SPLITS:
-    out[s] = data.token_windows(texts[s], tokenizer, d.seq_len, max_windows=n[s], stride=d.stride)
+    out[s] = data.token_windows(texts[s], tokenizer, d.seq_len, max_windows=n[s], stride=d.stride,
+                                bos=bos)
     loading.check_window_count(names[s], n[s], out[s], f"{where[s]} of data.corpus={d.corpus!r}")
   return out
 
@@ -140,9 +142,9 @@ def load_windows(cfg, tokenizer) -> dict[str, np.ndarray]:
 def setup_of(cfg, windows: dict | None, digest: str) -> dict:
   setup = dict(model=dict(cfg.model.to_dict(), sha256=digest), format=dict(
       group_size=cfg.format.group_sizes[0], exponent_bits=cfg.format.exponent_bits,
-      rounding=cfg.format.rounding), impl=cfg.impl, seed=cfg.seed, data=cfg.data.to_dict(),
-               types=list(cfg.types), val=cfg.val.to_dict(), test=cfg.test.to_dict(),
-               train=cfg.train.to_dict())
+      rounding=cfg.format.rounding), impl=cfg.impl, seed=cfg.seed,
+               data=run_folder.data_setup(cfg.data), types=list(cfg.types), val=cfg.val.to_dict(),
+               test=cfg.test.to_dict(), train=cfg.train.to_dict())
   if windows is not None:
     setup["windows"] = {s: dict(shape=list(w.shape), sha256=run_folder.windows_sha256(w)[:16])
                         for s, w in windows.items()}
@@ -177,7 +179,9 @@ def _run(cfg, folder: pathlib.Path, digest: str) -> dict:
   windows = load_windows(cfg, tokenizer)
   loading.check_model_fits(cfg, model, windows)
   is_main = distributed.is_main()
-  results = run_folder.Results(folder, setup_of(cfg, windows, digest) | run_folder.weights_setup(model),
+  bos = run_folder.bos_setup(loading.bos_first(cfg.data, tokenizer))
+  results = run_folder.Results(folder, setup_of(cfg, windows, digest)
+                               | run_folder.weights_setup(model) | bos,
                                write=is_main,
                            required=ROW_FIELDS)
   spec = config_checks.product_spec(cfg, cfg.format.group_sizes[0])

@@ -87,9 +87,10 @@ def run(cfg) -> dict:
   with run_folder.open_run(cfg, setup(None)) as folder:
     t0 = time.time()
     mesh = distributed.mesh_of(cfg)
-    model, windows, score_from = loading.start(cfg, mesh=mesh)
+    model, windows, score_from, bos = loading.start(cfg, mesh=mesh)
     check_subsets(cfg.subsets, len(windows))
-    results = run_folder.Results(folder, setup(windows) | run_folder.weights_setup(model),
+    results = run_folder.Results(folder, setup(windows) | run_folder.weights_setup(model)
+                                 | run_folder.bos_setup(bos),
                                  write=distributed.is_main(), required=ROW_FIELDS)
     weights = evaluate.target_weights(len(windows), windows.shape[1], score_from)
     window_tokens = weights.sum(axis=1, dtype=np.float64)

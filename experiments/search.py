@@ -177,8 +177,8 @@ def run(cfg) -> pathlib.Path:
 
 
 def _load(cfg):
-  """(model, windows {split: int32 [n, seq_len]}, other formats {name: format}, mesh), each
-  checked against the others before anything is evaluated."""
+  """(model, windows {split: int32 [n, seq_len]}, other formats {name: format}, mesh, whether
+  the windows start with BOS), each checked against the others before anything is evaluated."""
   mesh = distributed.mesh_of(cfg)  # before loading: a shape that does not fit the devices is refused
   model, tokenizer = loading.load_model(cfg.model, cfg.finetune)
   config_checks.check_group_size_fits(model, cfg.format.group_sizes, cfg.impl)
@@ -190,7 +190,7 @@ def _load(cfg):
                                  dict(zip(SPLITS, (cfg.data.windows, cfg.test.windows))),
                                  dict(zip(SPLITS, ("data.windows", "test.windows"))))
   loading.check_model_fits(cfg, model, windows)
-  return model, windows, others, mesh
+  return model, windows, others, mesh, loading.bos_first(cfg.data, tokenizer)
 
 
 def _chosen_record(cfg, results, loss, floor, race, prefix_reuse, others, work,
@@ -221,7 +221,7 @@ def _chosen_record(cfg, results, loss, floor, race, prefix_reuse, others, work,
 
 def _run(cfg, run_dir: pathlib.Path, digest: str) -> None:
   t0 = time.time()
-  model, windows, others, mesh = _load(cfg)
+  model, windows, others, mesh, bos = _load(cfg)
   # Before anything is evaluated: the split may hold fewer windows than asked for.
   resolution = search_resolution.check(cfg, len(windows[SPLITS[0]]), digest)
   spec = config_checks.product_spec(cfg, cfg.format.group_sizes[0])
@@ -231,7 +231,8 @@ def _run(cfg, run_dir: pathlib.Path, digest: str) -> None:
                                      np.int32), (shape.n_layers, 4) if per_layer else (4,)).copy()
   macs = shape.macs() if per_layer else shape.macs().sum(0)
   is_main = distributed.is_main()
-  log = SearchLog(run_dir, setup_of(cfg, windows, shape, digest) | run_folder.weights_setup(model),
+  log = SearchLog(run_dir, setup_of(cfg, windows, shape, digest) | run_folder.weights_setup(model)
+                  | run_folder.bos_setup(bos),
                   write=is_main, shape=shape)
   logging.info("loaded model and data in %.1f s; windows %s", time.time() - t0,
                {s: w.shape for s, w in windows.items()})

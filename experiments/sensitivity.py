@@ -77,7 +77,7 @@ class Outcome:
 
 def run(cfg, reuse_prefix: bool = True, loaded=None) -> Outcome:
   """Runs (or resumes) the study. reuse_prefix=False evaluates every configuration from the
-  embedding (the benchmark's baseline; same rows). loaded: (model, windows, score_from) from
+  embedding (the benchmark's baseline; same rows). loaded: (model, windows, score_from, bos) from
   loading.load_model_and_windows(cfg), to share one load between runs."""
   validate(cfg)
   distributed.maybe_initialize_distributed(cfg)
@@ -93,14 +93,15 @@ def _run(cfg, folder, setup, reuse_prefix, loaded) -> Outcome:
 
   t0 = time.time()
   mesh = distributed.mesh_of(cfg)  # before loading: a shape that does not fit the devices is refused
-  model, windows, score_from = loading.start(cfg, loaded, mesh)
+  model, windows, score_from, bos = loading.start(cfg, loaded, mesh)
   n_layers = model.config.n_layers
   layers = sorted(set(range(n_layers) if cfg.layers is None else cfg.layers))
   if layers[-1] >= n_layers:
     raise ValueError(f"layers holds {layers[-1]}, which is invalid: the model has layers 0..{n_layers - 1}")
   is_main = distributed.is_main()
   group_size = cfg.format.group_sizes[0]
-  results = run_folder.Results(folder, setup(windows) | run_folder.weights_setup(model), write=is_main,
+  results = run_folder.Results(folder, setup(windows) | run_folder.weights_setup(model)
+                               | run_folder.bos_setup(bos), write=is_main,
                                required=ROW_FIELDS)
   spec = config_checks.product_spec(cfg, group_size)
   ms = tuple(cfg.mantissa_bits)

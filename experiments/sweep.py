@@ -145,12 +145,13 @@ def _run(cfg, folder: pathlib.Path, digest: str) -> dict:
 
   t0 = time.time()
   mesh = distributed.mesh_of(cfg)  # before loading: a shape that does not fit the devices is refused
-  model, windows, score_from = loading.start(cfg, mesh=mesh)
+  model, windows, score_from, bos = loading.start(cfg, mesh=mesh)
   others = config_checks.other_formats(cfg)
   distributed.check_mesh_fits(model, mesh, [ProductSpec(f, cfg.impl) for f in others.values()])
   is_main = distributed.is_main()
   results = run_folder.Results(folder, run_folder.setup_of(cfg, windows, digest)
-                               | run_folder.weights_setup(model), write=is_main,
+                               | run_folder.weights_setup(model) | run_folder.bos_setup(bos),
+                               write=is_main,
                            required=ROW_FIELDS)
   shape = cost.as_shape(model)
   configs = sweep_configs(cfg.format.group_sizes, cfg.mantissa_bits, cfg.types, tuple(others),

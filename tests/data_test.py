@@ -36,6 +36,20 @@ class CharTokenizer:
     return [b + self.offset for b in text.encode()]
 
 
+class BosCharTokenizer(CharTokenizer):
+  """CharTokenizer that, like a GGUF tokenizer with add_bos_token, starts what it encodes with
+  BOS (id 0, no byte of the texts below)."""
+
+  bos_id = 0
+
+  def __init__(self, add_bos=True):
+    super().__init__()
+    self.add_bos = add_bos
+
+  def encode(self, text):
+    return [self.bos_id] * self.add_bos + super().encode(text)
+
+
 class DataTest(absltest.TestCase):
 
   def setUp(self):
@@ -119,6 +133,45 @@ class DataTest(absltest.TestCase):
       data.token_windows(texts, tok, 8, stride=9)
     with self.assertRaisesRegex(ValueError, "seq_len=1"):
       data.token_windows(texts, tok, 1)
+
+  def test_bos_first_windows(self):
+    tok = BosCharTokenizer()
+    texts = ["abcdefghij", "klmnopqrstuvwxyz"]
+    stream = np.frombuffer("\n\n".join(texts).encode(), np.uint8).astype(np.int32)  # 28 tokens
+    # Consecutive windows: BOS, then 7 stream tokens each, the stream's own BOS not repeated.
+    w = data.token_windows(texts, tok, 8, bos=True)
+    self.assertEqual((w.shape, w.dtype), ((4, 8), np.int32))
+    np.testing.assert_array_equal(w[:, 0], 0)
+    np.testing.assert_array_equal(w[:, 1:].ravel(), stream)  # every stream token once, in order
+    # The targets (each window's tokens after its first) never hold BOS.
+    self.assertNotIn(0, w[:, 1:])
+    w = data.token_windows(texts, tok, 8, stride=3, bos=True)
+    np.testing.assert_array_equal(w, np.stack([np.r_[0, stream[s:s + 7]] for s in range(0, 22, 3)]))
+    w = data.token_windows(texts, tok, 5, max_windows=3, bos=True)  # 7 windows: first, middle, last
+    np.testing.assert_array_equal(w[:, 1:], np.stack([stream[0:4], stream[12:16], stream[24:28]]))
+    with self.assertRaisesRegex(ValueError, r"stride=8 .*at most seq_len - 1 with BOS first"):
+      data.token_windows(texts, tok, 8, stride=8, bos=True)
+    with self.assertRaisesRegex(ValueError, r"fewer than seq_len=30 - 1 \(BOS first\)"):
+      data.token_windows(texts, tok, 30, bos=True)
+    # Without BOS the stream is cut as it is (its leading BOS stays where the tokenizer put it).
+    w = data.token_windows(texts, tok, 8)
+    np.testing.assert_array_equal(w, np.r_[0, stream][:24].reshape(3, 8))
+
+  def test_bos_setting(self):
+    adds, plain = BosCharTokenizer(), BosCharTokenizer(add_bos=False)
+    self.assertTrue(data.bos_first("auto", adds))
+    self.assertFalse(data.bos_first("auto", plain))
+    self.assertFalse(data.bos_first("auto", CharTokenizer()))  # no BOS token at all
+    for forced, want in (("true", True), ("True", True), (True, True), ("false", False),
+                         (False, False)):
+      self.assertEqual(data.bos_first(forced, plain), want)
+      self.assertEqual(data.bos_first(forced, adds), want)
+    with self.assertRaisesRegex(ValueError, "data.bos=True is invalid for this tokenizer: it has "
+                                            "no BOS token"):
+      data.bos_first(True, CharTokenizer())
+    with self.assertRaisesRegex(ValueError, "data.bos='yes' is invalid: must be 'auto', True or "
+                                            "False"):
+      data.bos_first("yes", adds)
 
   def test_token_cache_keyed_by_text_and_tokenizer(self):
     tok = CharTokenizer()

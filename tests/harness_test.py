@@ -130,6 +130,30 @@ class SetupTest(absltest.TestCase):
     with self.assertRaisesRegex(ValueError, r"model_shards: \(not recorded\) -> 2"):
       run_folder.check_setup(self.tmp, on((1, 2)), write=False, partial=True)
 
+  def test_bos_is_recorded_only_where_the_windows_start_with_it(self):
+    # The runs recorded before the data.bos setting (docs/results, SmolLM2, whose tokenizer adds
+    # no BOS) cut their windows from the stream alone: their setup.json must read the same.
+    recorded = json.loads((pathlib.Path(__file__).resolve().parents[1] / "docs" / "results"
+                           / "sweep_smollm2" / "setup.json").read_text())
+    for value in ("auto", "true", "false"):
+      cfg = _config(self.tmp)
+      cfg.data.bos = value
+      setup = run_folder.setup_of(cfg, None, "ab" * 32)
+      self.assertEqual(sorted(setup["data"]), sorted(recorded["data"]), value)
+      self.assertNotIn("bos_first", setup)
+    self.assertNotIn("bos_first", recorded)
+    self.assertEqual(run_folder.bos_setup(False), {})
+    self.assertEqual(run_folder.bos_setup(True), dict(bos_first=True))
+    run_folder.check_setup(self.tmp, setup | run_folder.bos_setup(True))
+    (self.tmp / "results.jsonl").write_text('{"id": "fp"}\n')
+    with self.assertRaisesRegex(ValueError, r"bos_first: True -> \(not recorded\)"):
+      run_folder.check_setup(self.tmp, setup)
+    with mock.patch.object(models, "load", side_effect=AssertionError("model loaded")):
+      with self.assertRaisesRegex(ValueError, "data.bos='maybe' is invalid: must be 'auto', True "
+                                              "or False"):
+        cfg.data.bos = "maybe"
+        config_checks.check_data_config(cfg.data)
+
   def test_a_setup_written_before_the_weights_were_recorded(self):
     # Weights used as stored are what the model's content holds, recorded or not; re-quantized
     # ones (int4_group_size) may have been loaded otherwise, so such a run is not resumed.

@@ -115,7 +115,7 @@ class ModelFitsTest(_TinyRuns):
     cfg.data.windows, cfg.subsets = None, (2, 500)
     self.refused(cfg, "noise_floor", r"^subsets=\(2, 500\) is invalid: each must divide the \d+ "
                                      r"windows evaluated .* and 500 does not$")
-    model, windows, _ = loading.load_model_and_windows(cfg)
+    model, windows, *_ = loading.load_model_and_windows(cfg)
     self.assertGreater(len(windows), 8)
     del model
 

@@ -122,6 +122,23 @@ class Gemma3Test(absltest.TestCase):
         np.zeros((1, 4), np.int32), 0, None, 0, spec=ProductSpec(), mesh=None).compile()
     self.assertLess(compiled.memory_analysis().temp_size_in_bytes, 1024 * 262144 * 4 / 2)
 
+  def test_perplexity_with_bos_first_windows_matches_transformers(self):
+    # Gemma 3 is trained with BOS first (its GGUF's add_bos_token), so data.bos "auto" puts BOS
+    # at the start of every window, and the model is evaluated as it is used.
+    self.assertTrue(data.bos_first("auto", self.tokenizer))
+    windows = data.token_windows(self.corpus.test, self.tokenizer, 1024, max_windows=2, bos=True)
+    np.testing.assert_array_equal(windows[:, 0], self.tokenizer.bos_id)
+    self.assertNotIn(self.tokenizer.bos_id, windows[:, 1:])  # BOS is never a target
+    fp = np.zeros((1, 4), np.int32)
+    ours = evaluate.perplexity(self.model, windows, fp, batch_size=1)[0]
+    ref = np.exp(sum(_hf_nll_sum(self.hf_model, w) for w in windows) / (2 * 1023))
+    self.assertLess(abs(ours / ref - 1), 1e-3, (ours, ref))
+    # The same targets (all but each window's first stream token) cost more without BOS before
+    # them: BOS first is the setting the model was trained in.
+    with_bos = evaluate.perplexity(self.model, windows, fp, batch_size=1, score_from=1)[0]
+    without_bos = evaluate.perplexity(self.model, windows[:, 1:], fp, batch_size=1)[0]
+    self.assertGreater(without_bos, with_bos)
+
   def test_precision_semantics(self):
     err = lambda m: float(jnp.abs(_FORWARD(self.model, self.window, np.full(4, m, np.int32))
                                   - self.float_logits).max())

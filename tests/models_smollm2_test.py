@@ -72,6 +72,10 @@ class SmolLM2Test(absltest.TestCase):
       ours = self.tokenizer.encode(text)
       self.assertEqual(ours, self.hf_tokenizer(text)["input_ids"], msg=text[:40])
       self.assertEqual(self.tokenizer.decode(ours), text)
+    # Its GGUF adds no BOS (add_bos_token false), as transformers' tokenizer: data.bos "auto"
+    # keeps its windows cut from the token stream alone, the windows of its recorded results.
+    self.assertFalse(self.tokenizer.add_bos)
+    self.assertFalse(data.bos_first("auto", self.tokenizer))
 
   def test_token_ids_match_transformers_on_real_text(self):
     corpus = data.load_corpus("enwiki-excerpt")

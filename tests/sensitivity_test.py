@@ -61,7 +61,7 @@ class SensitivityTest(absltest.TestCase):
     self.assertLess(np.median(np.abs(rel)), 2e-6)
     self.assertLess(np.abs(rel).max(), 5e-5)
     # And the same as evaluate.perplexity on the full per-layer configuration.
-    model, windows, _ = loading.load_model_and_windows(self.config("x"))
+    model, windows, *_ = loading.load_model_and_windows(self.config("x"))
     p = sensitivity.layer_type_configs(3, 2, "up", (2, 5))
     ppl = evaluate.perplexity(model, windows, p, config_checks.product_spec(self.config("x"), 8))
     np.testing.assert_allclose(ppl, [reused.rows["L2-up-M2"]["ppl"], reused.rows["L2-up-M5"]["ppl"]],

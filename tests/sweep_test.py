@@ -222,6 +222,36 @@ class SweepTest(absltest.TestCase):
     with self.assertRaisesRegex(ValueError, "invalid for these settings: .*windows_sha256: "):
       sweep.run(self.config("changing", **kw))
 
+  def test_windows_with_bos_first_are_part_of_the_setup(self):
+    load = loading.load_model
+
+    def load_with_bos(*args, **kwargs):  # a tokenizer that adds BOS, as Gemma 3's GGUF says
+      model, tokenizer = load(*args, **kwargs)
+      tokenizer.bos_id, tokenizer.add_bos = 1, True
+      return model, tokenizer
+
+    kw = dict(format__group_sizes=(8,), mantissa_bits=(3,), types=("all",))
+    setup = lambda run: json.loads((self.tmp / "results" / run / "setup.json").read_text())
+    with mock.patch.object(loading, "load_model", side_effect=load_with_bos):
+      with_bos = sweep.run(self.config("bos", **kw))  # data.bos "auto": BOS first
+      self.assertIs(setup("bos")["bos_first"], True)
+      self.assertNotIn("bos", setup("bos")["data"])
+      # Forced on, the windows are the same: the run resumes with nothing left to do.
+      self.assertEqual(sweep.run(self.config("bos", data__bos="true", **kw)), with_bos)
+      with self.assertRaisesRegex(ValueError, r"invalid for these settings: .*bos_first: True -> "
+                                              r"\(not recorded\).*windows_sha256: "):
+        sweep.run(self.config("bos", data__bos="false", **kw))
+      forced_off = sweep.run(self.config("no_bos", data__bos="false", **kw))
+    self.assertNotIn("bos_first", setup("no_bos"))
+    self.assertNotIn("bos", setup("no_bos")["data"])
+    # A tokenizer that adds no BOS: "auto" cuts the windows as before, so that run resumes.
+    self.assertEqual(sweep.run(self.config("no_bos", **kw)), forced_off)
+    with self.assertRaisesRegex(ValueError, r"invalid for these settings: .*bos_first: \(not "
+                                            r"recorded\) -> True"):
+      with mock.patch.object(loading, "load_model", side_effect=load_with_bos):
+        sweep.run(self.config("no_bos", **kw))
+    self.assertNotEqual(with_bos["fp"]["ppl"], forced_off["fp"]["ppl"])
+
   def test_rows_without_a_setup_are_never_adopted(self):
     kw = dict(format__group_sizes=(8,), mantissa_bits=(3,), types=("all",))
     sweep.run(self.config("no_setup", data__windows=2, **kw))
@@ -401,7 +431,7 @@ class SweepTest(absltest.TestCase):
     self.assertAlmostEqual(rows["int8_token-all"]["storage_bits"], (96 * 9 + 64 * 8.5) / 160)
     # The same numbers as evaluating the format through ProductSpec at those sites directly
     # (in the same batches: float32 sums depend on the batch shape).
-    model, windows, _ = loading.load_model_and_windows(cfg)
+    model, windows, *_ = loading.load_model_and_windows(cfg)
     for name, fmt in (("mxfp4", MXFormat("fp4_e2m1")), ("nvfp4", NVFP4Format()),
                       ("int8_token", PerTokenFormat("int8"))):
       sums, _ = evaluate.window_nll_sums(model, windows, [[1, 1, 1, 1], [0, 0, 1, 0]],

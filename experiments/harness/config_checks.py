@@ -90,7 +90,7 @@ def check_model_config(m) -> None:
 
 
 def check_data_config(d) -> None:
-  """The `data` section: corpus, split, seq_len, stride, windows."""
+  """The `data` section: corpus, split, seq_len, stride, windows, bos."""
   if d.corpus not in data.CORPORA and not pathlib.Path(d.corpus).expanduser().exists():
     raise ValueError(f"data.corpus={d.corpus!r} is neither a known corpus {data.CORPORA} nor an "
                      "existing file or folder")
@@ -99,6 +99,7 @@ def check_data_config(d) -> None:
   check_int("data.seq_len", d.seq_len, 2)
   check_optional_int("data.stride", d.stride, 1, d.seq_len)
   check_optional_int("data.windows", d.windows, 1)
+  data.check_bos_setting(d.get("bos", "auto"))
 
 
 def _writable(folder: pathlib.Path) -> str | None:

@@ -81,16 +81,22 @@ def check_window_count(name: str, asked: int | None, windows: np.ndarray, where:
                      f"{windows.shape[1]} tokens; ask for at most {len(windows)} (or None: all)")
 
 
+def bos_first(d, tokenizer) -> bool:
+  """Whether the `data` section's windows start with BOS (its `bos` setting, for this tokenizer)."""
+  return data.bos_first(d.get("bos", "auto"), tokenizer)
+
+
 def load_windows(d, tokenizer, windows: dict[str, int | None],
                  settings: dict[str, str] | None = None) -> dict[str, np.ndarray]:
   """int32 [n, seq_len] token windows of each split in `windows` (split -> how many, None:
-  all), from the `data` section's corpus, seq_len and stride. More than a split holds is refused,
-  naming the setting (`settings`: split -> its name; default data.windows)."""
+  all), from the `data` section's corpus, seq_len, stride and bos. More than a split holds is
+  refused, naming the setting (`settings`: split -> its name; default data.windows)."""
   corpus = data.load_corpus(d.corpus)
+  bos = bos_first(d, tokenizer)
   out = {}
   for split, n in windows.items():
     out[split] = data.token_windows(corpus.split(split), tokenizer, d.seq_len, max_windows=n,
-                                    stride=d.stride)
+                                    stride=d.stride, bos=bos)
     check_window_count((settings or {}).get(split, "data.windows"), n, out[split],
                        f"the {split} split of data.corpus={d.corpus!r}"
                        + (f" (stride {d.stride})" if d.stride else ""))
@@ -115,29 +121,33 @@ def check_model_fits(cfg, model, windows: dict[str, np.ndarray]) -> None:
 
 
 def score_from(d) -> int:
-  """The first scored position of a window: overlapping windows score only their new tokens."""
+  """The first scored position of a window: overlapping windows score only their new tokens.
+  The same with BOS first: windows at the default stride (seq_len - 1 stream tokens) score every
+  target, so each stream token once; with a stride s, the last s - 1 targets, as without BOS."""
   return d.seq_len - (d.stride or d.seq_len)
 
 
 def load_model_and_windows(cfg):
-  """(model, windows int32 [n, seq_len], score_from) as the `model` and `data` sections say."""
+  """(model, windows int32 [n, seq_len], score_from, bos_first) as the `model` and `data`
+  sections say; bos_first: whether the windows start with BOS (bos_first)."""
   model, tokenizer = load_model(cfg.model, cfg.get("finetune"))
   windows = load_windows(cfg.data, tokenizer, {cfg.data.split: cfg.data.windows})[cfg.data.split]
-  return model, windows, score_from(cfg.data)
+  return model, windows, score_from(cfg.data), bos_first(cfg.data, tokenizer)
 
 
 def start(cfg, loaded=None, mesh=None):
-  """(model, windows, score_from) of a checked config (`loaded` if given, to share one load
-  between runs), checked against format.group_sizes and impl, the device `mesh` (mesh_of), the
+  """(model, windows, score_from, bos_first) of a checked config (`loaded` if given, to share
+  one load between runs), checked against format.group_sizes and impl, the device `mesh` (mesh_of), the
   model's context and vocabulary: before the run folder gets its setup.json."""
   t0 = time.time()
-  model, windows, first = loaded or load_model_and_windows(cfg)
+  model, windows, first, bos = loaded or load_model_and_windows(cfg)
   config_checks.check_group_size_fits(model, cfg.format.group_sizes, cfg.impl)
   distributed.check_mesh_fits(model, mesh, [config_checks.product_spec(cfg, g) for g in cfg.format.group_sizes])
   check_model_fits(cfg, model, {cfg.data.split: windows})
-  logging.info("model %s, %d windows x %d tokens (%s split of %s), loaded in %.1f s",
-               cfg.model.name, *windows.shape, cfg.data.split, cfg.data.corpus, time.time() - t0)
-  return model, windows, first
+  logging.info("model %s, %d windows x %d tokens (%s split of %s%s), loaded in %.1f s",
+               cfg.model.name, *windows.shape, cfg.data.split, cfg.data.corpus,
+               ", BOS first" if bos else "", time.time() - t0)
+  return model, windows, first, bos
 
 
 # The checkpoint folder's files the loader reads (models.load): their content is the model's.

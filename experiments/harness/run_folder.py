@@ -38,11 +38,24 @@ def setup_of(cfg, windows, model_digest: str) -> dict:
   anything is loaded (for check_setup(partial=True))."""
   setup = dict(model=dict(cfg.model.to_dict(), sha256=model_digest),
                exponent_bits=cfg.format.exponent_bits, rounding=cfg.format.rounding, impl=cfg.impl,
-               seed=cfg.seed, data=cfg.data.to_dict(), window_batch=cfg.window_batch,
+               seed=cfg.seed, data=data_setup(cfg.data), window_batch=cfg.window_batch,
                config_batch=cfg.config_batch)
   if windows is not None:
     setup.update(windows_shape=list(windows.shape), windows_sha256=windows_sha256(windows))
   return setup | finetune_setup(cfg) | mesh_setup(cfg)
+
+
+def data_setup(d) -> dict:
+  """The `data` section as setup.json records it: without `bos`, whose resolved value (what the
+  windows are) bos_setup records."""
+  return {k: v for k, v in d.to_dict().items() if k != "bos"}
+
+
+def bos_setup(bos_first: bool) -> dict:
+  """The setup.json entry of windows that start with BOS (data.bos, resolved for the model's
+  tokenizer); {} for windows cut from the stream alone, so that the setup of such a run (every
+  run before the setting, all on SmolLM2, whose tokenizer adds no BOS) reads as before."""
+  return dict(bos_first=True) if bos_first else {}
 
 
 def mesh_setup(cfg) -> dict:
