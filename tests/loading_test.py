@@ -11,6 +11,7 @@ from absl.testing import absltest
 from absl.testing import parameterized
 import numpy as np
 
+from anda_jax import data
 from anda_jax import finetune
 from anda_jax import models
 from configs import finetune as finetune_config
@@ -118,6 +119,24 @@ class ModelFitsTest(_TinyRuns):
     model, windows, *_ = loading.load_model_and_windows(cfg)
     self.assertGreater(len(windows), 8)
     del model
+
+  @parameterized.parameters(*EXPERIMENTS)
+  def test_every_experiment_evaluates_bos_first_windows_and_records_it(self, experiment):
+    load = loading.load_model
+
+    def load_with_bos(*args, **kwargs):  # a tokenizer that adds BOS, as Gemma 3's GGUF says
+      model, tokenizer = load(*args, **kwargs)
+      tokenizer.bos_id, tokenizer.add_bos = 1, True
+      return model, tokenizer
+
+    cfg = self.config(experiment, "bos")
+    with mock.patch.object(loading, "load_model", side_effect=load_with_bos), \
+         mock.patch.object(data, "token_windows", wraps=data.token_windows) as cut:
+      _RUN[experiment](cfg)
+    self.assertTrue(cut.called)
+    self.assertTrue(all(call.kwargs["bos"] is True for call in cut.call_args_list))
+    setup = json.loads((self.tmp / "results" / cfg.run_name / "setup.json").read_text())
+    self.assertIs(setup["bos_first"], True)
 
   @parameterized.parameters("sweep", "sensitivity", "search", "noise_floor")
   def test_the_bit_serial_kernel_on_float_weights_names_the_setting(self, experiment):
