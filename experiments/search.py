@@ -223,7 +223,7 @@ def _run(cfg, run_dir: pathlib.Path, digest: str) -> None:
   t0 = time.time()
   model, windows, others, mesh, bos = _load(cfg)
   # Before anything is evaluated: the split may hold fewer windows than asked for.
-  resolution = search_resolution.check(cfg, len(windows[SPLITS[0]]), digest)
+  resolution = search_resolution.check(cfg, len(windows[SPLITS[0]]), digest, bos)
   spec = config_checks.product_spec(cfg, cfg.format.group_sizes[0])
   shape = cost.as_shape(model)
   per_layer = cfg.granularity == "layer"

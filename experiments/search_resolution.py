@@ -56,10 +56,12 @@ def read_noise_floor(folder) -> tuple[dict, dict[str, dict]]:
   return setup, pairs
 
 
-def differences(noise_setup: dict, cfg, model_sha256: str | None = None) -> list[str]:
+def differences(noise_setup: dict, cfg, model_sha256: str | None = None,
+                bos_first: bool | None = None) -> list[str]:
   """The settings in which the study's noise does not stand for the search's: model (and its
   content, where known), weights, fine-tuned parameters, corpus, group size, exponent bits,
-  rounding. The window length may differ (the noise is per scored token)."""
+  rounding, and whether windows start with BOS (where known: bos_first). The window length may
+  differ (the noise is per scored token)."""
   model, data = noise_setup.get("model", {}), noise_setup.get("data", {})
   pairs = [("model.name", model.get("name"), cfg.model.name),
            ("model.int4_group_size", model.get("int4_group_size"), cfg.model.int4_group_size),
@@ -70,6 +72,8 @@ def differences(noise_setup: dict, cfg, model_sha256: str | None = None) -> list
            ("format.rounding", noise_setup.get("rounding"), cfg.format.rounding)]
   if model_sha256 is not None:
     pairs.append(("model content (sha256)", model.get("sha256"), model_sha256))
+  if bos_first is not None:
+    pairs.append(("BOS first (data.bos)", noise_setup.get("bos_first", False), bos_first))
   return [f"{name}: study {a!r}, search {b!r}" for name, a, b in pairs if a != b]
 
 
@@ -78,7 +82,8 @@ def scored_per_window(d) -> int:
   return d.seq_len - 1 - loading.score_from(d)
 
 
-def resolution(cfg, n_windows: int, model_sha256: str | None = None) -> dict:
+def resolution(cfg, n_windows: int, model_sha256: str | None = None,
+               bos_first: bool | None = None) -> dict:
   """The record of whether `n_windows` calibration windows resolve each tolerance: the study,
   the calibration tokens, and per tolerance the pair it takes, the predicted half-width, the
   tokens needed and whether it is resolved; `unchecked` says why nothing could be predicted
@@ -91,7 +96,7 @@ def resolution(cfg, n_windows: int, model_sha256: str | None = None) -> dict:
     setup, pairs = read_noise_floor(cfg.noise_floor)
   except (ValueError, OSError) as e:
     return record | dict(unchecked=str(e))
-  unmatched = differences(setup, cfg, model_sha256)
+  unmatched = differences(setup, cfg, model_sha256, bos_first)
   if unmatched:
     return record | dict(unchecked="the study's noise is of another setup (" + "; ".join(unmatched)
                          + ")")
@@ -107,11 +112,12 @@ def resolution(cfg, n_windows: int, model_sha256: str | None = None) -> dict:
   return record
 
 
-def check(cfg, n_windows: int, model_sha256: str | None = None) -> dict:
+def check(cfg, n_windows: int, model_sha256: str | None = None,
+          bos_first: bool | None = None) -> dict:
   """`resolution`, or ValueError (one line: the tolerance, the predicted half-width and the
   tokens and windows it needs) where a tolerance is unresolved or the study does not apply,
   unless cfg.allow_unresolved."""
-  record = resolution(cfg, n_windows, model_sha256)
+  record = resolution(cfg, n_windows, model_sha256, bos_first)
   if cfg.allow_unresolved:
     return record
   override = "or set allow_unresolved=True to run it anyway (recorded in chosen.json)"

@@ -132,6 +132,20 @@ class ResolutionTest(parameterized.TestCase):
     self.assertIn("model content (sha256): study 'abc', search 'def'",
                   search_resolution.resolution(cfg, 100, "def")["unchecked"])
 
+  def test_bos_first_windows_are_compared_once_known(self):
+    # A study of windows cut from the stream does not stand for a search of BOS-first windows
+    # (the first targets of a window cost another loss), nor the other way around.
+    plain = _write_study(testlib.tempdir(self) / "plain", ROWS)
+    cfg = _config(plain, tolerances=(0.05,))
+    self.assertIsNone(search_resolution.resolution(cfg, 100, "abc", bos_first=False)["unchecked"])
+    self.assertIn("BOS first (data.bos): study False, search True",
+                  search_resolution.resolution(cfg, 100, "abc", bos_first=True)["unchecked"])
+    with_bos = _write_study(testlib.tempdir(self) / "bos", ROWS, bos_first=True)
+    cfg = _config(with_bos, tolerances=(0.05,))
+    self.assertIsNone(search_resolution.resolution(cfg, 100, "abc", bos_first=True)["unchecked"])
+    self.assertIn("BOS first (data.bos): study True, search False",
+                  search_resolution.resolution(cfg, 100, "abc", bos_first=False)["unchecked"])
+
   def test_a_missing_study_is_named(self):
     cfg = _config(testlib.tempdir(self) / "nowhere", tolerances=(0.01,))
     with self.assertRaisesRegex(ValueError, "noise_floor=.*nowhere.* is invalid: it must be the "
