@@ -1,9 +1,9 @@
 """Anda-aware fine-tuning of SmolLM2-135M (INT4 GGUF weights): for each M in mantissa_bits (the
 `types` in Anda at M, G = 64, the others FP) and each trainable subset (normalization gains;
 rank-8 LoRA adapters on the four FP-INT products), train on calibration windows, stop early on
-windows of other calibration articles, report test perplexity before and after. The control arm: the same
-training with float activations (M = 0), evaluated at each M and at FP; every training is
-repeated for `seeds` seeds (data order, LoRA initialization).
+windows of other calibration articles, report test perplexity before and after. The control
+arm: the same training with float activations (M = 0), evaluated at each M and at FP; every
+training is repeated for `seeds` seeds (data order, LoRA initialization).
 
 full (no argument):
 

@@ -23,7 +23,8 @@ Writes results/<run_name>/ :
                    "control-<subset>[-seed<s>]" (at FP and every M), each with the validation
                    perplexity before / best, steps, early stop, training seconds, the loss
                    history, and the test evaluations' per-window NLL sums (test_window_nll,
-                   window_tokens); a rerun skips what is there
+                   window_tokens); a rerun skips what is there (so "before" and a control
+                   hold the M of the run that wrote them: another M wants another run_name)
   params/<id>.safetensors   the trained parameters: --config.finetune=<file> makes the sweep,
                    sensitivity study or search run on the tuned model
   checkpoints/     while a training runs, its checkpoint every train.checkpoint_every steps
@@ -245,8 +246,8 @@ def _run(cfg, folder: pathlib.Path, digest: str) -> dict:
   logging.info("windows %s", {s: w.shape for s, w in windows.items()})
   if BEFORE not in results.rows:
     t0 = time.time()
-    val = [finetune.perplexity(model, None, windows["val"], p, spec, batch_size=cfg.train.batch_size,
-                               key=key) for p in configs]
+    val = [finetune.perplexity(model, None, windows["val"], p, spec,
+                               batch_size=cfg.train.batch_size, key=key) for p in configs]
     results.append([dict(id=BEFORE, mantissa_bits=[0] + ms, **test_fields(model, configs),
                          val_ppl=val, seconds=round(time.time() - t0, 2))])
   for job in jobs(cfg):
@@ -261,7 +262,8 @@ def _run(cfg, folder: pathlib.Path, digest: str) -> dict:
     if not job.control:  # the row as before: one M, its FP evaluation beside it
       test = dict(test_ppl=test["test_ppl"][0], test_ppl_fp=test["test_ppl"][1],
                   test_window_nll=test["test_window_nll"][0],
-                  test_window_nll_fp=test["test_window_nll"][1], window_tokens=test["window_tokens"])
+                  test_window_nll_fp=test["test_window_nll"][1],
+                  window_tokens=test["window_tokens"])
     params_file = folder / "params" / f"{job.id}.safetensors"
     row = dict(
         id=job.id, subset=job.subset, arm=CONTROL if job.control else ANDA, seed=job.seed,
@@ -270,7 +272,8 @@ def _run(cfg, folder: pathlib.Path, digest: str) -> dict:
         val_ppl_before=state.val_history[0][1], val_ppl=state.best_val,
         best_step=state.best_step, steps=state.step, stopped_early=state.stopped_early,
         train_seconds=round(state.seconds, 2), eval_seconds=round(time.time() - t0, 2),
-        n_params=finetune.count(state.best_params), params_file=str(params_file.relative_to(folder)),
+        n_params=finetune.count(state.best_params),
+        params_file=str(params_file.relative_to(folder)),
         tokens_per_step=cfg.train.batch_size * (cfg.data.seq_len - 1),
         history=[[s, round(v, 5)] for s, v in state.history],
         val_history=[list(v) for v in state.val_history])

@@ -161,7 +161,8 @@ def what_tuning_buys(before: dict, arms: list[Arm]) -> list[str]:
   by_key = collections.defaultdict(list)
   for a in arms:
     by_key[(a.m, a.subset)].append(a)
-  for (m, subset), group in sorted(by_key.items(), key=lambda kv: (kv[0][0], _subset_rank(kv[0][1]))):
+  for (m, subset), group in sorted(by_key.items(),
+                                   key=lambda kv: (kv[0][0], _subset_rank(kv[0][1]))):
     anda = [a for a in group if a.arm == ANDA and a.vs_control[0] is not None]
     control = [a for a in group if a.arm == CONTROL]
     if not anda:
@@ -173,15 +174,18 @@ def what_tuning_buys(before: dict, arms: list[Arm]) -> list[str]:
     if not ivs:
       verdict = "no intervals (rows without per-window sums)"
     elif below == len(ivs):
-      verdict = f"tuning under Anda beats the control at every seed ({below} of {len(ivs)} intervals below 0)"
+      verdict = (f"tuning under Anda beats the control at every seed ({below} of {len(ivs)} "
+                 "intervals below 0)")
     elif above == len(ivs):
-      verdict = f"the control beats tuning under Anda at every seed ({above} of {len(ivs)} intervals above 0)"
+      verdict = (f"the control beats tuning under Anda at every seed ({above} of {len(ivs)} "
+                 "intervals above 0)")
     else:
       verdict = (f"not resolved: {below} of {len(ivs)} seeds' intervals below 0, {above} above, "
                  "the others include 0")
     line = f"M = {m}, {subset}: tuned under Anda over the control, both at M: {spread}; {verdict}"
     untuned = before.get(m, {}).get("ppl")
-    log_mean = lambda arms: float(np.mean([math.log(a.at_m["ppl"]) for a in arms if a.at_m.get("ppl")]))
+    log_mean = lambda arms: float(np.mean([math.log(a.at_m["ppl"]) for a in arms
+                                           if a.at_m.get("ppl")]))
     if untuned and control:  # in test NLL per token at M, mean over seeds
       line += (f". Of the untuned model's test NLL at M, tuning under Anda recovers "
                f"{math.log(untuned) - log_mean(anda):+.4f} nats/token, the control "
@@ -202,8 +206,9 @@ CSV_FIELDS = ["id", "subset", "arm", "seed", "mantissa_bits", "test_ppl", "test_
 
 
 def _csv_row(a: Arm, before: dict) -> dict:
-  out = {k: a.row.get(k) for k in ("id", "subset", "val_ppl_before", "val_ppl", "best_step", "steps",
-                                   "stopped_early", "train_seconds", "n_params", "params_file")}
+  out = {k: a.row.get(k) for k in ("id", "subset", "val_ppl_before", "val_ppl", "best_step",
+                                   "steps", "stopped_early", "train_seconds", "n_params",
+                                   "params_file")}
   out.update(arm=a.arm, seed=a.seed, mantissa_bits=a.m, test_ppl=a.at_m["ppl"],
              test_ppl_fp=a.at_fp["ppl"] if a.at_fp else None,
              test_ppl_before=before.get(a.m, {}).get("ppl"),
@@ -219,7 +224,8 @@ def _table(before: dict, arms: list[Arm]) -> list[str]:
   """One line per tuned model and M, then per (M, subset, arm) over several seeds the mean and
   min..max; the untuned model at M heads each M."""
   fp = before.get(0)
-  head = f"{'M':>3} {'subset':<6} {'arm':<7} {'seed':>4}  {'at M':<32} {'at FP':<32} vs control at M"
+  head = (f"{'M':>3} {'subset':<6} {'arm':<7} {'seed':>4}  {'at M':<32} {'at FP':<32} "
+          "vs control at M")
   lines = [head]
   groups = spreads(arms)
   for m in sorted({a.m for a in arms} | {m for m in before if m}):
@@ -293,7 +299,8 @@ def _plot(run_dir: pathlib.Path, rows: list[dict]) -> None:
       c = f"C{_subset_rank(r['subset'])}"
       first = r["subset"] not in labelled
       labelled.add(r["subset"])
-      steps, loss = (np.array(v) for v in zip(*r["history"])) if r["history"] else (np.zeros(0),) * 2
+      steps, loss = ((np.array(v) for v in zip(*r["history"])) if r["history"]
+                     else (np.zeros(0),) * 2)
       ax.plot(steps, loss, c=c, alpha=0.2, lw=0.7)
       k = min(SMOOTH, len(loss))
       if k:  # the running mean over the last k steps (a batch is a few windows: noisy)
@@ -301,7 +308,8 @@ def _plot(run_dir: pathlib.Path, rows: list[dict]) -> None:
         ax.plot(steps[k - 1:], mean, c=c, lw=1.2,
                 label=f"{r['subset']}: training loss ({k}-step mean)" if first else None)
       vs, vp = zip(*r["val_history"])
-      ax.plot(vs, np.log(vp), "o-", c=c, ms=3, label=f"{r['subset']}: validation NLL" if first else None)
+      ax.plot(vs, np.log(vp), "o-", c=c, ms=3,
+              label=f"{r['subset']}: validation NLL" if first else None)
     ax.set(title=name, xlabel="step")
   axes[0][0].set_ylabel("NLL per token (nats)")
   axes[0][-1].legend(fontsize=7)

@@ -401,7 +401,8 @@ class RunTest(absltest.TestCase):
       self.assertIsNotNone(a.vs_untuned_fp[1], a.row["id"])
       self.assertAlmostEqual(a.vs_untuned_fp[0], increase(a.at_m["window_nll"], base), places=9)
       self.assertAlmostEqual(a.fp_vs_untuned_fp[0], increase(a.at_fp["window_nll"], base), places=9)
-      for estimate, iv in (a.vs_untuned_fp, a.fp_vs_untuned_fp) + ((a.vs_control,) if a.arm == "anda" else ()):
+      pairs = (a.vs_untuned_fp, a.fp_vs_untuned_fp) + ((a.vs_control,) if a.arm == "anda" else ())
+      for estimate, iv in pairs:
         self.assertLessEqual(iv.low, estimate)
         self.assertLessEqual(estimate, iv.high)
       if a.arm == "anda":  # against the control of the same subset and seed, both at M
@@ -412,7 +413,8 @@ class RunTest(absltest.TestCase):
         self.assertEqual(a.vs_control, (None, None))
     spreads = finetune_report.spreads(arms)
     for subset in ("norms", "lora"):
-      values = [increase(self.rows[i]["test_window_nll"], base) for i in (f"M3-{subset}", f"M3-{subset}-seed1")]
+      values = [increase(self.rows[i]["test_window_nll"], base)
+                for i in (f"M3-{subset}", f"M3-{subset}-seed1")]
       s = spreads[(3, subset, "anda")]["vs_untuned_fp"]
       self.assertEqual(s.n, 2)
       self.assertAlmostEqual(s.mean, np.mean(values), places=9)
@@ -430,8 +432,10 @@ class RunTest(absltest.TestCase):
       self.assertIn(verdict, line)
       self.assertIn(f"M = 3, {subset}: tuned under Anda over the control, both at M: "
                     f"{spreads[(3, subset, 'anda')]['vs_control']}", line)
-      recovered = lambda ids: np.log(before[3]["ppl"]) - np.mean([np.log(self.rows[i]["test_ppl"][1] if "control" in i else self.rows[i]["test_ppl"]) for i in ids])
-      self.assertIn(f"the control {recovered([f'control-{subset}', f'control-{subset}-seed1']):+.4f}", line)
+      control_ppl = [self.rows[i]["test_ppl"][1] for i in (f"control-{subset}",
+                                                           f"control-{subset}-seed1")]
+      recovered = np.log(before[3]["ppl"]) - np.mean(np.log(control_ppl))
+      self.assertIn(f"the control {recovered:+.4f}", line)
     self.assertNotIn("without intervals", text)
     header, *lines = (self.run_dir / "results.csv").read_text().splitlines()
     self.assertIn("vs_control_low", header.split(","))
@@ -449,7 +453,8 @@ class RunTest(absltest.TestCase):
     self.assertIn("One seed", text)
     _, arms = finetune_report.read(folder)
     self.assertLen(arms, 6)
-    self.assertTrue(all(a.vs_untuned_fp[1] is None and a.vs_untuned_fp[0] is not None for a in arms))
+    self.assertTrue(all(a.vs_untuned_fp[1] is None and a.vs_untuned_fp[0] is not None
+                        for a in arms))
 
   def test_rerun_trains_nothing_and_an_interrupted_run_resumes(self):
     text = (self.run_dir / "results.jsonl").read_text()
@@ -477,10 +482,16 @@ class RunTest(absltest.TestCase):
     self.assertTrue((folder / "checkpoints" / "control-norms.safetensors").is_file())
     self.assertEqual(set(finetune_report.read(folder)[0]), {0, 3})  # "before" was written
     steps.clear()
-    with absltest.mock.patch.object(finetune, "train", side_effect=lambda *a, on_step, **k: real(
-        *a, on_step=lambda s, v: (on_step(s, v), steps.append((pathlib.Path(k["checkpoint"]).stem, s.step))), **k)):
+    def recording(*args, on_step=None, **kwargs):
+      def step(state, val):
+        on_step(state, val)
+        steps.append((pathlib.Path(kwargs["checkpoint"]).stem, state.step))
+      return real(*args, on_step=step, **kwargs)
+
+    with absltest.mock.patch.object(finetune, "train", side_effect=recording):
       rows = exp_finetune.run(cfg)
-    self.assertEqual(steps, [("control-norms", 3), ("control-norms", 4)])  # from the step-2 checkpoint
+    # Continued from the checkpoint at step 2.
+    self.assertEqual(steps, [("control-norms", 3), ("control-norms", 4)])
     timing = ("train_seconds", "eval_seconds", "seconds")
     for run_id in ("before", "M3-norms", "control-norms"):
       self.assertEqual({k: v for k, v in rows[run_id].items() if k not in timing},

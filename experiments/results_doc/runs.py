@@ -204,7 +204,8 @@ def _evaluated(experiment: str, cfg, run: Run) -> tuple:
     return ({(m, p) for m in (0, *cfg.mantissa_bits) for p in perturbed}, set(cfg.subsets)), (
         {(r["mantissa_bits"], r["perturbed"]) for r in result_rows(run).values()}, subsets)
   if experiment == "finetune":
-    return (finetune_experiment.run_ids(cfg), {r["id"] for r in read_jsonl(run.path / "results.jsonl")})
+    return (finetune_experiment.run_ids(cfg),
+            {r["id"] for r in read_jsonl(run.path / "results.jsonl")})
   chosen = read_json(run, "chosen.json")
   settings = dict(granularity=cfg.granularity, min_m=cfg.min_m, uniform_m=list(cfg.uniform_m),
                   start_m=list(cfg.start_types) if cfg.start_types else cfg.start_m,
