@@ -487,6 +487,8 @@ def train(model, train_windows, val_windows, precision, spec: ProductSpec = Prod
                      "kernel has no gradient; it computes the same values)")
 
   graphdef, frozen = nnx.split(model)
+  # The seed acts outside the compiled step (batches, keys): one program serves every seed.
+  step_cfg = dataclasses.replace(cfg, seed=0)
   params = init_params(model, cfg.subset, cfg.rank, jax.random.key(cfg.seed))
   optimizer = make_optimizer(cfg, params)
   fingerprint = _fingerprint(cfg, precision, spec, train_windows, val_windows, fingerprint)
@@ -508,7 +510,7 @@ def train(model, train_windows, val_windows, precision, spec: ProductSpec = Prod
     idx = batch_indices(len(train_windows), cfg.batch_size, cfg.seed, state.step)
     state.params, state.opt_state, value = _train_step(
         state.params, state.opt_state, frozen, train_windows[idx], precision,
-        _rounding_key(spec, cfg.seed, state.step), graphdef=graphdef, spec=spec, cfg=cfg)
+        _rounding_key(spec, cfg.seed, state.step), graphdef=graphdef, spec=spec, cfg=step_cfg)
     state.step += 1
     state.history.append((state.step, float(value)))
     val = None

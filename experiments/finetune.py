@@ -4,37 +4,48 @@ few parameters buys back.
     python -m experiments.finetune --config=configs/finetune.py:quick
     python -m experiments.finetune --config=configs/finetune.py
 
-For every M in `mantissa_bits` (the `types` in Anda at M with group size G, the other types FP)
-and every subset in `subsets` ("norms", "lora"; anda_jax.finetune), trains that subset at that
-configuration on windows of calibration articles, stops early on windows of other calibration
-articles (`val`), and evaluates test perplexity (test articles, `test.windows`) before and
-after, both at the configuration and with FP activations (which shows how much of a gain is
-plain adaptation to the corpus rather than recovery from quantization).
+For every M in `mantissa_bits` (the `types` in Anda at M with group size G, the other types FP),
+every subset in `subsets` ("norms", "lora"; anda_jax.finetune) and every seed (`seed`, ...,
+`seed` + `seeds` - 1: data order, LoRA initialization), trains that subset at that configuration
+on windows of calibration articles, stops early on windows of other calibration articles
+(`val`), and evaluates test perplexity (test articles, `test.windows`) at the configuration and
+with FP activations. With `control`, each subset and seed is also trained with float
+activations (M = 0) and evaluated at every M and at FP: how much of the gain is tuning itself
+(fitting the corpus), not recovery from quantization. Every test evaluation keeps its per-window
+NLL sums, so the report pairs any two of them on the same windows (bootstrap intervals).
 
 Writes results/<run_name>/ :
   setup.json       the settings the rows are valid for; a rerun with other settings is refused
+                   (`seeds` and `control` only add rows: a rerun with more of them adds those)
   results.jsonl    one line per result, appended as soon as known: "before" (the untuned model at
-                   FP and at every M: test and validation perplexity), then one per (M, subset):
-                   test perplexity after at M and at FP, validation before / best, steps, early
-                   stop, training seconds, the loss history; a rerun skips what is there
-  params/M<m>-<subset>.safetensors   the trained parameters: --config.finetune=<file> makes the
-                   sweep, sensitivity study or search run on the tuned model
+                   FP and at every M: test and validation perplexity), then one per training:
+                   "M<m>-<subset>[-seed<s>]" (test perplexity after at M and at FP) and
+                   "control-<subset>[-seed<s>]" (at FP and every M), each with the validation
+                   perplexity before / best, steps, early stop, training seconds, the loss
+                   history, and the test evaluations' per-window NLL sums (test_window_nll,
+                   window_tokens); a rerun skips what is there (so "before" and a control
+                   hold the M of the run that wrote them: another M wants another run_name)
+  params/<id>.safetensors   the trained parameters: --config.finetune=<file> makes the sweep,
+                   sensitivity study or search run on the tuned model
   checkpoints/     while a training runs, its checkpoint every train.checkpoint_every steps
                    (parameters, optimizer state, step, early-stopping state): a rerun continues
                    from it, bit for bit; removed once the result row is written
-  results.csv      the rows without histories
+  results.csv      one line per (training, M) with its increases and intervals
+                   (experiments/finetune_report.py)
   loss_curves.png  training loss (each step, and its running mean) and validation NLL, one
-                   panel per M
-and prints a table. Training runs on one device (no mesh); the test evaluations on --config.mesh.
+                   panel per M and one for the controls
+and prints the report. Training runs on one device (no mesh); the test evaluations on
+--config.mesh.
 """
 
 from __future__ import annotations
 
-import math
+import dataclasses
 import pathlib
 import time
 
 from absl import logging
+from flax import nnx
 import numpy as np
 
 from anda_jax.checks import check_int
@@ -47,14 +58,14 @@ from configs import finetune as finetune_config
 from experiments.harness import cli
 from experiments.harness import config_checks
 from experiments.harness import distributed
+from experiments import finetune_report
 from experiments.harness import loading
-from experiments.harness import reports
+from experiments.harness import perplexity
 from experiments.harness import run_folder
 
-BEFORE = "before"
-ROW_FIELDS = ("id",)
+BEFORE, ANDA, CONTROL = finetune_report.BEFORE, finetune_report.ANDA, finetune_report.CONTROL
+ROW_FIELDS = finetune_report.ROW_FIELDS
 SPLITS = ("train", "val", "test")
-SMOOTH = 5  # steps in the running mean of the plotted training loss
 
 
 # ---------------------------------------------------------------------- validation
@@ -82,11 +93,12 @@ def validate(cfg) -> None:
     raise ValueError(f"val.articles={a!r} is invalid: must be a fraction in (0, 1)")
   check_int("val.windows", cfg.val.windows, 1)
   check_int("test.windows", cfg.test.windows, 1)
+  check_int("seeds", cfg.seeds, 1)
   for subset in cfg.subsets:
     train_config(cfg, subset)  # ValueError naming a bad training setting
 
 
-def train_config(cfg, subset: str) -> finetune.TrainConfig:
+def train_config(cfg, subset: str, seed: int | None = None) -> finetune.TrainConfig:
   t = cfg.train
   lr = t.learning_rate[subset] if subset in t.learning_rate else None
   try:
@@ -94,7 +106,8 @@ def train_config(cfg, subset: str) -> finetune.TrainConfig:
         subset=subset, rank=t.rank, steps=t.steps, batch_size=t.batch_size, learning_rate=lr,
         warmup_steps=t.warmup_steps, final_lr_fraction=t.final_lr_fraction,
         weight_decay=t.weight_decay, clip_norm=t.clip_norm, eval_every=t.eval_every,
-        patience=t.patience, checkpoint_every=t.checkpoint_every, seed=cfg.seed)
+        patience=t.patience, checkpoint_every=t.checkpoint_every,
+        seed=cfg.seed if seed is None else seed)
   except ValueError as e:
     name = str(e).split("=", 1)[0]
     if name == "learning_rate":
@@ -108,6 +121,43 @@ def precision_of(cfg, m: int) -> np.ndarray:
   for t in cfg.types:
     p[anda_precision.TYPE_INDEX[t]] = m
   return p
+
+
+@dataclasses.dataclass(frozen=True)
+class Job:
+  """One training: `subset` at `mantissa_bits` (under Anda) or the control (float activations,
+  evaluated at every M) with training seed `seed`."""
+
+  id: str
+  subset: str
+  seed: int
+  control: bool
+  mantissa_bits: int | None  # None for the control
+
+  @property
+  def train_m(self) -> int:
+    return 0 if self.control else self.mantissa_bits
+
+
+def job_id(subset: str, seed: int, first_seed: int, m: int | None = None) -> str:
+  """"M4-norms" (first seed), "M4-norms-seed1", "control-norms", "control-norms-seed1"."""
+  name = f"M{m}-{subset}" if m is not None else f"{CONTROL}-{subset}"
+  return name if seed == first_seed else f"{name}-seed{seed}"
+
+
+def jobs(cfg) -> list[Job]:
+  """Every training of the run, in order: under Anda by M, subset, seed; then the controls."""
+  seeds = [cfg.seed + k for k in range(cfg.seeds)]
+  out = [Job(job_id(s, k, cfg.seed, m), s, k, False, m)
+         for m in cfg.mantissa_bits for s in cfg.subsets for k in seeds]
+  if cfg.control:
+    out += [Job(job_id(s, k, cfg.seed), s, k, True, None) for s in cfg.subsets for k in seeds]
+  return out
+
+
+def run_ids(cfg) -> set[str]:
+  """The ids of the rows a run of `cfg` writes."""
+  return {BEFORE} | {j.id for j in jobs(cfg)}
 
 
 # ---------------------------------------------------------------------- data
@@ -168,9 +218,6 @@ def run(cfg) -> dict:
 
 
 def _run(cfg, folder: pathlib.Path, digest: str) -> dict:
-  from flax import nnx  # pylint: disable=g-import-not-at-top
-  from tqdm import tqdm  # pylint: disable=g-import-not-at-top
-
   t_start = time.time()
   mesh = distributed.mesh_of(cfg)  # the test evaluations'; before loading, a bad shape is refused
   model, tokenizer = loading.load_model(cfg.model)
@@ -182,71 +229,92 @@ def _run(cfg, folder: pathlib.Path, digest: str) -> dict:
   bos = run_folder.bos_setup(loading.bos_first(cfg.data, tokenizer))
   results = run_folder.Results(folder, setup_of(cfg, windows, digest)
                                | run_folder.weights_setup(model) | bos,
-                               write=is_main,
-                           required=ROW_FIELDS)
+                               write=is_main, required=ROW_FIELDS)
   spec = config_checks.product_spec(cfg, cfg.format.group_sizes[0])
   key = config_checks.rounding_key(cfg)
-  fp = np.zeros(len(anda_precision.MODULE_TYPES), np.int32)
+  weights = evaluate.target_weights(len(windows["test"]), windows["test"].shape[1],
+                                    loading.score_from(cfg.data))
+
+  def test_fields(model, precisions) -> dict:
+    """Test perplexity at each configuration, with its per-window NLL sums (paired intervals)."""
+    sums, tokens = evaluate.window_nll_sums(
+        model, windows["test"], np.stack(precisions), spec, weights=weights,
+        batch_size=cfg.window_batch, config_batch=cfg.config_batch, key=key, mesh=mesh)
+    return dict(test_ppl=[float(np.exp(s.sum() / tokens.sum())) for s in sums],
+                test_window_nll=[perplexity.window_fields(s, tokens)["window_nll"] for s in sums],
+                window_tokens=[float(t) for t in tokens])
+
+  fp = precision_of(cfg, 0)
   ms = list(cfg.mantissa_bits)
   configs = [fp] + [precision_of(cfg, m) for m in ms]
-  test_kw = dict(score_from=loading.score_from(cfg.data), batch_size=cfg.window_batch,
-                 config_batch=cfg.config_batch, key=key, mesh=mesh)
-  val_kw = dict(batch_size=cfg.train.batch_size, key=key)
   logging.info("windows %s", {s: w.shape for s, w in windows.items()})
-
   if BEFORE not in results.rows:
     t0 = time.time()
-    test = evaluate.perplexity(model, windows["test"], np.stack(configs), spec, **test_kw)
-    val = [finetune.perplexity(model, None, windows["val"], p, spec, **val_kw) for p in configs]
-    results.append([dict(id=BEFORE, mantissa_bits=[0] + ms, test_ppl=[float(v) for v in test],
+    val = [finetune.perplexity(model, None, windows["val"], p, spec,
+                               batch_size=cfg.train.batch_size, key=key) for p in configs]
+    results.append([dict(id=BEFORE, mantissa_bits=[0] + ms, **test_fields(model, configs),
                          val_ppl=val, seconds=round(time.time() - t0, 2))])
-
-  for m in ms:
-    precision = precision_of(cfg, m)
-    for subset in cfg.subsets:
-      run_id = f"M{m}-{subset}"
-      if run_id in results.rows:
-        continue
-      tcfg = train_config(cfg, subset)
-      ckpt = folder / "checkpoints" / f"{run_id}.safetensors"
-      bar = tqdm(total=tcfg.steps, desc=run_id, unit="step", disable=not is_main)
-
-      def on_step(state, val, bar=bar):
-        bar.update(state.step - bar.n)
-        bar.set_postfix(loss=f"{state.history[-1][1]:.3f}",
-                        val_ppl=f"{state.val_history[-1][1]:.2f}")
-
-      state = finetune.train(model, windows["train"], windows["val"], precision, spec, tcfg,
-                             checkpoint=ckpt if is_main else None,
-                             fingerprint=dict(model_sha256=digest), on_step=on_step)
-      bar.close()
-      t0 = time.time()
-      tuned = finetune.apply_params(nnx.clone(model), state.best_params)
-      test = evaluate.perplexity(tuned, windows["test"], np.stack([precision, fp]), spec, **test_kw)
-      params_file = folder / "params" / f"{run_id}.safetensors"
-      row = dict(
-          id=run_id, subset=subset, mantissa_bits=m, precision=precision.tolist(),
-          test_ppl=float(test[0]), test_ppl_fp=float(test[1]),
-          val_ppl_before=state.val_history[0][1], val_ppl=state.best_val,
-          best_step=state.best_step, steps=state.step, stopped_early=state.stopped_early,
-          train_seconds=round(state.seconds, 2), eval_seconds=round(time.time() - t0, 2),
-          n_params=finetune.count(state.best_params), params_file=str(params_file.relative_to(folder)),
-          tokens_per_step=tcfg.batch_size * (cfg.data.seq_len - 1),
-          history=[[s, round(v, 5)] for s, v in state.history],
-          val_history=[list(v) for v in state.val_history])
-      if is_main:
-        finetune.save_params(params_file, state.best_params, dict(
-            subset=subset, precision=precision.tolist(), model=cfg.model.name,
-            model_sha256=digest, int4_group_size=cfg.model.int4_group_size,
-            format=row_format(cfg), steps=state.step, best_step=state.best_step,
-            val_ppl=state.best_val, seed=cfg.seed))
-      results.append([row])
-      if is_main and ckpt.exists():
-        ckpt.unlink()
+  for job in jobs(cfg):
+    if job.id in results.rows:
+      continue
+    state = _train(cfg, folder, model, windows, spec, job, digest, is_main)
+    t0 = time.time()
+    tuned = finetune.apply_params(nnx.clone(model), state.best_params)
+    # Under Anda: at its M and at FP; the control (trained at FP): at FP and at every M.
+    evaluated = [job.mantissa_bits, 0] if not job.control else [0] + ms
+    test = test_fields(tuned, [precision_of(cfg, m) for m in evaluated])
+    if not job.control:  # the row as before: one M, its FP evaluation beside it
+      test = dict(test_ppl=test["test_ppl"][0], test_ppl_fp=test["test_ppl"][1],
+                  test_window_nll=test["test_window_nll"][0],
+                  test_window_nll_fp=test["test_window_nll"][1],
+                  window_tokens=test["window_tokens"])
+    params_file = folder / "params" / f"{job.id}.safetensors"
+    row = dict(
+        id=job.id, subset=job.subset, arm=CONTROL if job.control else ANDA, seed=job.seed,
+        mantissa_bits=evaluated if job.control else job.mantissa_bits,
+        precision=precision_of(cfg, job.train_m).tolist(), **test,
+        val_ppl_before=state.val_history[0][1], val_ppl=state.best_val,
+        best_step=state.best_step, steps=state.step, stopped_early=state.stopped_early,
+        train_seconds=round(state.seconds, 2), eval_seconds=round(time.time() - t0, 2),
+        n_params=finetune.count(state.best_params),
+        params_file=str(params_file.relative_to(folder)),
+        tokens_per_step=cfg.train.batch_size * (cfg.data.seq_len - 1),
+        history=[[s, round(v, 5)] for s, v in state.history],
+        val_history=[list(v) for v in state.val_history])
+    if is_main:
+      finetune.save_params(params_file, state.best_params, dict(
+          subset=job.subset, precision=row["precision"], model=cfg.model.name,
+          model_sha256=digest, int4_group_size=cfg.model.int4_group_size,
+          format=row_format(cfg), steps=state.step, best_step=state.best_step,
+          val_ppl=state.best_val, seed=job.seed))
+    results.append([row])
+    checkpoint = folder / "checkpoints" / f"{job.id}.safetensors"
+    if is_main and checkpoint.exists():
+      checkpoint.unlink()
   print(f"wall time {time.time() - t_start:.1f} s")
   if is_main:
-    report(folder)
+    finetune_report.report(folder)
   return results.rows
+
+
+def _train(cfg, folder, model, windows, spec, job: Job, digest: str, is_main: bool):
+  """One training (resumed from its checkpoint where one is left): its final TrainState."""
+  from tqdm import tqdm  # pylint: disable=g-import-not-at-top
+
+  tcfg = train_config(cfg, job.subset, job.seed)
+  bar = tqdm(total=tcfg.steps, desc=job.id, unit="step", disable=not is_main)
+
+  def on_step(state, val):
+    del val
+    bar.update(state.step - bar.n)
+    bar.set_postfix(loss=f"{state.history[-1][1]:.3f}", val_ppl=f"{state.val_history[-1][1]:.2f}")
+
+  checkpoint = folder / "checkpoints" / f"{job.id}.safetensors"
+  state = finetune.train(model, windows["train"], windows["val"], precision_of(cfg, job.train_m),
+                         spec, tcfg, checkpoint=checkpoint if is_main else None,
+                         fingerprint=dict(model_sha256=digest), on_step=on_step)
+  bar.close()
+  return state
 
 
 def row_format(cfg) -> dict:
@@ -254,82 +322,9 @@ def row_format(cfg) -> dict:
               rounding=cfg.format.rounding)
 
 
-# ---------------------------------------------------------------------- report
-
-
-def _ratio(value, base) -> str:
-  if value is None or base is None or not (math.isfinite(value) and math.isfinite(base)):
-    return "-"
-  r = value / base
-  return f"{r - 1:+.1%}" if r < 2 else f"x{r:.1f}"
-
-
 def report(run_dir) -> str:
   """Writes results.csv and loss_curves.png from results.jsonl; prints and returns the table."""
-  run_dir = pathlib.Path(run_dir)
-  rows = {r["id"]: r for r in run_folder.read_rows(run_dir / "results.jsonl", ROW_FIELDS)}
-  before = rows.get(BEFORE)
-  order = lambda r: (r["mantissa_bits"], finetune.SUBSETS.index(r["subset"]) if r["subset"] in finetune.SUBSETS else 9)
-  runs = sorted((r for k, r in rows.items() if k != BEFORE), key=order)
-  fields = ["id", "subset", "mantissa_bits", "test_ppl_before", "test_ppl", "test_ppl_fp_before",
-            "test_ppl_fp", "val_ppl_before", "val_ppl", "best_step", "steps", "stopped_early",
-            "train_seconds", "n_params", "params_file"]
-  test_before, fp_test = {}, None
-  if before:
-    test_before = dict(zip(before["mantissa_bits"], before["test_ppl"]))
-    fp_test = test_before.get(0)
-  csv_rows = [dict(r, test_ppl_before=test_before.get(r["mantissa_bits"]), test_ppl_fp_before=fp_test)
-              for r in runs]
-  reports.write_text(run_dir / "results.csv", reports.csv_text(fields, csv_rows))
-  shown = "not measured" if fp_test is None else f"{fp_test:.3f}"
-  lines = [f"test perplexity; FP activations, untuned: {shown}. (In brackets: relative to that.) "
-           "'gap': the tuned model at M over its own FP perplexity",
-           f"{'M':>3} {'untuned at M':>18}  {'subset':<6} {'tuned at M':>18} {'tuned, FP':>10} "
-           f"{'gap':>7} {'steps':>5} {'train s':>7}"]
-  for m in sorted({r["mantissa_bits"] for r in runs} | {m for m in test_before if m}):
-    b = test_before.get(m)
-    first = f"{m:>3} " + (f"{b:>8.2f} ({_ratio(b, fp_test):>7})" if b else f"{'-':>18}")
-    for r in [r for r in runs if r["mantissa_bits"] == m] or [None]:
-      if r is None:
-        lines.append(first)
-        continue
-      lines.append(f"{first}  {r['subset']:<6} {r['test_ppl']:>8.2f} ({_ratio(r['test_ppl'], fp_test):>7}) "
-                   f"{r['test_ppl_fp']:>10.2f} {_ratio(r['test_ppl'], r['test_ppl_fp']):>7} "
-                   f"{r['steps']:>5} {r['train_seconds']:>7.0f}")
-      first = " " * len(first)
-  table = reports.with_weights(run_dir, "\n".join(lines))
-  print(table)
-  _plot(run_dir, runs, before)
-  return table
-
-
-def _plot(run_dir: pathlib.Path, runs: list[dict], before: dict | None) -> None:
-  plt = reports.pyplot()
-
-  ms = sorted({r["mantissa_bits"] for r in runs})
-  if not ms:
-    return
-  val_before = dict(zip(before["mantissa_bits"], before["val_ppl"])) if before else {}
-  fig, axes = plt.subplots(1, len(ms), figsize=(5 * len(ms), 3.8), squeeze=False, sharey=True)
-  for ax, m in zip(axes[0], ms):
-    for r in (r for r in runs if r["mantissa_bits"] == m):
-      i = finetune.SUBSETS.index(r["subset"]) if r["subset"] in finetune.SUBSETS else 9
-      steps, loss = (np.array(v) for v in zip(*r["history"])) if r["history"] else (np.zeros(0),) * 2
-      ax.plot(steps, loss, c=f"C{i}", alpha=0.25, lw=0.7)
-      k = min(SMOOTH, len(loss))
-      if k:  # the running mean over the last k steps (a batch is a few windows: noisy)
-        mean = np.convolve(loss, np.ones(k) / k, mode="valid")
-        ax.plot(steps[k - 1:], mean, c=f"C{i}", lw=1.2, label=f"{r['subset']}: training loss ({k}-step mean)")
-      vs, vp = zip(*r["val_history"])
-      ax.plot(vs, np.log(vp), "o-", c=f"C{i}", ms=3, label=f"{r['subset']}: validation NLL")
-    if 0 in val_before:
-      ax.axhline(math.log(val_before[0]), c="k", ls=":", lw=1, label="validation NLL, FP, untuned")
-    ax.set(title=f"M = {m}", xlabel="step")
-  axes[0][0].set_ylabel("NLL per token (nats)")
-  axes[0][-1].legend(fontsize=7)
-  fig.tight_layout()
-  reports.save_figure(fig, run_dir / "loss_curves.png", dpi=110)
-  plt.close(fig)
+  return finetune_report.report(run_dir)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 from flax import nnx
 import numpy as np
 
+from anda_jax.evaluation import evaluate
 from anda_jax import finetune
 from anda_jax.matmul import ProductSpec
 from anda_jax import models
@@ -22,6 +23,8 @@ from anda_jax.models import layers
 from configs import finetune as finetune_config
 from configs import search as search_config
 from experiments import finetune as exp_finetune
+from experiments import finetune_report
+from experiments.harness import config_checks
 from experiments.harness import loading
 from experiments import search as exp_search
 
@@ -265,7 +268,7 @@ class ResumeTest(_TinyModel):
 
 
 class ExperimentTest(absltest.TestCase):
-  """experiments.finetune end to end on a tiny checkpoint; its parameters in the search."""
+  """The setup experiments/finetune.py records."""
 
   def test_setup_records_what_changes_the_test_evaluations(self):
     # The recorded run's setup.json (docs/results/finetune_smollm2) reads as before: the
@@ -280,48 +283,230 @@ class ExperimentTest(absltest.TestCase):
     setup = exp_finetune.setup_of(cfg, None, recorded["model"]["sha256"])
     self.assertEqual((setup["window_batch"], setup["model_shards"]), (4, 2))
 
-  def test_run_resume_report_and_search_with_the_tuned_model(self):
-    tmp = testlib.tempdir(self)
-    ckpt = testlib.make_checkpoint(tmp / "ckpt", n_layers=2, d_model=32, d_ff=64)
-    (tmp / "corpus.txt").write_text(testlib.corpus_text())
-    cfg = finetune_config.get_config("quick")
-    cfg.results_dir, cfg.run_name = str(tmp / "results"), "tiny"
-    cfg.model.name, cfg.data.corpus = str(ckpt), str(tmp / "corpus.txt")
-    cfg.format.group_sizes = (16,)
-    cfg.data.seq_len, cfg.data.windows, cfg.val.windows, cfg.test.windows = 16, 8, 3, 4
-    cfg.mantissa_bits = (3,)
-    cfg.train.steps, cfg.train.eval_every, cfg.train.checkpoint_every = 4, 2, 2
-    cfg.window_batch = 4
-    rows = exp_finetune.run(cfg)
-    run_dir = tmp / "results" / "tiny"
-    self.assertEqual(set(rows), {"before", "M3-norms", "M3-lora"})
-    before = rows["before"]
-    self.assertEqual(before["mantissa_bits"], [0, 3])
-    for subset in ("norms", "lora"):
-      r = rows[f"M3-{subset}"]
+
+def _tiny_config(tmp: pathlib.Path, ckpt, corpus, run_name: str):
+  cfg = finetune_config.get_config("quick")
+  cfg.results_dir, cfg.run_name = str(tmp / "results"), run_name
+  cfg.model.name, cfg.data.corpus = str(ckpt), str(corpus)
+  cfg.format.group_sizes = (16,)
+  cfg.data.seq_len, cfg.data.windows, cfg.val.windows, cfg.test.windows = 16, 8, 3, 4
+  cfg.mantissa_bits = (3,)
+  cfg.train.steps, cfg.train.eval_every, cfg.train.checkpoint_every = 4, 2, 2
+  cfg.window_batch = 4
+  return cfg
+
+
+class _Killed(Exception):
+  pass
+
+
+class RunTest(absltest.TestCase):
+  """experiments.finetune end to end on a tiny checkpoint: both subsets at M = 3, two seeds,
+  with the control arm; the trainings' precisions are recorded as they are asked for."""
+
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    cls.tmp = testlib.tempdir(cls)
+    cls.ckpt, cls.corpus = testlib.tiny_run_inputs(cls.tmp)
+    cls.cfg = _tiny_config(cls.tmp, cls.ckpt, cls.corpus, "tiny")
+    cls.cfg.seeds, cls.cfg.control = 2, True
+    cls.trained = {}  # (precision, seed, subset) of every training
+    real = finetune.train
+
+    def recording(model, train_w, val_w, precision, spec, tcfg, **kwargs):
+      cls.trained[pathlib.Path(kwargs["checkpoint"]).stem] = (np.asarray(precision).tolist(),
+                                                             tcfg.seed, tcfg.subset)
+      return real(model, train_w, val_w, precision, spec, tcfg, **kwargs)
+
+    with absltest.mock.patch.object(finetune, "train", side_effect=recording):
+      cls.rows = exp_finetune.run(cls.cfg)
+    cls.run_dir = cls.tmp / "results" / "tiny"
+    cls.model, tokenizer = loading.load_model(cls.cfg.model)
+    cls.windows = exp_finetune.load_windows(cls.cfg, tokenizer)
+
+  def test_every_training_and_its_rows(self):
+    anda_ids = {"M3-norms", "M3-lora", "M3-norms-seed1", "M3-lora-seed1"}
+    control_ids = {"control-norms", "control-lora", "control-norms-seed1", "control-lora-seed1"}
+    self.assertEqual(set(self.rows), {"before"} | anda_ids | control_ids)
+    self.assertEqual(set(self.rows), exp_finetune.run_ids(self.cfg))
+    self.assertEqual(set(self.trained), anda_ids | control_ids)
+    for run_id, (precision, seed, subset) in self.trained.items():
+      r = self.rows[run_id]
+      self.assertEqual((r["seed"], r["subset"]), (seed, subset))
+      self.assertEqual(seed, 1 if run_id.endswith("seed1") else 0)
+      # The control trains with float activations; the others at M = 3 on every type.
+      self.assertEqual(precision, [0] * 4 if run_id in control_ids else [3] * 4, run_id)
+      self.assertEqual(r["arm"], "control" if run_id in control_ids else "anda")
       self.assertEqual(r["steps"], 4)
-      self.assertLen(r["history"], 4)
-      self.assertEqual(r["val_history"][0][1], before["val_ppl"][1])  # untrained = before
+      self.assertEqual(r["val_history"][0][1], self.rows["before"]["val_ppl"][
+          0 if run_id in control_ids else 1])  # untrained = before, at the training's precision
       self.assertLessEqual(r["val_ppl"], r["val_ppl_before"])
-      self.assertTrue((run_dir / r["params_file"]).is_file())
-    self.assertFalse(any((run_dir / "checkpoints").iterdir()))
-    self.assertTrue((run_dir / "loss_curves.png").is_file())
-    self.assertIn("test_ppl_before", (run_dir / "results.csv").read_text().splitlines()[0])
-    # A rerun trains nothing and leaves the results as they are.
-    text = (run_dir / "results.jsonl").read_text()
+      self.assertTrue((self.run_dir / r["params_file"]).is_file())
+    self.assertFalse(any((self.run_dir / "checkpoints").iterdir()))
+    self.assertTrue((self.run_dir / "loss_curves.png").is_file())
+
+  def test_rows_carry_window_sums_of_every_evaluation(self):
+    n = self.cfg.test.windows
+    tokens = self.rows["before"]["window_tokens"]
+    self.assertLen(tokens, n)
+    self.assertEqual(sum(tokens), n * (self.cfg.data.seq_len - 1))
+    pairs = [(ppl, sums) for r in self.rows.values() if isinstance(r["test_ppl"], list)
+             for ppl, sums in zip(r["test_ppl"], r["test_window_nll"])]
+    pairs += [(r[f"test_ppl{s}"], r[f"test_window_nll{s}"]) for r in self.rows.values()
+              if not isinstance(r["test_ppl"], list) for s in ("", "_fp")]
+    self.assertLen(pairs, 2 + 4 * 2 + 4 * 2)  # before at FP and M; each row at M and FP
+    for ppl, sums in pairs:
+      self.assertLen(sums, n)
+      self.assertAlmostEqual(ppl, np.exp(np.sum(sums) / np.sum(tokens)), places=9)
+    # The tuned model's evaluation is its own: recomputed from its parameter file.
+    for run_id, m in (("M3-lora-seed1", 3), ("control-norms", 3), ("control-norms", 0)):
+      r = self.rows[run_id]
+      tuned = finetune.apply_params(nnx.clone(self.model),
+                                    finetune.load_params(self.run_dir / r["params_file"])[0])
+      sums, _ = evaluate.window_nll_sums(tuned, self.windows["test"], exp_finetune.precision_of(
+          self.cfg, m)[None], config_checks.product_spec(self.cfg, 16), batch_size=4)
+      if r["arm"] == "control":
+        got = r["test_window_nll"][r["mantissa_bits"].index(m)]
+      else:
+        got = r["test_window_nll"] if m else r["test_window_nll_fp"]
+      np.testing.assert_allclose(got, sums[0], rtol=1e-6, err_msg=f"{run_id} at M = {m}")
+
+  def test_control_is_evaluated_at_every_m_and_at_fp(self):
+    for subset in ("norms", "lora"):
+      r = self.rows[f"control-{subset}"]
+      self.assertEqual(r["mantissa_bits"], [0, 3])
+      self.assertEqual(r["precision"], [0, 0, 0, 0])  # trained at
+      at_fp, at_m = r["test_ppl"]
+      self.assertNotEqual(at_fp, at_m)
+      # Trained without Anda, it is not the model trained under it.
+      self.assertNotEqual(at_m, self.rows[f"M3-{subset}"]["test_ppl"])
+
+  def test_seeds_are_distinct_runs(self):
+    for subset in ("norms", "lora"):
+      for prefix in ("M3-", "control-"):
+        a, b = self.rows[f"{prefix}{subset}"], self.rows[f"{prefix}{subset}-seed1"]
+        self.assertNotEqual(a["history"], b["history"], f"{prefix}{subset}")
+        pa, _ = finetune.load_params(self.run_dir / a["params_file"])
+        pb, _ = finetune.load_params(self.run_dir / b["params_file"])
+        self.assertTrue(any(not np.array_equal(pa[k], pb[k]) for k in pa))
+
+  def test_report_pairs_intervals_and_spreads_over_seeds(self):
+    before, arms = finetune_report.read(self.run_dir)
+    tokens = np.array(self.rows["before"]["window_tokens"])
+    base = np.array(self.rows["before"]["test_window_nll"][0])
+    increase = lambda sums, base: float(np.expm1((np.sum(sums) - np.sum(base)) / tokens.sum()))
+    self.assertLen(arms, 8)  # 4 under Anda, 4 controls at M = 3
+    for a in arms:
+      self.assertIsNotNone(a.vs_untuned_fp[1], a.row["id"])
+      self.assertAlmostEqual(a.vs_untuned_fp[0], increase(a.at_m["window_nll"], base), places=9)
+      self.assertAlmostEqual(a.fp_vs_untuned_fp[0], increase(a.at_fp["window_nll"], base), places=9)
+      pairs = (a.vs_untuned_fp, a.fp_vs_untuned_fp) + ((a.vs_control,) if a.arm == "anda" else ())
+      for estimate, iv in pairs:
+        self.assertLessEqual(iv.low, estimate)
+        self.assertLessEqual(estimate, iv.high)
+      if a.arm == "anda":  # against the control of the same subset and seed, both at M
+        control = self.rows[f"control-{a.subset}" + ("-seed1" if a.seed else "")]
+        self.assertAlmostEqual(a.vs_control[0], increase(a.at_m["window_nll"],
+                                                         control["test_window_nll"][1]), places=9)
+      else:
+        self.assertEqual(a.vs_control, (None, None))
+    spreads = finetune_report.spreads(arms)
+    for subset in ("norms", "lora"):
+      values = [increase(self.rows[i]["test_window_nll"], base)
+                for i in (f"M3-{subset}", f"M3-{subset}-seed1")]
+      s = spreads[(3, subset, "anda")]["vs_untuned_fp"]
+      self.assertEqual(s.n, 2)
+      self.assertAlmostEqual(s.mean, np.mean(values), places=9)
+      self.assertAlmostEqual(s.low, min(values), places=9)
+      self.assertAlmostEqual(s.high, max(values), places=9)
+    text = finetune_report.report(self.run_dir)
+    self.assertIn("paired-bootstrap interval", text)
+    self.assertIn("mean", text)
+    buys = [l for l in text.splitlines() if l.startswith("M = 3")]
+    self.assertLen(buys, 2)
+    for line, subset in zip(buys, ("norms", "lora")):
+      ivs = [a.vs_control[1] for a in arms if a.arm == "anda" and a.subset == subset]
+      verdict = ("beats the control" if all(iv.high < 0 for iv in ivs) else "control beats"
+                 if all(iv.low > 0 for iv in ivs) else "not resolved")
+      self.assertIn(verdict, line)
+      self.assertIn(f"M = 3, {subset}: tuned under Anda over the control, both at M: "
+                    f"{spreads[(3, subset, 'anda')]['vs_control']}", line)
+      control_ppl = [self.rows[i]["test_ppl"][1] for i in (f"control-{subset}",
+                                                           f"control-{subset}-seed1")]
+      recovered = np.log(before[3]["ppl"]) - np.mean(np.log(control_ppl))
+      self.assertIn(f"the control {recovered:+.4f}", line)
+    self.assertNotIn("without intervals", text)
+    header, *lines = (self.run_dir / "results.csv").read_text().splitlines()
+    self.assertIn("vs_control_low", header.split(","))
+    self.assertLen(lines, 8)
+
+  def test_report_of_rows_without_window_sums(self):
+    # The recorded run (before per-window sums, seeds and controls) still reads, without intervals.
+    recorded = pathlib.Path(__file__).resolve().parents[1] / "docs/results/finetune_smollm2"
+    folder = testlib.tempdir(self)
+    for name in ("results.jsonl", "setup.json"):
+      (folder / name).write_text((recorded / name).read_text())
+    text = finetune_report.report(folder)
+    self.assertIn("shown without intervals", text)
+    self.assertIn("No control arm", text)
+    self.assertIn("One seed", text)
+    _, arms = finetune_report.read(folder)
+    self.assertLen(arms, 6)
+    self.assertTrue(all(a.vs_untuned_fp[1] is None and a.vs_untuned_fp[0] is not None
+                        for a in arms))
+
+  def test_rerun_trains_nothing_and_an_interrupted_run_resumes(self):
+    text = (self.run_dir / "results.jsonl").read_text()
     with absltest.mock.patch.object(finetune, "train", side_effect=AssertionError("trained again")):
-      exp_finetune.run(cfg)
-    self.assertEqual((run_dir / "results.jsonl").read_text(), text)
-    # `finetune` is refused here, and checked where it is used.
-    cfg.finetune = str(tmp / "missing.safetensors")
+      exp_finetune.run(self.cfg)
+    self.assertEqual((self.run_dir / "results.jsonl").read_text(), text)
+    # A run killed in its control training continues from the checkpoint to the same rows.
+    cfg = _tiny_config(self.tmp, self.ckpt, self.corpus, "killed")
+    cfg.subsets, cfg.seeds, cfg.control = ("norms",), 1, True
+    real = finetune.train
+    steps = []
+
+    def killed_at_3(*args, on_step=None, **kwargs):
+      def step(state, val):
+        on_step(state, val)
+        steps.append((pathlib.Path(kwargs["checkpoint"]).stem, state.step))
+        if not np.any(args[3]) and state.step == 3:
+          raise _Killed
+      return real(*args, on_step=step, **kwargs)
+
+    with absltest.mock.patch.object(finetune, "train", side_effect=killed_at_3):
+      with self.assertRaises(_Killed):
+        exp_finetune.run(cfg)
+    folder = self.tmp / "results" / "killed"
+    self.assertTrue((folder / "checkpoints" / "control-norms.safetensors").is_file())
+    self.assertEqual(set(finetune_report.read(folder)[0]), {0, 3})  # "before" was written
+    steps.clear()
+    def recording(*args, on_step=None, **kwargs):
+      def step(state, val):
+        on_step(state, val)
+        steps.append((pathlib.Path(kwargs["checkpoint"]).stem, state.step))
+      return real(*args, on_step=step, **kwargs)
+
+    with absltest.mock.patch.object(finetune, "train", side_effect=recording):
+      rows = exp_finetune.run(cfg)
+    # Continued from the checkpoint at step 2.
+    self.assertEqual(steps, [("control-norms", 3), ("control-norms", 4)])
+    timing = ("train_seconds", "eval_seconds", "seconds")
+    for run_id in ("before", "M3-norms", "control-norms"):
+      self.assertEqual({k: v for k, v in rows[run_id].items() if k not in timing},
+                       {k: v for k, v in self.rows[run_id].items() if k not in timing}, run_id)
+    self.assertFalse(any((folder / "checkpoints").iterdir()))
+
+  def test_search_runs_on_the_tuned_model(self):
+    cfg = self.cfg.copy_and_resolve_references()
+    cfg.finetune = str(self.tmp / "missing.safetensors")  # refused here, checked where used
     with self.assertRaisesRegex(ValueError, "finetune=.*missing.safetensors.* is invalid"):
       exp_finetune.validate(cfg)
-
-    # The search on the tuned model: the parameters are applied and recorded in setup.json.
-    tuned_file = str(run_dir / rows["M3-norms"]["params_file"])
+    tuned_file = str(self.run_dir / self.rows["M3-norms"]["params_file"])
     s = search_config.get_config("quick")
-    s.results_dir, s.run_name = str(tmp / "results"), "search_tuned"
-    s.model.name, s.data.corpus, s.finetune = str(ckpt), str(tmp / "corpus.txt"), tuned_file
+    s.results_dir, s.run_name = str(self.tmp / "results"), "search_tuned"
+    s.model.name, s.data.corpus, s.finetune = str(self.ckpt), str(self.corpus), tuned_file
     s.format.group_sizes = (16,)
     s.data.seq_len, s.data.windows, s.test.windows = 16, 3, 3
     s.start_m, s.min_m, s.tolerances, s.uniform_m = 4, 3, (0.01,), (3, 4)
@@ -335,6 +520,12 @@ class ExperimentTest(absltest.TestCase):
     s.finetune = None  # the same folder without the tuned model is another setup
     with self.assertRaisesRegex(ValueError, "invalid for these settings"):
       exp_search.run(s)
+
+  def test_bad_seeds_are_refused(self):
+    cfg = self.cfg.copy_and_resolve_references()
+    cfg.seeds = 0
+    with self.assertRaisesRegex(ValueError, "seeds=0 is invalid"):
+      exp_finetune.validate(cfg)
 
 
 if __name__ == "__main__":

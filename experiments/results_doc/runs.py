@@ -81,8 +81,8 @@ RUNS = dict(
         "--config.other_formats='()' --config.bound=False --config.test.path=True", EPYC),
     noise=Run("noise_floor_smollm2",
               "python -m experiments.noise_floor --config=configs/noise_floor.py", EPYC),
-    finetune=Run("finetune_smollm2", "python -m experiments.finetune --config=configs/finetune.py",
-                 EPYC_SHARED),
+    finetune=Run("finetune_smollm2", "python -m experiments.finetune --config=configs/finetune.py "
+                 "--config.seeds=1 --config.control=False", EPYC_SHARED),
     search_base=Run("finetune_smollm2/search_base", f"{_SEARCH} {_TOLERANCES} "
                     "--config.run_name=search_base "
                     "--config.other_formats='()'", EPYC_SHARED,
@@ -204,7 +204,7 @@ def _evaluated(experiment: str, cfg, run: Run) -> tuple:
     return ({(m, p) for m in (0, *cfg.mantissa_bits) for p in perturbed}, set(cfg.subsets)), (
         {(r["mantissa_bits"], r["perturbed"]) for r in result_rows(run).values()}, subsets)
   if experiment == "finetune":
-    return ({"before"} | {f"M{m}-{s}" for m in cfg.mantissa_bits for s in cfg.subsets},
+    return (finetune_experiment.run_ids(cfg),
             {r["id"] for r in read_jsonl(run.path / "results.jsonl")})
   chosen = read_json(run, "chosen.json")
   settings = dict(granularity=cfg.granularity, min_m=cfg.min_m, uniform_m=list(cfg.uniform_m),

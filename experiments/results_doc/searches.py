@@ -12,6 +12,7 @@ from anda_jax import cost
 from anda_jax import cost_assumptions
 from anda_jax.numerics import baselines
 from anda_jax.precision import MODULE_TYPES
+from experiments import finetune_report
 from experiments import search_resolution
 from experiments.results_doc.runs import (RUNS, Run, config_of, read_json, read_jsonl, search_rows,
                                           source)
@@ -323,24 +324,17 @@ def layer_search_section() -> list[str]:
 
 def finetune_section() -> list[str]:
   run = RUNS["finetune"]
-  rows = {r["id"]: r for r in read_jsonl(run.path / "results.jsonl")}
-  before = rows.pop("before")
-  untuned = dict(zip(before["mantissa_bits"], before["test_ppl"]))
-  fp = untuned[0]
+  before, arms = finetune_report.read(run.path)
+  fp = before[0]["ppl"]
   setup = read_json(run, "setup.json")
   train, n = setup["train"], setup["windows"]
-  ratio = lambda a, b: loss(a / b - 1)
-  with_ratio = lambda ppl: f"{ppl:.2f} ({ratio(ppl, fp)})"
-  lines = [[r["mantissa_bits"], with_ratio(untuned[r["mantissa_bits"]]), r["subset"],
-            f"{r['n_params']:,}", with_ratio(r["test_ppl"]),
-            f"{r['test_ppl_fp']:.2f}", ratio(r["test_ppl"], r["test_ppl_fp"]),
-            f"{r['best_step']} of {r['steps']}", f"{r['train_seconds']:.0f}"]
-           for r in sorted(rows.values(),
-                           key=lambda r: (r["mantissa_bits"], r["subset"] != "norms"))]
-  gaps = {}
-  for r in rows.values():
-    gaps.setdefault(r["mantissa_bits"], []).append(
-        f"{ratio(r['test_ppl'], r['test_ppl_fp'])} ({r['subset']})")
+  controls = any(a.arm == finetune_report.CONTROL for a in arms)
+  lines = [[a.m, loss(*increase(before.get(a.m), before[0])), a.subset, a.arm, a.seed,
+            f"{a.row['n_params']:,}", loss(*a.vs_untuned_fp), loss(*a.fp_vs_untuned_fp)]
+           + ([loss(*a.vs_control) if a.arm == finetune_report.ANDA else "–"] if controls else [])
+           + [f"{a.row['best_step']} of {a.row['steps']}", f"{a.row['train_seconds']:.0f}"]
+           for a in arms]
+  with_sums = all("window_nll" in ev for a in arms for ev in (a.at_m, a.at_fp))
   out = ["## Fine-tuning", "",
          "Anda-aware fine-tuning: all four types in Anda at M (G = "
          f"{setup['format']['group_size']}, truncation); for each M and each trainable subset, "
@@ -350,22 +344,29 @@ def finetune_section() -> list[str]:
          f"{n['val']['shape'][0]} windows of other calibration articles (the best step is kept), "
          f"then the test perplexity on {n['test']['shape'][0]} x {n['test']['shape'][1]} test "
          f"tokens. `norms`: the RMSNorm gains; `lora`: rank-{train['rank']} adapters on the four "
-         f"products of every layer. FP-activation test perplexity, untuned: {fp:.3f}. Gap: the "
-         "tuned model at M over its own FP-activation perplexity. The rows hold no per-window "
-         "NLL sums, so these perplexities have no intervals.", ""]
-  out += table(["M", "untuned at M", "subset", "trained values", "tuned at M",
-                "tuned, FP activations", "gap", "best step", "train s"], lines,
-               "---:|---|---|---:|---|---:|---:|---:|---:|")
+         f"products of every layer. Every perplexity is shown against the untuned model's "
+         f"FP-activation test perplexity ({fp:.3f}), on the same windows: the tuned model at M "
+         "and with FP activations"
+         + (", and tuned under Anda against the control (the same tuning with float "
+            "activations), both at M" if controls else "") + ". "
+         + ("Intervals: the paired bootstrap over the test windows." if with_sums else
+            "The rows hold no per-window NLL sums, so these perplexities have no intervals."), ""]
+  out += table(["M", "untuned at M", "subset", "arm", "seed", "trained values", "tuned at M",
+                "tuned, FP activations"] + (["vs control at M"] if controls else [])
+               + ["best step", "train s"], lines,
+               "---:|---|---|---|---:|---:|---|---|" + ("---|" if controls else "") + "---:|---:|")
   out += source(run, ("results.jsonl", "results.csv", "setup.json", "loss_curves.png"))
   out += ["![training and validation loss](results/finetune_smollm2/loss_curves.png)", ""]
-  out += [f"- M = {m}: {ratio(untuned[m], fp)} untuned; after tuning, the gap to the tuned "
-          f"model's own FP perplexity is {', '.join(g)}." for m, g in sorted(gaps.items())]
-  out += [
-          "- Part of the gain is adaptation to the corpus, not recovery from quantization: "
-          "calibration and test articles come from the same excerpt, and the tuned models' FP "
-          "perplexity moves too. The gap column is the fair measure of what tuning buys against "
-          "Anda.",
-          "- Tuned parameters are specialized: apply a file only at (or near) the configuration "
+  out += [f"- {line}." for line in finetune_report.what_tuning_buys(before, arms)]
+  if not controls:
+    out += ["- This run has no control arm, one seed and no per-window sums (it was recorded "
+            "before the experiment had them; `python -m experiments.finetune "
+            "--config=configs/finetune.py` now trains the control and three seeds): how much of "
+            "the gain is tuning itself, fitting text like the test articles, rather than recovery "
+            "from Anda is not measured here. The tuned models' FP-activation perplexity moves "
+            "too: " + ", ".join(f"{loss(*a.fp_vs_untuned_fp)} (M = {a.m}, {a.subset})"
+                                   for a in arms) + "."]
+  out += ["- Tuned parameters are specialized: apply a file only at (or near) the configuration "
           "it was trained for (`--config.finetune`, recorded in setup.json with its sha256).", ""]
   return out + tuned_search()
 
