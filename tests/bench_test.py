@@ -7,7 +7,6 @@ import importlib
 import io
 import os
 import pathlib
-import re
 import subprocess
 import sys
 from unittest import mock

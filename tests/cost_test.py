@@ -10,7 +10,6 @@ import numpy as np
 
 from anda_jax import cost
 from anda_jax import models
-from anda_jax import precision as precision_lib
 from anda_jax.numerics.anda import AndaFormat
 from anda_jax.numerics import baselines
 from anda_jax.numerics.baselines import MXFormat, NVFP4Format, PerTokenFormat

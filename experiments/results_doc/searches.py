@@ -14,8 +14,7 @@ from anda_jax.numerics import baselines
 from anda_jax.precision import MODULE_TYPES
 from experiments import finetune_report
 from experiments import search_resolution
-from experiments.results_doc.runs import (RUNS, Run, config_of, read_json, read_jsonl, search_rows,
-                                          source)
+from experiments.results_doc.runs import RUNS, Run, config_of, read_json, search_rows, source
 from experiments.results_doc.text import increase, loss, loss_of, table
 
 # ---------------------------------------------------------------------- the precision search
