@@ -373,7 +373,7 @@ def run(argv) -> dict:
   cfg = sweep_config.get_config("quick")
   cfg.model.name, cfg.data.corpus = args.model, args.corpus
   cfg.data.seq_len, cfg.data.windows = args.seq_len, args.windows
-  model, windows, _ = loading.load_model_and_windows(cfg)
+  model, windows, *_ = loading.load_model_and_windows(cfg)
   spec = config_checks.product_spec(cfg, args.group_size)
   configs = sweep.sweep_configs((args.group_size,), [int(m) for m in args.mantissa_bits.split(",")],
                                 sweep.SWEEP_TYPES)
