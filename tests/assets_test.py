@@ -184,7 +184,7 @@ class AssetsTest(absltest.TestCase):
     for setting, value, named in (("ANDA_JAX_CACHE", a_file, a_file),
                                   ("ANDA_JAX_CACHE", a_file / "below", a_file),
                                   ("XDG_CACHE_HOME", a_file, a_file)):
-      with self.subTest(setting=setting, value=value):
+      with self.subTest(setting=setting, value=str(value)):
         with mock.patch.dict(os.environ, {"ANDA_JAX_CACHE": "", setting: str(value)}):
           with self.assertRaisesRegex(ValueError, f"^{setting}='{value}' is invalid: {named} is a "
                                                   "file, and the anda_jax cache must be a folder"):

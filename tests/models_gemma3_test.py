@@ -1,7 +1,7 @@
 """The real Gemma 3 270M GGUF (Q4_K_M: Q4_K, Q5_0, Q6_K, Q8_0 and F32 tensors) against
 transformers' GGUF loader (Gemma3ForCausalLM, float32): Q4_K read bit for bit as gguf reads it,
 token ids on every article of the Wikipedia excerpt, logits on a window longer than the sliding
-window, perplexity on 1024-token windows through the streamed LM head, and the precision
+window, perplexity on a 1024-token window (BOS first) through the streamed LM head, and the precision
 semantics on the real model. The Gemma Terms of Use apply to the model
 (https://ai.google.dev/gemma/terms)."""
 
@@ -25,14 +25,6 @@ import testlib
 _FORWARD = jax.jit(lambda m, t, p: m(t, p))
 
 
-def _hf_gemma3(path):
-  import torch  # pylint: disable=g-import-not-at-top
-  import transformers  # pylint: disable=g-import-not-at-top
-
-  return transformers.AutoModelForCausalLM.from_pretrained(
-      str(path.parent), gguf_file=path.name, dtype=torch.float32).eval()
-
-
 def _hf_nll_sum(hf, window) -> float:
   """transformers' summed next-token loss over one window [T] (T - 1 targets)."""
   import torch  # pylint: disable=g-import-not-at-top
@@ -48,12 +40,9 @@ class Gemma3Test(absltest.TestCase):
   @classmethod
   def setUpClass(cls):
     super().setUpClass()
-    from transformers import AutoTokenizer  # pylint: disable=g-import-not-at-top
-
     cls.path = assets.fetch("gemma3-270m")
     cls.model, cls.tokenizer = models.load("gemma3-270m")
-    cls.hf_tokenizer = AutoTokenizer.from_pretrained(str(cls.path.parent), gguf_file=cls.path.name)
-    cls.hf_model = _hf_gemma3(cls.path)
+    cls.hf_tokenizer, cls.hf_model = testlib.hf_gguf("gemma3-270m")
     cls.corpus = data.load_corpus("enwiki-excerpt")
     # Text the tests do not tune on: the test split's windows, 640 tokens (> the 512 window).
     cls.window = data.token_windows(cls.corpus.test, cls.tokenizer, 640, max_windows=1)
@@ -75,7 +64,7 @@ class Gemma3Test(absltest.TestCase):
         "Q4_K -> float32": 9, "Q5_0 -> float32": 81, "Q6_K -> float32": 9, "Q8_0 -> float32": 10})
 
   def test_q4_k_tensors_are_bit_identical_to_gguf(self):
-    reader = gguf.GGUFReader(str(self.path))
+    reader = testlib.gguf_reader(str(self.path))
     q4_k = [t for t in reader.tensors if t.tensor_type == gguf.GGMLQuantizationType.Q4_K]
     self.assertLen(q4_k, 27)
     for t in q4_k:
@@ -103,36 +92,31 @@ class Gemma3Test(absltest.TestCase):
   def test_logits_match_transformers_beyond_the_sliding_window(self):
     ref = testlib.hf_logits(self.hf_model, self.window)
     np.testing.assert_allclose(np.asarray(self.float_logits), ref, atol=2e-3, rtol=0)
-    # And the model predicts real text: most next tokens rank in its top 10.
-    top10 = np.argsort(-ref[0, :-1], axis=-1)[:, :10]
-    self.assertGreater(np.mean(np.any(top10 == self.window[0, 1:, None], axis=-1)), 0.5)
+    # And the model predicts real text: most next tokens rank in its top 10 (fewer than 10
+    # logits above theirs).
+    target_logits = np.take_along_axis(ref[0, :-1], self.window[0, 1:, None], axis=-1)
+    self.assertGreater(np.mean(np.sum(ref[0, :-1] > target_logits, axis=-1) < 10), 0.5)
 
-  def test_perplexity_matches_transformers_through_the_streamed_head(self):
-    windows = data.token_windows(self.corpus.test, self.tokenizer, 1024, max_windows=2)
-    self.assertEqual(windows.shape, (2, 1024))
-    ours = evaluate.perplexity(self.model, windows, np.zeros((1, 4), np.int32), batch_size=1)[0]
-    ref = np.exp(sum(_hf_nll_sum(self.hf_model, w) for w in windows) / (2 * 1023))
+  def test_perplexity_with_bos_first_windows_matches_transformers_through_the_streamed_head(self):
+    # Gemma 3 is trained with BOS first (its GGUF's add_bos_token), so data.bos "auto" puts BOS
+    # at the start of every window, and the model is evaluated as it is used.
+    self.assertTrue(data.bos_first("auto", self.tokenizer))
+    windows = data.token_windows(self.corpus.test, self.tokenizer, 1024, max_windows=1, bos=True)
+    self.assertEqual(windows.shape, (1, 1024))
+    np.testing.assert_array_equal(windows[:, 0], self.tokenizer.bos_id)
+    self.assertNotIn(self.tokenizer.bos_id, windows[:, 1:])  # BOS is never a target
+    fp = np.zeros((1, 4), np.int32)
+    ours = evaluate.perplexity(self.model, windows, fp, batch_size=1)[0]
+    ref = np.exp(_hf_nll_sum(self.hf_model, windows[0]) / 1023)
     self.assertLess(abs(ours / ref - 1), 1e-3, (ours, ref))
     self.assertLess(ours, 100)
     # Evaluation never holds [batch, tokens, vocab] logits: XLA's temporary buffers of one call
     # stay below what one window's float32 logits alone would take.
     graphdef, state = nnx.split(self.model)
     compiled = evaluate._nll_sums.lower(  # pylint: disable=protected-access
-        graphdef, state, windows[:1], windows[:1, 1:], np.ones((1, 1023), np.float32),
-        np.zeros((1, 4), np.int32), 0, None, 0, spec=ProductSpec(), mesh=None).compile()
+        graphdef, state, windows, windows[:, 1:], np.ones((1, 1023), np.float32),
+        fp, 0, None, 0, spec=ProductSpec(), mesh=None).compile()
     self.assertLess(compiled.memory_analysis().temp_size_in_bytes, 1024 * 262144 * 4 / 2)
-
-  def test_perplexity_with_bos_first_windows_matches_transformers(self):
-    # Gemma 3 is trained with BOS first (its GGUF's add_bos_token), so data.bos "auto" puts BOS
-    # at the start of every window, and the model is evaluated as it is used.
-    self.assertTrue(data.bos_first("auto", self.tokenizer))
-    windows = data.token_windows(self.corpus.test, self.tokenizer, 1024, max_windows=1, bos=True)
-    np.testing.assert_array_equal(windows[:, 0], self.tokenizer.bos_id)
-    self.assertNotIn(self.tokenizer.bos_id, windows[:, 1:])  # BOS is never a target
-    fp = np.zeros((1, 4), np.int32)
-    ours = evaluate.perplexity(self.model, windows, fp, batch_size=1)[0]
-    ref = np.exp(sum(_hf_nll_sum(self.hf_model, w) for w in windows) / 1023)
-    self.assertLess(abs(ours / ref - 1), 1e-3, (ours, ref))
     # The same targets (all but each window's first stream token) cost more without BOS before
     # them: BOS first is the setting the model was trained in.
     with_bos = evaluate.perplexity(self.model, windows, fp, batch_size=1, score_from=1)[0]
@@ -140,10 +124,11 @@ class Gemma3Test(absltest.TestCase):
     self.assertGreater(without_bos, with_bos)
 
   def test_precision_semantics(self):
-    err = lambda m: float(jnp.abs(_FORWARD(self.model, self.window, np.full(4, m, np.int32))
-                                  - self.float_logits).max())
-    chex.assert_trees_all_equal(_FORWARD(self.model, self.window, np.zeros(4, np.int32)),
-                                self.float_logits)
+    window = self.window[:, :128]  # the semantics need no long window
+    float_logits = _FORWARD(self.model, window, None)
+    err = lambda m: float(jnp.abs(_FORWARD(self.model, window, np.full(4, m, np.int32))
+                                  - float_logits).max())
+    chex.assert_trees_all_equal(_FORWARD(self.model, window, np.zeros(4, np.int32)), float_logits)
     self.assertLess(err(24), 1e-2)
     e8, e3 = err(8), err(3)
     self.assertGreater(e8, 1e-3)

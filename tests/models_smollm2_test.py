@@ -9,9 +9,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from anda_jax import assets
 from anda_jax import data
 from anda_jax import models
+from anda_jax.evaluation import evaluate
 from anda_jax.numerics import int4
 import testlib
 
@@ -43,12 +43,8 @@ class SmolLM2Test(absltest.TestCase):
   @classmethod
   def setUpClass(cls):
     super().setUpClass()
-    from transformers import AutoTokenizer  # pylint: disable=g-import-not-at-top
-
-    path = assets.fetch("smollm2-135m")
     cls.model, cls.tokenizer = models.load("smollm2-135m")
-    cls.hf_tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
-    cls.hf_model = testlib.hf_smollm2()
+    cls.hf_tokenizer, cls.hf_model = testlib.hf_gguf("smollm2-135m")
     ids = cls.tokenizer.encode("\n\n".join(PARAGRAPHS))
     assert len(ids) >= 128, len(ids)
     cls.window = np.asarray(ids[:128], np.int32)[None]
@@ -91,6 +87,13 @@ class SmolLM2Test(absltest.TestCase):
     # And the model predicts real text: most next tokens rank in its top 10.
     top10 = np.argsort(-ref[0, :-1], axis=-1)[:, :10]
     self.assertGreater(np.mean(np.any(top10 == self.window[0, 1:, None], axis=-1)), 0.5)
+
+  def test_perplexity_matches_transformers_on_real_text(self):
+    # The FP-activation perplexity of the evaluation path on 2 test windows of 128 tokens.
+    windows = data.token_windows(data.load_corpus("enwiki-excerpt").test, self.tokenizer, 128,
+                                 max_windows=2)
+    ppl = evaluate.perplexity(self.model, windows, np.zeros((1, 4), np.int32))[0]
+    np.testing.assert_allclose(ppl, testlib.hf_perplexity(self.hf_model, windows), rtol=1e-3)
 
   def test_precision_semantics(self):
     err = lambda m: float(jnp.abs(_FORWARD(self.model, self.window, np.full(4, m, np.int32))

@@ -215,15 +215,30 @@ def hf_perplexity(model, windows) -> float:
     return float(np.exp(model(input_ids=tokens, labels=tokens).loss.item()))
 
 
-def hf_smollm2():
-  """transformers' own GGUF loader on the real SmolLM2-135M file (dequantized to float32): the
-  reference for our loader. Fetches the file on first use (the test must be marked real_model)."""
+@functools.lru_cache(maxsize=None)
+def gguf_reader(path: str):
+  """gguf's own reader of a GGUF file, parsed once per test process (it only reads the file).
+  The class from its defining module: `hf_gguf` replaces the package's name with this function."""
+  from gguf import gguf_reader as reader_module  # pylint: disable=g-import-not-at-top
+
+  return reader_module.GGUFReader(path)
+
+
+def hf_gguf(name: str):
+  """transformers' own GGUF tokenizer and model (dequantized to float32) for the asset `name`:
+  the reference for our loader. Fetches the file on first use (the test must be marked
+  real_model). transformers parses the file's metadata once per object it builds (tokenizer,
+  config, weights); here the three share one parse of the file (`gguf_reader`)."""
+  import gguf  # pylint: disable=g-import-not-at-top
   import torch  # pylint: disable=g-import-not-at-top
   import transformers  # pylint: disable=g-import-not-at-top
 
-  path = assets.fetch("smollm2-135m")
-  return transformers.AutoModelForCausalLM.from_pretrained(
-      str(path.parent), gguf_file=path.name, dtype=torch.float32).eval()
+  path = assets.fetch(name)
+  with mock.patch.object(gguf, "GGUFReader", gguf_reader):
+    tokenizer = transformers.AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    model = transformers.AutoModelForCausalLM.from_pretrained(
+        str(path.parent), gguf_file=path.name, dtype=torch.float32).eval()
+  return tokenizer, model
 
 
 # ------------------------------------------------------------------------------ tiny checkpoint
