@@ -89,9 +89,9 @@ class ModelFitsTest(_TinyRuns):
     small = testlib.make_checkpoint(self.tmp / f"small_vocab_{experiment}", vocab=64)
     cfg = self.config(experiment, "vocab")
     cfg.model.name = str(small)
-    self.refused(cfg, experiment, r"^model.name=.* is invalid: its tokenizer gives token ids up to "
-                                  r"\d+ on the \w+ windows of data.corpus=.*, beyond the model's "
-                                  r"vocabulary of 64 \(the tokenizer belongs to other weights\)$")
+    self.refused(cfg, experiment, r"^model.name=.* is invalid: its tokenizer's \w+ windows of "
+                                  r"data.corpus=.* hold token ids \d+..\d+: must be in \[0, "
+                                  r"vocab=64\) \(the tokenizer belongs to other weights\)$")
 
   @parameterized.parameters(
       ("sweep", "data.windows", 100000, "the test split"),

@@ -269,7 +269,7 @@ class SweepTest(absltest.TestCase):
     kw = dict(format__group_sizes=(8,), mantissa_bits=(3,), types=("all",), data__windows=2)
     run_dir = self.tmp / "results" / "corrected"
     small = testlib.make_checkpoint(self.tmp / "small_vocab", vocab=64)  # a tokenizer of 256+ ids
-    with self.assertRaisesRegex(ValueError, "beyond the model's vocabulary of 64"):
+    with self.assertRaisesRegex(ValueError, r"must be in \[0, vocab=64\)"):
       sweep.run(self.config("corrected", model__name=str(small), **kw))
     self.assertFalse(run_dir.exists())
     # What an older version left in that case, the lock and a setup.json beside no rows, does

@@ -11,7 +11,6 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
 from anda_jax.models import layers as L
 from anda_jax.precision import DOWN, O, QKV, UP
@@ -72,7 +71,7 @@ PRESETS = {
 }
 
 
-class Gemma3(L.DecoderLM):
+class Gemma3(L.RMSNormDecoderLM):
   """weights: embed [V, D] (the head too, when tied); final_norm [D]; head [V, D] or None;
   layers (stacked over L): attn_norm [L, D], qkv [L, D, (H + 2 Hkv) Dh] (q, k, v fused),
   q_norm, k_norm [L, Dh], o [L, H Dh, D], post_attn_norm [L, D], mlp_norm [L, D], up [L, D, 2 F]
@@ -80,21 +79,9 @@ class Gemma3(L.DecoderLM):
   normalized activation is multiplied by, 1 + w in HF's terms (as GGUF files store it).
   Matrices are Int4Weights or float, as in Llama."""
 
-  def __init__(self, config: Gemma3Config, weights: dict):
-    self.config = config
-    self.embedding = nnx.Param(L.stored(weights["embed"]))
-    self.final_norm = nnx.Param(L.stored(weights["final_norm"]))
-    self.lm_head = nnx.Param(L.stored(weights.get("head")))
-    self._set_layers(weights["layers"])
-
   def embed(self, tokens, position=0):
-    del position  # positions enter through the rotary, in attention
     # HF multiplies by sqrt(d_model) rounded to the embedding's dtype (float32 here).
-    scale = np.float32(self.config.d_model ** 0.5)
-    return jnp.take(self.embedding[...], tokens, axis=0).astype(jnp.float32) * scale
-
-  def head_input(self, h):
-    return L.rms_norm(h, self.final_norm[...].astype(jnp.float32), self.config.norm_eps)
+    return super().embed(tokens, position) * np.float32(self.config.d_model ** 0.5)
 
   def _tables(self, length):
     """(local cos, local sin, global cos, global sin), each [length, Dh]."""

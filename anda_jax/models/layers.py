@@ -286,3 +286,23 @@ class DecoderLM(nnx.Module):
     layers = self.layers.get_value()
     return {site: int(np.prod(weight_shape(layers[site]), dtype=np.int64))
             for site in anda_precision.MODULE_TYPES}
+
+
+class RMSNormDecoderLM(DecoderLM):
+  """A decoder whose weights are an embedding, stacked layers, a final RMSNorm and an LM head
+  (None: tied to the embedding), and whose positions enter through the rotary, in attention
+  (LLaMA, Gemma 3). Subclasses define `_block` and the rotary context."""
+
+  def __init__(self, config, weights: dict):
+    self.config = config
+    self.embedding = nnx.Param(stored(weights["embed"]))
+    self.final_norm = nnx.Param(stored(weights["final_norm"]))
+    self.lm_head = nnx.Param(stored(weights.get("head")))
+    self._set_layers(weights["layers"])
+
+  def embed(self, tokens, position=0):
+    del position  # positions enter through the rotary, in attention
+    return jnp.take(self.embedding[...], tokens, axis=0).astype(jnp.float32)
+
+  def head_input(self, h):
+    return rms_norm(h, self.final_norm[...].astype(jnp.float32), self.config.norm_eps)

@@ -6,8 +6,6 @@ from __future__ import annotations
 import dataclasses
 
 import jax
-import jax.numpy as jnp
-from flax import nnx
 
 from anda_jax.models import layers as L
 from anda_jax.precision import DOWN, O, QKV, UP
@@ -49,26 +47,12 @@ PRESETS = {
 }
 
 
-class Llama(L.DecoderLM):
+class Llama(L.RMSNormDecoderLM):
   """weights: embed [V, D]; final_norm [D]; head [D, V] or None (tied to embed);
   layers (stacked over L): attn_norm [L, D], qkv [L, D, (H + 2 Hkv) Dh] (q, k, v fused: they
   share one activation), o [L, H Dh, D], mlp_norm [L, D], up [L, D, 2 F] (gate, up fused),
   down [L, F, D]. Matrices are Int4Weights or float; float weights stay in their checkpoint dtype
   (float16 / bfloat16 / float32) and are upcast to float32 where they are used."""
-
-  def __init__(self, config: LlamaConfig, weights: dict):
-    self.config = config
-    self.embedding = nnx.Param(L.stored(weights["embed"]))
-    self.final_norm = nnx.Param(L.stored(weights["final_norm"]))
-    self.lm_head = nnx.Param(L.stored(weights.get("head")))
-    self._set_layers(weights["layers"])
-
-  def embed(self, tokens, position=0):
-    del position  # positions enter through the rotary, in attention
-    return jnp.take(self.embedding[...], tokens, axis=0).astype(jnp.float32)
-
-  def head_input(self, h):
-    return L.rms_norm(h, self.final_norm[...].astype(jnp.float32), self.config.norm_eps)
 
   def _context(self, seq_len):
     return L.rotary_tables(seq_len, self.config.head_dim, self.config.rope_theta)

@@ -13,6 +13,7 @@ from absl import logging
 import numpy as np
 
 from anda_jax import assets
+from anda_jax.checks import check_token_ids
 from anda_jax import data
 from anda_jax import files
 from anda_jax import finetune as finetune_lib
@@ -111,13 +112,10 @@ def check_model_fits(cfg, model, windows: dict[str, np.ndarray]) -> None:
   if cfg.data.seq_len > limit:
     raise ValueError(f"data.seq_len={cfg.data.seq_len} is invalid for model.name="
                      f"{cfg.model.name!r}: longer than the model's context of {limit} positions")
-  vocab = int(model.config.vocab)
   for split, w in windows.items():
-    if w.size and int(w.max()) >= vocab:
-      raise ValueError(f"model.name={cfg.model.name!r} is invalid: its tokenizer gives token ids "
-                       f"up to {int(w.max())} on the {split} windows of data.corpus="
-                       f"{cfg.data.corpus!r}, beyond the model's vocabulary of {vocab} (the "
-                       "tokenizer belongs to other weights)")
+    check_token_ids(w, int(model.config.vocab),
+                    f"model.name={cfg.model.name!r} is invalid: its tokenizer's {split} windows of "
+                    f"data.corpus={cfg.data.corpus!r}", " (the tokenizer belongs to other weights)")
 
 
 def score_from(d) -> int:
