@@ -344,6 +344,30 @@ def _llama_dims(c: llama_lib.LlamaConfig) -> dict:
 # ----------------------------------------------------------------------------- builders
 
 
+def _gguf_rotary_scaling(f: GGUFFile, a, head_dim: int, linear: bool) -> float:
+  """The rotary's linear scaling factor (1.0: none) from the architecture's metadata `a`; a
+  partial rotary, or a scaling other than none (and linear, if `linear`), is refused."""
+  rope_dim = int(a("rope.dimension_count", head_dim))
+  if rope_dim != head_dim:
+    fail(f.path, f"partial rotary (rope.dimension_count={rope_dim} < head_dim={head_dim}) is not "
+         "supported")
+  scaling = a("rope.scaling.type", "none")
+  if linear and scaling == "linear":
+    return float(a("rope.scaling.factor"))
+  if scaling not in ("none", None):
+    fail(f.path, f"unsupported rope scaling '{scaling}': supported "
+         + ("are none and linear" if linear else "is none"))
+  return 1.0
+
+
+def _gguf_vocab(f: GGUFFile) -> int:
+  """The vocabulary size: the rows of the token embedding."""
+  embd = f.tensors.get("token_embd.weight")
+  if embd is None:
+    fail(f.path, "missing tensor 'token_embd.weight'")
+  return int(embd.shape[1])
+
+
 def llama_from_gguf(f: GGUFFile, int4_group_size=None):
   """A llama-architecture GGUFFile -> (LlamaConfig, weights)."""
   a = lambda key, *default: f.meta(f"llama.{key}", *default)
@@ -351,19 +375,11 @@ def llama_from_gguf(f: GGUFFile, int4_group_size=None):
   n_heads = size("attention.head_count")
   d_model = size("embedding_length")
   head_dim = size("attention.key_length", d_model // n_heads)
-  rope_dim = int(a("rope.dimension_count", head_dim))
-  if rope_dim != head_dim:
-    fail(f.path, f"partial rotary (rope.dimension_count={rope_dim} < head_dim={head_dim}) is not supported")
-  scaling = a("rope.scaling.type", "none")
-  if scaling not in ("none", None):
-    fail(f.path, f"unsupported rope scaling '{scaling}': supported is none")
-  embd = f.tensors.get("token_embd.weight")
-  if embd is None:
-    fail(f.path, "missing tensor 'token_embd.weight'")
+  _gguf_rotary_scaling(f, a, head_dim, linear=False)
   config = llama_lib.LlamaConfig(
       n_layers=size("block_count"), d_model=d_model, n_heads=n_heads,
       n_kv_heads=size("attention.head_count_kv", n_heads), d_ff=size("feed_forward_length"),
-      vocab=int(embd.shape[1]), head_dim=head_dim, rope_theta=float(a("rope.freq_base", 10000.0)),
+      vocab=_gguf_vocab(f), head_dim=head_dim, rope_theta=float(a("rope.freq_base", 10000.0)),
       norm_eps=float(a("attention.layer_norm_rms_epsilon", 1e-5)),
       tie_embeddings="output.weight" not in f.tensors,
       max_positions=int(a("context_length", 2048)))
@@ -438,22 +454,11 @@ def gemma3_from_gguf(f: GGUFFile, int4_group_size=None):
   head_dim = size("attention.key_length", 256)
   if size("attention.value_length", head_dim) != head_dim:
     fail(f.path, "gemma3.attention.value_length differs from key_length: not supported")
-  rope_dim = int(a("rope.dimension_count", head_dim))
-  if rope_dim != head_dim:
-    fail(f.path, f"partial rotary (rope.dimension_count={rope_dim} < head_dim={head_dim}) is not "
-         "supported")
-  scaling, factor = a("rope.scaling.type", "none"), 1.0
-  if scaling == "linear":
-    factor = float(a("rope.scaling.factor"))
-  elif scaling not in ("none", None):
-    fail(f.path, f"unsupported rope scaling '{scaling}': supported are none and linear")
-  embd = f.tensors.get("token_embd.weight")
-  if embd is None:
-    fail(f.path, "missing tensor 'token_embd.weight'")
+  factor = _gguf_rotary_scaling(f, a, head_dim, linear=True)
   config = gemma3_lib.Gemma3Config(
       n_layers=n_layers, d_model=d_model, n_heads=n_heads,
       n_kv_heads=size("attention.head_count_kv", n_heads), d_ff=size("feed_forward_length"),
-      vocab=int(embd.shape[1]), head_dim=head_dim, rope_theta=float(a("rope.freq_base", 1e6)),
+      vocab=_gguf_vocab(f), head_dim=head_dim, rope_theta=float(a("rope.freq_base", 1e6)),
       rope_scaling=factor, sliding_window=size("attention.sliding_window", 512),
       query_pre_attn_scalar=d_model / n_heads if n_layers == 62 else head_dim,
       norm_eps=float(a("attention.layer_norm_rms_epsilon", 1e-6)),
