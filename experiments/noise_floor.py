@@ -114,7 +114,8 @@ def run(cfg) -> dict:
       precisions = np.stack([anda_precision.uniform(m) for m in todo])
       evaluate.window_nll_sums(model, h, precisions, spec, targets=windows[:, 1:], weights=weights,
                                batch_size=batch, config_batch=cfg.config_batch, key=config_checks.rounding_key(cfg),
-                               mesh=mesh, on_batch=on_batch)
+                               mesh=mesh, on_batch=on_batch,
+                               progress="noise floor" + (", perturbed" if perturbed else ""))
     print(f"noise floor: {len(windows)} windows x {windows.shape[1]} tokens, wall time {time.time() - t0:.1f} s")
     if distributed.is_main():
       report(folder, cfg.subsets)

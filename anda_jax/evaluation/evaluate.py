@@ -33,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
+import tqdm
 
 from anda_jax.checks import check_int, check_token_ids
 from anda_jax.evaluation import cross_entropy
@@ -152,14 +153,16 @@ def nll_sums(model, inputs, precisions, spec: ProductSpec = ProductSpec(), *,
 def window_nll_sums(model, inputs, precisions, spec: ProductSpec = ProductSpec(), *,
                     targets=None, weights=None, start: int = 0, batch_size: int | None = None,
                     config_batch: int | None = None, key=None, mesh="auto",
-                    on_batch: Callable[[np.ndarray, np.ndarray], None] | None = None):
+                    on_batch: Callable[[np.ndarray, np.ndarray], None] | None = None,
+                    progress: str | None = None):
   """Token-weighted NLL sums per window: (float64 [C, N], scored tokens per window [N]). Kept
   per window so that differences between configurations get paired confidence intervals.
 
   inputs: token windows int [N, T] (targets are inputs[:, 1:]), or hidden states [N, T, D]
   entering layer `start` together with `targets` int [N, T - 1]. Configurations go through
   `config_batch` at a time (default: all, rounded up to a multiple of the device count);
-  after each, on_batch(config_indices, their per-window NLL sums) is called."""
+  after each, on_batch(config_indices, their per-window NLL sums) is called. `progress`: the
+  label of a progress bar over the window batches of every configuration batch (None: none)."""
   n_layers, vocab = model.config.n_layers, model.config.vocab
   for name, value in (("batch_size", batch_size), ("config_batch", config_batch)):
     if value is not None:
@@ -202,6 +205,8 @@ def window_nll_sums(model, inputs, precisions, spec: ProductSpec = ProductSpec()
 
   key_data = None if key is None else _config_key_data(key, precisions)
   totals = np.zeros((n_configs, n_pad), np.float64)
+  bar = tqdm.tqdm(total=-(-n_configs // config_batch) * len(batches), desc=progress,
+                  unit="batch", disable=progress is None)
   for c0 in range(0, n_configs, config_batch):
     idx = np.arange(c0, min(c0 + config_batch, n_configs))
     # Pad with copies of the last configuration (dropped below).
@@ -209,12 +214,16 @@ def window_nll_sums(model, inputs, precisions, spec: ProductSpec = ProductSpec()
     by_config = lambda a: sharding.place(a, mesh, lambda path, leaf: P("config"))
     chunk = by_config(precisions[padded])
     keys = None if key_data is None else by_config(key_data[padded])
-    sums = np.concatenate([np.asarray(_nll_sums(graphdef, state, x, y, w, chunk, start, keys, b,
-                                                 spec=spec, mesh=mesh), np.float64)
-                           for b, (x, y, w) in enumerate(batches)], axis=1)
+    sums = []
+    for b, (x, y, w) in enumerate(batches):
+      sums.append(np.asarray(_nll_sums(graphdef, state, x, y, w, chunk, start, keys, b, spec=spec,
+                                       mesh=mesh), np.float64))
+      bar.update()
+    sums = np.concatenate(sums, axis=1)
     totals[idx] = sums[:len(idx)]
     if on_batch is not None:
       on_batch(idx, totals[idx, :n])
+  bar.close()
   return totals[:, :n], weights[:n].sum(axis=1, dtype=np.float64)
 
 
