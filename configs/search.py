@@ -137,4 +137,5 @@ def get_config(arg=None):
     c.allow_unresolved = True  # 8 x 31 tokens resolve neither tolerance: refused without it
   elif common.variant(arg) == "gemma3":
     common.on_gemma3(c, "search_gemma3")
+    c.noise_floor = "docs/results/noise_floor_gemma3"  # its own model's (configs/noise_floor.py)
   return c
