@@ -226,8 +226,9 @@ def _per_type(fmt: Any) -> tuple:
 
 
 def _m_or_row(fmt: Any, m: int, row_length: int) -> tuple:
-  """The arguments baselines.storage_bits takes after the format: (M,) for Anda, (None, K) else."""
-  return (m,) if isinstance(fmt, AndaFormat) else (None, row_length)
+  """The arguments baselines.storage_bits takes after the format: (M,) for Anda, (value, K) else
+  (a FormatChoice's value picks its format; the other formats only read K)."""
+  return (m,) if isinstance(fmt, AndaFormat) else (m, row_length)
 
 
 def bops(shape: ModelShape, precision: Any, weight_bits: int = 4) -> float:
@@ -380,7 +381,8 @@ class Accelerator:
     """(lane-cycles per MAC, stored bits per element, compressor output bits per element
     besides the sign) of one GeMM's activation in `fmt`: Anda at `mantissa_bits`, or any format
     of `anda_jax.numerics.baselines`, on tokens of `row_length` (the contraction length K), with
-    4-bit weights."""
+    4-bit weights; a FormatChoice as the format its value (`mantissa_bits`) chooses."""
+    fmt = fmt.chosen(mantissa_bits) if isinstance(fmt, baselines.FormatChoice) else fmt
     stored = baselines.storage_bits(fmt, *_m_or_row(fmt, mantissa_bits, row_length))
     if isinstance(fmt, AndaFormat):
       return float(mantissa_bits), stored, float(mantissa_bits)

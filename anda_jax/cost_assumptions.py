@@ -6,7 +6,9 @@ and the search reports print them as one table (`assumptions_table`). The model 
 calibrated against hardware, so the reports also show how the headline ratios move:
 `lanes_table` over the area charged for the FP16 baseline's FMA (the least certain number),
 `what_if_table` with one other assumption changed at a time, and `paper_table` next to the
-Anda paper's reported averages, with what differs between the two setups.
+Anda paper's reported averages, with what differs between the two setups. The first two take
+any activation format in place of Anda (`fmt`: a search among formats, a baselines.FormatChoice),
+and `configuration_rows` gives configurations in any format the rows of cost.format_table.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import dataclasses
 from typing import Any, Sequence
 
 from anda_jax import cost
+from anda_jax.numerics.anda import AndaFormat
 
 # field -> (what it is, its source; "assumed" where nothing fixes it).
 ASSUMPTIONS = {
@@ -139,28 +142,56 @@ def assumptions_table(hw: cost.Accelerator) -> list[str]:
   return _table(("assumption", "value", "what it is", "source"), rows, "|---|---|---|---|")
 
 
+def ratios(shape: cost.ModelShape, precision: Any, fmt: Any, hw: cost.Accelerator) -> dict:
+  """`precision` in `fmt` on `hw` against the GPU-like FP16xFP16 baseline: speedup_vs_fp16,
+  energy_saving_vs_fp16 (baseline / this, > 1 is better), and what bounds its cycles."""
+  c, fp16 = hw.run(shape, precision, fmt), hw.fp16_gpu(shape)
+  return dict(speedup_vs_fp16=fp16["cycles"] / c["cycles"],
+              energy_saving_vs_fp16=fp16["energy"] / c["energy"], bound=cost.bound(c))
+
+
+def configuration_rows(shape: cost.ModelShape, configs: Sequence[tuple[str, Any, Any]],
+                       hw: cost.Accelerator) -> dict[str, list[dict[str, Any]]]:
+  """{fp_elements model: rows} for cost.format_table: each (label, precision, format) of
+  `configs` (FP16 where the precision is 0) under each of cost.FP_ELEMENT_MODELS, the rest of
+  `hw` as is. A row: format (the label), storage_bits (mean per activation element over the
+  four searched sites), memory_bits (per token), lane_cycles_per_mac (over every modeled site,
+  the head included), speedup_vs_fp16 and energy_saving_vs_fp16."""
+  out = {}
+  for mode in cost.FP_ELEMENT_MODELS:
+    h = dataclasses.replace(hw, fp_elements=mode)
+    macs, rows = h.sites(shape)["macs"].sum(), []
+    for label, precision, fmt in configs:
+      c = h.run(shape, precision, fmt)
+      rows.append(dict(format=label, storage_bits=cost.format_storage_bits(shape, precision, fmt),
+                       memory_bits=c["memory_bits"], lane_cycles_per_mac=c["lane_cycles"] / macs)
+                  | ratios(shape, precision, fmt, h))
+    out[mode] = rows
+  return out
+
+
 def what_if(shape: cost.ModelShape, precision: Any, group_size: int = 64, exponent_bits: int = 8,
-            hw: cost.Accelerator | None = None,
-            variants=ASSUMPTION_VARIANTS) -> list[dict[str, Any]]:
+            hw: cost.Accelerator | None = None, variants=ASSUMPTION_VARIANTS,
+            fmt: Any = None) -> list[dict[str, Any]]:
   """Anda's speedup and energy saving vs FP16xFP16 under `hw`, then under each variant
   (label, {field: value}) of it with those fields changed: rows of assumption, speedup_vs_fp16,
-  energy_saving_vs_fp16, and what bounds Anda's and FP16's cycles."""
-  hw = hw or cost.Accelerator()
+  energy_saving_vs_fp16, and what bounds Anda's and FP16's cycles. fmt: another format in
+  place of Anda at (group_size, exponent_bits)."""
+  hw, fmt = hw or cost.Accelerator(), fmt or AndaFormat(group_size, exponent_bits)
   rows = []
   for label, changes in (("as configured", {}),) + tuple(variants):
     h = dataclasses.replace(hw, **changes)
-    s = cost.summarize(shape, precision, group_size, exponent_bits, h)
-    rows.append(dict(assumption=label, speedup_vs_fp16=s["speedup_vs_fp16"],
-                     energy_saving_vs_fp16=s["energy_saving_vs_fp16"],
-                     anda_bound=cost.bound(h.anda(shape, precision, group_size, exponent_bits)),
+    r = ratios(shape, precision, fmt, h)
+    rows.append(dict(assumption=label, speedup_vs_fp16=r["speedup_vs_fp16"],
+                     energy_saving_vs_fp16=r["energy_saving_vs_fp16"], anda_bound=r["bound"],
                      fp16_bound=cost.bound(h.fp16_gpu(shape))))
   return rows
 
 
 def what_if_table(*args, **kwargs) -> list[str]:
   """Markdown lines of `what_if`."""
-  return _table(("assumption", "speedup vs FP16", "energy saving vs FP16", "Anda bound by",
-                 "FP16 bound by"),
+  return _table(("assumption", "speedup vs FP16", "energy saving vs FP16",
+                 "Anda bound by" if kwargs.get("fmt") is None else "bound by", "FP16 bound by"),
                 [(r["assumption"], f"{r['speedup_vs_fp16']:.2f}x",
                   f"{r['energy_saving_vs_fp16']:.2f}x", r["anda_bound"], r["fp16_bound"])
                  for r in what_if(*args, **kwargs)], "|---|---:|---:|---|---|")
@@ -168,9 +199,11 @@ def what_if_table(*args, **kwargs) -> list[str]:
 
 def lanes_table(shape: cost.ModelShape, configs: Sequence[tuple[str, Any]], group_size: int,
                 exponent_bits: int, hw: cost.Accelerator,
-                lanes: Sequence[float] = FP16_FMA_LANES) -> list[str]:
+                lanes: Sequence[float] = FP16_FMA_LANES, fmt: Any = None) -> list[str]:
   """Markdown lines: the speedup and energy saving vs FP16 of each (label, precision) of
-  `configs` for each FP16 FMA area of `lanes` (and `hw`'s own, marked), the rest of `hw` as is."""
+  `configs` for each FP16 FMA area of `lanes` (and `hw`'s own, marked), the rest of `hw` as is.
+  fmt: another format in place of Anda at (group_size, exponent_bits)."""
+  fmt = fmt or AndaFormat(group_size, exponent_bits)
   header = ["fp16_fma_lanes"] + [f"{what}, {label}" for label, _ in configs
                                  for what in ("speedup", "energy saving")]
   rows = []
@@ -178,8 +211,8 @@ def lanes_table(shape: cost.ModelShape, configs: Sequence[tuple[str, Any]], grou
     h = dataclasses.replace(hw, fp16_fma_lanes=float(value))
     cells = [f"{value:g}" + (" (configured)" if value == hw.fp16_fma_lanes else "")]
     for _, precision in configs:
-      s = cost.summarize(shape, precision, group_size, exponent_bits, h)
-      cells += [f"{s['speedup_vs_fp16']:.2f}x", f"{s['energy_saving_vs_fp16']:.2f}x"]
+      r = ratios(shape, precision, fmt, h)
+      cells += [f"{r['speedup_vs_fp16']:.2f}x", f"{r['energy_saving_vs_fp16']:.2f}x"]
     rows.append(cells)
   return _table(header, rows, "|" + "---:|" * len(header))
 

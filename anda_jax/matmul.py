@@ -35,7 +35,9 @@ class ProductSpec:
   fmt: one format for every product type, or a tuple of one per type (qkv, o, up, down):
   `AndaFormat` (M from the precision configuration) or any of `anda_jax.numerics.baselines` (MX, NVFP4,
   per-token), which have no M: there a configuration's M > 0 switches the format on and
-  M = FLOAT leaves the activation in floating point, so one vector of M still selects sites."""
+  M = FLOAT leaves the activation in floating point, so one vector of M still selects sites.
+  A `baselines.FormatChoice` reads the configuration's value as the index of its format
+  (docs/formats.md, section 10)."""
 
   fmt: Any = anda.AndaFormat()
   impl: str = "fake"
@@ -90,6 +92,8 @@ class ProductSpec:
     m_bits = anda.check_mantissa_bits(mantissa_bits, lo=FLOAT)
     if isinstance(self.fmt, anda.AndaFormat):
       quantize = lambda x: anda.quantize(x, self.fmt, jnp.maximum(m_bits, 1), key)
+    elif isinstance(self.fmt, baselines.FormatChoice):  # the value picks the format
+      quantize = lambda x: baselines.fake_quantize(x, self.fmt, m_bits)
     else:
       quantize = lambda x: baselines.fake_quantize(x, self.fmt)
     # A cond, not a select: with a scalar M the float path skips quantization entirely (under

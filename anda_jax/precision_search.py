@@ -17,7 +17,10 @@ on the same windows, with its paired-bootstrap interval (anda_jax.evaluation.int
 Algorithm (per tolerance τ):
   1. start from every entry at a high M (`start`);
   2. each round, build every candidate that lowers one entry (a module type, or a
-     (layer, type) pair with per-layer granularity) by one bit, down to `min_m`;
+     (layer, type) pair with per-layer granularity) by one bit, down to `min_m`. With a
+     `FormatLadder` the entries' values name formats instead (a baselines.FormatChoice's, 0 =
+     float) and a candidate moves one entry to the next lower level of storage bits: every
+     format of that level is a candidate (MXINT8 and both MXFP8s share 8.25 bits);
   3. racing (`race_windows=k`): evaluate the candidates on the first k windows and drop those
      whose loss on all windows is over τ even at the low end of a one-sided prediction bound
      (`race_level`) from their per-window differences against the current configuration on
@@ -27,11 +30,13 @@ Algorithm (per tolerance τ):
   4. a candidate fits if its loss is within τ: with rule "upper" the upper end of its interval,
      with rule "point" its estimate (the paper's rule);
   5. among the fitting candidates keep the one with the best cost saving per unit of added loss
-     (estimates; saving = MACs of the lowered entry, the BOPs saved / w_bits; one that adds no
-     loss beats every one that does); ties go to the lower loss, then to the first entry in
-     (layer, type) order, so the search is deterministic;
-  6. with `max_accept` = k > 1, the top k fitting candidates in that order are accepted
-     together (one entry each, so their configuration lowers k entries) if that configuration
+     (estimates; saving = MACs of the lowered entry, the BOPs saved / w_bits; with a ladder of
+     formats, MACs x the storage bits saved; one that adds no loss beats every one that does);
+     ties go to the lower loss, then to the first entry in (layer, type) order, then to the
+     first value (format) in the ladder's order, so the search is deterministic;
+  6. with `max_accept` = k > 1, the top k fitting candidates in that order, the best of each
+     entry only, are accepted together (so their configuration lowers k entries) if that
+     configuration
      fits too, else the top k // 2, and so on down to the best alone: a round removes up to k
      bits, for a per-layer search whose one-bit rounds would be hundreds. k = 1 (the default)
      is the one-bit greedy; k > 1 approximates it (bits taken together interact);
@@ -201,7 +206,7 @@ class SearchResult:
   interval: intervals.Interval  # its loss against FP on the evaluation (calibration) windows
   perplexity: float            # on the evaluation windows
   fp_perplexity: float         # all-float configuration, same windows
-  cost: float                  # Σ MACs · (M + 1): BOPs / w_bits
+  cost: float                  # Σ MACs · (M + 1): BOPs / w_bits (a FormatLadder: Σ MACs · bits)
   path: tuple[np.ndarray, ...]  # accepted configurations, start first
   rounds: int
   candidates: int              # candidates considered over all rounds
@@ -244,17 +249,73 @@ def candidates(config: np.ndarray, min_m: int = 1) -> list[np.ndarray]:
   return out
 
 
+class FormatLadder:
+  """The values of entries that name formats, not mantissa lengths (a baselines.FormatChoice's:
+  0 = float, i = its i-th format; docs/formats.md, section 10), ordered by storage bits.
+
+  bits: float [*config_shape, n_values], the storage bits per activation element of each value
+  at each entry (value 0: float's 16); they may differ between entries (a per-token scale's
+  share depends on the type's K). From an entry's value, the candidates are every value at the
+  next lower level of bits, in value order, and a step saves the entry's MACs times the bits it
+  drops. Levels are bits rounded to 1e-9, so formulas that agree up to rounding share one."""
+
+  def __init__(self, bits):
+    bits = np.asarray(bits, np.float64)
+    if (bits.ndim not in (2, 3) or bits.shape[-2] != 4 or bits.shape[-1] < 2
+        or not np.all(np.isfinite(bits) & (bits > 0))):
+      raise ValueError(f"bits has shape {list(bits.shape)}: must be positive storage bits "
+                       "[4, n_values] or [n_layers, 4, n_values], n_values >= 2")
+    self.bits = np.round(bits, 9)
+
+  def steps(self, config: np.ndarray) -> list[tuple[np.ndarray, int, float]]:
+    """(candidate, flat index of its entry, storage bits saved) of every step down one level,
+    in (layer, type) order, then value order."""
+    out = []
+    for i in np.ndindex(config.shape):
+      bits = self.bits[i]
+      lower = bits[bits < bits[config[i]]]
+      if lower.size:
+        for value in np.flatnonzero(bits == lower.max()):
+          c = config.copy()
+          c[i] = value
+          out.append((c, int(np.ravel_multi_index(i, config.shape)), bits[config[i]] - lower.max()))
+    return out
+
+  def entry_bits(self, config: np.ndarray) -> np.ndarray:
+    """The storage bits of each entry's value, config's shape."""
+    return np.take_along_axis(self.bits, np.asarray(config)[..., None], -1)[..., 0]
+
+  def cost(self, config: np.ndarray, macs: np.ndarray) -> float:
+    """Σ MACs · storage bits: what the steps' savings are taken from."""
+    return float((np.asarray(macs, np.float64) * self.entry_bits(config)).sum())
+
+
+def _steps(config: np.ndarray, min_m: int, ladder: FormatLadder | None) -> list[tuple]:
+  """(candidate, flat index of its entry, bits saved) of a round: Anda's one-bit steps down to
+  min_m, or the ladder's."""
+  if ladder is not None:
+    return ladder.steps(config)
+  return [(c, int(np.flatnonzero(c != config)[0]), 1) for c in candidates(config, min_m)]
+
+
 def config_cost(config: np.ndarray, macs: np.ndarray) -> float:
   """Σ MACs · (M + 1): BOPs / w_bits (docs/formats.md, section 9) for a config of macs' shape."""
   return float((np.asarray(macs, np.float64) * (np.asarray(config) + 1)).sum())
 
 
 def _validate(start, macs, tolerances, min_m, rule, race_windows, race_level, max_rounds,
-              max_accept):
+              max_accept, ladder):
   start = np.asarray(start)
   if start.dtype.kind not in "iu" or start.ndim not in (1, 2) or start.shape[-1] != 4:
     raise ValueError(f"start={start.tolist()}: must be an integer array [4] or [n_layers, 4]")
-  if start.min() < min_m or start.max() > 24:
+  if ladder is not None:
+    if ladder.bits.shape[:-1] != start.shape:
+      raise ValueError(f"ladder bits shape {ladder.bits.shape}: must be the start shape "
+                       f"{start.shape} and the number of values")
+    if start.min() < 0 or start.max() >= ladder.bits.shape[-1]:
+      raise ValueError(f"start={start.tolist()}: every entry must be a value of the ladder, "
+                       f"0..{ladder.bits.shape[-1] - 1}")
+  elif start.min() < min_m or start.max() > 24:
     raise ValueError(f"start={start.tolist()}: every entry must be in min_m={min_m}..24")
   if np.shape(macs) != start.shape:
     raise ValueError(f"macs shape {np.shape(macs)}: must equal the start shape {start.shape}")
@@ -277,15 +338,20 @@ def _validate(start, macs, tolerances, min_m, rule, race_windows, race_level, ma
   return start.astype(np.int32)
 
 
-def _fitting(evaluate: CachedEvaluator, cands, savings, current, current_sums, base_loss, fp,
-             tol, rule, race, race_level, bound, max_accept):
+def _fitting(evaluate: CachedEvaluator, cands, entries, savings, current, current_sums, base_loss,
+             fp, tol, rule, race, race_level, bound, max_accept):
   """One round's fitting candidates (steps 3 to 5 of the module docstring): ({index in cands:
   (step 5's order key, the best first; per-window sums)}, how many racing dropped, how many the
-  bound skipped)."""
+  bound skipped). entries: the entry each candidate changes (several may share one)."""
   tokens = evaluate.window_tokens
   fitting, dropped, skipped = {}, 0, 0
   for g, group in enumerate(groups := _groups(savings, bound, evaluate.batch_size or 1)):
-    free = sorted((k for k, _ in fitting.values() if k[0]), reverse=True)
+    # The best key of each entry that fits for free: only one candidate per entry is accepted.
+    best = {}
+    for i, (k, _) in fitting.items():
+      if k[0] and k > best.get(entries[i], ()):
+        best[entries[i]] = k
+    free = sorted(best.values(), reverse=True)
     if len(free) >= max_accept and free[max_accept - 1][1] > savings[group[0]]:
       skipped += sum(map(len, groups[g:]))  # none of them can be among the accepted
       break
@@ -312,7 +378,7 @@ def _accept(evaluate: CachedEvaluator, ranked, current, fp, tol, rule, max_accep
     k //= 2
   # As many joints per call as the evaluator batches, which would otherwise pad a lone joint
   # with copies.
-  joints = [current - sum(current - c for _, c, _ in ranked[:k]) for k in sizes]
+  joints = [current - sum(current - c for _, c, _ in ranked[:k]) for k in sizes]  # one entry each
   step = evaluate.batch_size or len(joints) or 1
   for i in range(0, len(joints), step):
     chunk = joints[i:i + step]
@@ -327,25 +393,28 @@ def search(evaluate: CachedEvaluator, macs: np.ndarray, start: np.ndarray,
            tolerances: Sequence[float] = (0.001, 0.01), *, min_m: int = 1, rule: str = "upper",
            race_windows: int | None = None, race_level: float = 0.99,
            max_rounds: int | None = None, max_accept: int = 1, bound: bool = True,
-           progress: bool = True) -> dict[float, SearchResult]:
+           ladder: FormatLadder | None = None, progress: bool = True) -> dict[float, SearchResult]:
   """Greedy precision search for each tolerance (see the module docstring).
 
   evaluate: a CachedEvaluator (its cache and results callback are shared across calls and runs).
   macs: MACs per token for each entry, start's shape ([4]: summed over layers).
-  start: int [4] (per type) or [n_layers, 4] (per layer and type), every entry >= min_m.
+  start: int [4] (per type) or [n_layers, 4] (per layer and type), every entry >= min_m (with a
+    ladder: values of the ladder, e.g. 0, floating point, everywhere).
   rule: "upper" or "point" (step 4 of the module docstring).
   race_windows: the first slice of windows of racing (step 3); None, or as many as there are
     windows: no racing. race_level: the one-sided level of its prediction bound.
   max_rounds: stop each tolerance after this many rounds (None: when no candidate fits).
   max_accept: at most this many fitting candidates accepted together per round (step 6).
   bound: skip the candidates that cannot be among the accepted (see the module docstring).
+  ladder: entries' values name formats, stepped down by storage bits (FormatLadder); None:
+    they are Anda's mantissa lengths, stepped down by one bit to min_m (min_m is then unused).
   progress: show a tqdm bar of the rounds of each tolerance.
   Returns {tolerance: SearchResult}. The result is within tolerance on the evaluated windows,
   except when `start` is over it and no one-bit step fits: then it is `start`, with
   within_tolerance False (start higher).
   """
   start = _validate(start, macs, tolerances, min_m, rule, race_windows, race_level, max_rounds,
-                    max_accept)
+                    max_accept, ladder)
   tokens, n = evaluate.window_tokens, evaluate.n_windows
   race = race_windows if race_windows is not None and race_windows < n else None
   fp, start_sums = evaluate([np.zeros_like(start), start])
@@ -359,20 +428,25 @@ def search(evaluate: CachedEvaluator, macs: np.ndarray, start: np.ndarray,
       logging.warning("start %s is over tolerance %g (loss %s)", start.tolist(), tol,
                       loss_interval(start_sums, fp, tokens))
     while max_rounds is None or rounds < max_rounds:
-      cands = candidates(current, min_m)
-      if not cands:
+      steps = _steps(current, min_m, ladder)
+      if not steps:
         break
+      cands, entries, _ = zip(*steps)
       rounds += 1
       considered += len(cands)
       base_loss = relative_loss(current_sums, fp, tokens)
-      # MACs of the lowered entry: its cost saving (step 5), exact for integer MACs.
-      savings = [float(np.ravel(macs)[np.flatnonzero(c != current)[0]]) for c in cands]
+      # MACs of the lowered entry times the bits saved: its cost saving (step 5), exact for
+      # integer MACs and Anda's one bit.
+      savings = [float(np.ravel(macs)[e]) * saved for _, e, saved in steps]
       fitting, n_dropped, n_skipped = _fitting(
-          evaluate, cands, savings, current, current_sums, base_loss, fp, tol, rule, race,
-          race_level, bound, max_accept)
+          evaluate, cands, entries, savings, current, current_sums, base_loss, fp, tol, rule,
+          race, race_level, bound, max_accept)
       dropped, skipped = dropped + n_dropped, skipped + n_skipped
-      ranked = sorted(((k, cands[i], s) for i, (k, s) in fitting.items()), key=lambda r: r[0],
-                      reverse=True)
+      ranked, taken = [], set()  # the best candidate of each entry, best first
+      for i in sorted(fitting, key=lambda i: fitting[i][0], reverse=True):
+        if entries[i] not in taken:
+          taken.add(entries[i])
+          ranked.append((fitting[i][0], cands[i], fitting[i][1]))
       if not ranked:
         break
       current, current_sums = _accept(evaluate, ranked, current, fp, tol, rule, max_accept)
@@ -383,8 +457,9 @@ def search(evaluate: CachedEvaluator, macs: np.ndarray, start: np.ndarray,
                       loss=f"{loss:.2%}")
       logging.info("tolerance %g round %d: %s loss %.3g", tol, rounds, current.tolist(), loss)
     bar.close()
+    cost = config_cost(current, macs) if ladder is None else ladder.cost(current, macs)
     results[tol] = SearchResult(
         tol, rule, current, loss_interval(current_sums, fp, tokens), perplexity(current_sums),
-        perplexity(fp), config_cost(current, macs), tuple(path), rounds, considered, dropped,
-        skipped, fits(current_sums, fp, tokens, tol, rule))
+        perplexity(fp), cost, tuple(path), rounds, considered, dropped, skipped,
+        fits(current_sums, fp, tokens, tol, rule))
   return results

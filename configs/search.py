@@ -29,6 +29,10 @@ and the result overfit the 16 calibration windows (+0.11% there, +1.03% on test;
 --config.test.path=True shows the test loss of every accepted step): a per-layer search needs
 more calibration windows than a per-type one (README, "Adaptive precision search").
 
+Mixed precision among other formats (candidates below): the same search choosing per type (or
+per layer) among the MX formats, or NVFP4 and MX, instead of Anda's mantissa lengths:
+--config.candidates=mx (or nvfp4_mx) --config.run_name=search_smollm2_mx.
+
 quick: a search for a 2-core CPU on few short windows:
 
     python -m experiments.search --config=configs/search.py:quick
@@ -61,6 +65,21 @@ def get_config(arg=None):
   # loss (a per-layer search overfits its calibration windows; one more evaluation per round).
   c.test = ml_collections.ConfigDict(dict(windows=64, uniform=True, path=False))
   c.granularity = "type"  # "type": M per module type [4]; "layer": per layer and type [L, 4]
+  # What each entry chooses among: "anda", Anda's mantissa length M (start_m, or start_types,
+  # down to min_m, one bit a round); or a list of formats, each entry holding the index of its
+  # format (docs/formats.md, section 10): "mx" (MXINT8, MXFP8 E4M3 and E5M2, MXFP6 E2M3 and
+  # E3M2, MXFP4), "nvfp4_mx" (those and NVFP4), or a tuple of names of
+  # anda_jax.numerics.baselines.FORMAT_NAMES (--config.candidates='("mxint8","mxfp4")'). A list
+  # starts from floating point everywhere (16 bits), so an entry no format fits stays float, and
+  # walks down its ladder by storage bits per activation element: a round's candidates for an
+  # entry are the formats at its next lower level of bits (8.25 MXINT8 and MXFP8, 6.25 MXFP6,
+  # about 4.55 NVFP4 with its per-token scale, 4.25 MXFP4), each saving MACs x the bits it drops.
+  # Calibration windows, tolerances, rule, racing and the bound are the same; start_m,
+  # start_types, min_m and uniform_m are Anda's (the uniform curve of a list is each of its
+  # formats at every site), and the format block (G, exponent bits, rounding) is Anda's. The
+  # resolution check still reads the Anda noise-floor study (`noise_floor`), by loss level.
+  # Recorded in setup.json: a run folder serves one candidate list.
+  c.candidates = config_dict.FieldReference("anda", field_type=object)
   c.start_m = 10  # every type starts here; one bit comes off one entry per round
   # Or M per type (qkv, o, up, down) to start from, in every layer: e.g. a per-type search's
   # result, refined per layer (--config.start_types='(8,6,8,8)'). None: start_m everywhere.

@@ -17,8 +17,12 @@ evaluated on test.windows windows of the test split, from other articles, and so
 `other_formats` (OCP MX, NVFP4, per-token FP8 / INT8) at all four sites. `start_types` starts
 from M per type instead of start_m (e.g. a per-layer search refining a per-type result); the
 `cost` block sets the modeled accelerator of the report (anda_jax.cost.Accelerator), recorded in
-chosen.json, not in the rows. Before anything is evaluated, each tolerance must be at least
-twice the half-width its calibration tokens give, as the noise-floor study `noise_floor`
+chosen.json, not in the rows. `candidates` (experiments/search_candidates.py) makes each entry
+choose among a list of formats (MX, NVFP4, per-token) instead of Anda's M, walking down their
+storage bits from floating point (docs/formats.md, section 10): the same windows, rule, racing
+and bound, and the report's figures for the mixed configuration (formats per entry, mean
+storage bits, losses, modeled cost). Before anything is evaluated, each tolerance must be at
+least twice the half-width its calibration tokens give, as the noise-floor study `noise_floor`
 predicts it (experiments/search_resolution.py): a search that cannot resolve one is refused,
 naming the tokens it needs, unless allow_unresolved=True.
 
@@ -27,7 +31,9 @@ Writes results/<run>/ :
   search.jsonl   one line per evaluated configuration (or other format) and split with its
                  per-window NLL sums, appended and flushed as soon as it is known; a rerun
                  skips what is in it
-  chosen.json    the configuration chosen for each tolerance, its losses with their intervals,
+  chosen.json    the configuration chosen for each tolerance (searching among formats, also
+                 the format of each entry), its mean storage bits per activation element and
+                 its losses with their intervals, those of the uniform configurations,
                  the noise floor, whether the calibration tokens resolve each tolerance
                  (`resolution`, and `allow_unresolved`), and what racing, the bound and
                  prefix reuse saved
@@ -38,8 +44,9 @@ Writes results/<run>/ :
                  each tolerance is below the calibration set's noise floor; the chosen
                  configurations next to the other formats (measured perplexities and modeled
                  costs), and how the modeled ratios move with each cost assumption
-  pareto.png     calibration perplexity vs mean M with intervals: every evaluated configuration,
-                 the Pareto front, the chosen configurations and the uniform-M curve
+  pareto.png     calibration perplexity vs mean M (searching among formats: mean storage
+                 bits) with intervals: every evaluated configuration, the Pareto front, the
+                 chosen configurations and the uniform curve (each format at every site)
   path.png       (test.path) the loss of each accepted configuration on calibration and on
                  test, round by round, one panel per tolerance
 The report and the plot are drawn only from these files (`search_report.write_report(run_dir)`).
@@ -75,9 +82,8 @@ from experiments.harness import reports
 from experiments.harness import run_folder
 from experiments.search_log import SPLITS, SearchLog, WorkLog
 from experiments import search_report
+from experiments import search_candidates
 from experiments import search_resolution
-
-
 
 def validate(cfg) -> None:
   """Everything checkable before loading anything heavy or writing a file; ValueError with a
@@ -133,6 +139,7 @@ def validate(cfg) -> None:
                      "depend on the window batch, so a slice would draw other numbers than the "
                      "whole; set race_windows=None" % cfg.race_windows)
   config_checks.other_formats(cfg)
+  search_candidates.check(cfg)
   cost.accelerator(cfg.cost.to_dict())
   if cfg.data.windows is not None:  # else checked once the windows are loaded
     search_resolution.check(cfg, cfg.data.windows)
@@ -158,9 +165,11 @@ def setup_of(cfg, windows: dict | None, shape: cost.ModelShape | None, model_dig
   # runs used, so that their setup.json (docs/results/search_smollm2/) still reads the same.
   # matmul_precision: those runs had float32 products (a CPU's), which "highest" is everywhere.
   precision = cfg.model.matmul_precision
+  candidates = search_candidates.formats(cfg)
   extra = dict(stride=cfg.data.stride, impl=None if cfg.impl == "fake" else cfg.impl,
                matmul_precision=None if precision == "highest" else precision,
-               seed=cfg.seed if f.rounding == "stochastic" else None)
+               seed=cfg.seed if f.rounding == "stochastic" else None,
+               candidates=None if candidates is None else list(candidates))
   return (setup | {k: v for k, v in extra.items() if v is not None} | run_folder.finetune_setup(cfg)
           | run_folder.mesh_setup(cfg))
 
@@ -184,7 +193,7 @@ def _load(cfg):
   config_checks.check_group_size_fits(model, cfg.format.group_sizes, cfg.impl)
   others = config_checks.other_formats(cfg)
   distributed.check_mesh_fits(
-      model, mesh, [config_checks.product_spec(cfg, cfg.format.group_sizes[0])]
+      model, mesh, [search_candidates.product_spec(cfg)]
       + [ProductSpec(f, cfg.impl) for f in others.values()])
   windows = loading.load_windows(cfg.data, tokenizer,
                                  dict(zip(SPLITS, (cfg.data.windows, cfg.test.windows))),
@@ -193,13 +202,19 @@ def _load(cfg):
   return model, windows, others, mesh, loading.bos_first(cfg.data, tokenizer)
 
 
-def _chosen_record(cfg, results, loss, floor, race, prefix_reuse, others, work,
-                   resolution) -> dict:
+def _chosen_record(cfg, walk, shape, results, loss, floor, race, prefix_reuse, others, work,
+                   resolution, uniform) -> dict:
   """chosen.json: the search's settings, the configuration chosen for each tolerance with its
-  losses on both splits, whether the calibration tokens resolve each tolerance
+  mean storage bits per activation element, its losses on both splits (and for a search among
+  formats the format of each entry), the uniform configurations' (`uniform`: what a plot of
+  loss against bits across runs reads), whether the calibration tokens resolve each tolerance
   (search_resolution), and what the run's processes evaluated, summed (work.json has each
   one's)."""
+  bits = lambda config: cost.format_storage_bits(shape, config, walk.spec.fmt)
+  names = (lambda config: {}) if walk.names is None else (
+      lambda config: dict(formats=search_candidates.entry_names(config, walk.names)))
   return dict(
+      candidates=search_candidates.ANDA if walk.names is None else list(walk.names),
       granularity=cfg.granularity, min_m=cfg.min_m,
       start_m=cfg.start_m if cfg.start_types is None else list(cfg.start_types),
       uniform_m=list(cfg.uniform_m), rule=cfg.rule, interval=perplexity.INTERVAL_METHOD,
@@ -209,13 +224,18 @@ def _chosen_record(cfg, results, loss, floor, race, prefix_reuse, others, work,
       other_formats=list(others), cost=cfg.cost.to_dict(),
       allow_unresolved=cfg.allow_unresolved, resolution=resolution,
       noise_floor=None if floor is None else floor[0],
-      chosen=[dict(tolerance=tol, precision=r.precision.tolist(), rounds=r.rounds,
+      chosen=[dict(tolerance=tol, precision=r.precision.tolist(), **names(r.precision),
+                   storage_bits=bits(r.precision), rounds=r.rounds,
                    within_tolerance=r.within_tolerance,
                    below_noise_floor=None if floor is None else tol < floor[0],
                    loss={split: _interval_dict(loss[split][tol]) for split in SPLITS},
                    candidates=r.candidates, dropped_by_racing=r.dropped,
                    skipped_by_bound=r.skipped,
                    path=[p.tolist() for p in r.path]) for tol, r in results.items()],
+      uniform=[dict(label=label, precision=c.tolist(), storage_bits=bits(c),
+                    loss={split: None if i is None else _interval_dict(i)
+                          for split, i in uniform[label].items()})
+               for label, c in walk.uniform],
       work=work)
 
 
@@ -224,16 +244,14 @@ def _run(cfg, run_dir: pathlib.Path, digest: str) -> None:
   model, windows, others, mesh, bos = _load(cfg)
   # Before anything is evaluated: the split may hold fewer windows than asked for.
   resolution = search_resolution.check(cfg, len(windows[SPLITS[0]]), digest, bos)
-  spec = config_checks.product_spec(cfg, cfg.format.group_sizes[0])
   shape = cost.as_shape(model)
-  per_layer = cfg.granularity == "layer"
-  start = np.broadcast_to(np.asarray(cfg.start_m if cfg.start_types is None else cfg.start_types,
-                                     np.int32), (shape.n_layers, 4) if per_layer else (4,)).copy()
-  macs = shape.macs() if per_layer else shape.macs().sum(0)
+  walk = search_candidates.walk(cfg, shape)
+  spec, start = walk.spec, walk.start
+  macs = shape.macs() if start.ndim == 2 else shape.macs().sum(0)
   is_main = distributed.is_main()
   log = SearchLog(run_dir, setup_of(cfg, windows, shape, digest) | run_folder.weights_setup(model)
                   | run_folder.bos_setup(bos),
-                  write=is_main, shape=shape)
+                  write=is_main, shape=shape, fmt=spec.fmt)
   logging.info("loaded model and data in %.1f s; windows %s", time.time() - t0,
                {s: w.shape for s, w in windows.items()})
 
@@ -257,8 +275,8 @@ def _run(cfg, run_dir: pathlib.Path, digest: str) -> None:
   for split in SPLITS:
     window_evaluators[split] = ev = WindowEvaluator(
         model, windows[split], spec, score_from=loading.score_from(cfg.data), batch_size=batch,
-        config_batch=config_batch, key=config_checks.rounding_key(cfg), mesh=mesh,
-        reuse_prefix=cfg.prefix_reuse)
+        config_batch=config_batch, mesh=mesh, reuse_prefix=cfg.prefix_reuse,
+        key=config_checks.rounding_key(cfg) if spec.stochastic else None)
     # config_batch per call: each call's rows are appended as it returns (one layer's
     # candidates in a per-layer round), so an interrupted round loses little.
     evaluators[split] = precision_search.CachedEvaluator(
@@ -270,9 +288,9 @@ def _run(cfg, run_dir: pathlib.Path, digest: str) -> None:
   results = precision_search.search(cal, macs, start, tuple(cfg.tolerances), min_m=cfg.min_m,
                                     rule=cfg.rule, race_windows=race, race_level=cfg.race_level,
                                     max_rounds=cfg.max_rounds, max_accept=cfg.max_accept,
-                                    bound=cfg.bound)
+                                    bound=cfg.bound, ladder=walk.ladder)
   work.search_done()
-  uniform = [np.full_like(start, m) for m in cfg.uniform_m]
+  uniform = [c for _, c in walk.uniform]
   cal(uniform)
   fp = np.zeros_like(start)
   chosen = [r.precision for r in results.values()]
@@ -286,16 +304,19 @@ def _run(cfg, run_dir: pathlib.Path, digest: str) -> None:
 
   if is_main:
     floor = search_report.noise_floor(search_report.rows_by_key(log.rows.values(), SPLITS[0]))
-    loss = {split: {tol: precision_search.loss_interval(e([r.precision])[0], e([fp])[0],
-                                                         e.window_tokens)
-                    for tol, r in results.items()} for split, e in evaluators.items()}
+    interval = lambda e, config: precision_search.loss_interval(e([config])[0], e([fp])[0],
+                                                               e.window_tokens)
+    loss = {split: {tol: interval(e, r.precision) for tol, r in results.items()}
+            for split, e in evaluators.items()}
+    uniform_loss = {label: {split: interval(e, c) if e.known(c) == e.n_windows else None
+                            for split, e in evaluators.items()} for label, c in walk.uniform}
     # Racing's saving: the windows of the candidates it dropped that were never needed later.
     saved = sum(n_cal - len(s) for s in cal.cache.values() if len(s) < n_cal)
     record_work()
     ev = window_evaluators[SPLITS[0]]
     reports.write_text(run_dir / "chosen.json", json.dumps(_chosen_record(
-        cfg, results, loss, floor, race, ev.reuse, others,
-        work.total() | dict(saved_by_racing=saved), resolution), indent=1) + "\n")
+        cfg, walk, shape, results, loss, floor, race, ev.reuse, others,
+        work.total() | dict(saved_by_racing=saved), resolution, uniform_loss), indent=1) + "\n")
     search_report.write_report(run_dir)
 
 

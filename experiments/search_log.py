@@ -15,6 +15,7 @@ from absl import logging
 import numpy as np
 
 from anda_jax import cost
+from anda_jax.numerics import baselines
 from anda_jax.precision import config_key
 from experiments import formats_report
 from experiments.harness import config_checks
@@ -69,9 +70,10 @@ class SearchLog(run_folder.Results):
   per-window NLL sums (window_nll, window_tokens) the intervals are computed from. A row covers
   the first `windows` windows of its split: all of them, or for a candidate that racing
   dropped, the first slice (a later row of the same configuration with more windows replaces
-  it). With a model shape, rows also carry the configuration's mean M and BOPs saving. A
-  perplexity that is not finite is recorded as null with "finite": false, and fails every
-  tolerance."""
+  it). With a model shape, rows also carry the configuration's mean M and BOPs saving, or with
+  `fmt` a baselines.FormatChoice (a search among formats, whose values are no M) its mean
+  storage bits per activation element. A perplexity that is not finite is recorded as null
+  with "finite": false, and fails every tolerance."""
 
   name = "search.jsonl"
 
@@ -84,9 +86,10 @@ class SearchLog(run_folder.Results):
     check_row(row)
 
   def __init__(self, run_folder: pathlib.Path, setup: dict | None = None, write: bool = True,
-               shape: cost.ModelShape | None = None):
+               shape: cost.ModelShape | None = None, fmt=None):
     super().__init__(run_folder, setup, write)
     self.shape = shape
+    self.choice = fmt if isinstance(fmt, baselines.FormatChoice) else None
 
   def cache(self, split: str) -> dict:
     """config_key -> per-window NLL sums [k] of the rows of one split (for CachedEvaluator).
@@ -107,6 +110,8 @@ class SearchLog(run_folder.Results):
                  finite=ppl is not None, windows=len(sums), time=time.time())
       if fmt != ANDA:
         row["format"] = fmt
+      elif self.shape is not None and self.choice is not None:
+        row.update(storage_bits=cost.format_storage_bits(self.shape, config, self.choice))
       elif self.shape is not None:
         row.update(mean_m=cost.mean_mantissa_bits(self.shape, config),
                    bops_saving=cost.summarize(self.shape, config)["bops_saving"])

@@ -16,25 +16,32 @@ import numpy as np
 from anda_jax import cost
 from anda_jax import cost_assumptions
 from anda_jax.numerics import baselines
+from anda_jax.numerics.anda import AndaFormat
 from anda_jax.precision import MODULE_TYPES, config_key
 from experiments.harness import perplexity
 from experiments.harness import reports
+from experiments import search_candidates
+from experiments import search_plots
 from experiments import search_resolution
 from experiments.search_log import ANDA, SPLITS, SearchLog, read_rows
 
 
-def _search_work(chosen: dict) -> str:
+def _search_work(run) -> str:
   """What each tolerance's search did and what racing, the bound and prefix reuse saved
   (chosen.json)."""
-  accept = chosen.get("max_accept", 1)
+  chosen, accept = run.chosen, run.chosen.get("max_accept", 1)
+  one = "one bit removed" if run.choice is None else "one entry moved one level down"
   lines = [f"Up to {accept} of a round's fitting candidates accepted together (`max_accept`)."
-           if accept > 1 else "One bit removed per round (`max_accept` = 1, the paper's greedy)."]
+           if accept > 1 else
+           f"{one.capitalize()} per round (`max_accept` = 1, the paper's greedy)."]
   for c in chosen["chosen"]:
     if "path" not in c:  # a hand-written or early chosen.json
       continue
     steps = np.diff(np.asarray(c["path"]).reshape(len(c["path"]), -1).sum(1))
+    done = (f"{-steps.sum()} bits removed" if run.choice is None else
+            f"mean storage bits {run.x(c['path'][0]):.2f} -> {run.x(c['path'][-1]):.2f}")
     lines.append(f"Tolerance {100 * c['tolerance']:g}%: {c.get('rounds', len(steps))} rounds, "
-                 f"{-steps.sum()} bits removed in {len(steps)} steps; {c.get('candidates', '?')} "
+                 f"{done} in {len(steps)} steps; {c.get('candidates', '?')} "
                  f"candidates, {c.get('dropped_by_racing', '?')} dropped by racing"
                  + (f", {c['skipped_by_bound']} skipped by the bound" if "skipped_by_bound" in c
                     else "") + ".")
@@ -117,12 +124,39 @@ class _Run:
     self.like = np.asarray(self.cal_rows[0]["precision"])
     self.fp = {s: _fp_row(self.by_key[s]) for s in SPLITS}
     self.rule = self.chosen.get("rule", "point")  # runs before the intervals chose by the estimate
+    # A search among formats (setup.json's candidates; none: Anda's M): values index formats.
+    self.names = self.setup.get("candidates")
+    self.choice = None if self.names is None else search_candidates.choice(self.names)
+    self.fmt = self.choice or AndaFormat(self.group, self.ebits)
+    self.uniform = (
+        [(f"uniform M={m}", np.full_like(self.like, m)) for m in self.chosen["uniform_m"]]
+        if self.choice is None else
+        [(f"uniform {n}", np.full_like(self.like, v)) for v, n in enumerate(self.names, 1)])
+    self.x_label = "mean M" if self.choice is None else "storage bits"
     self.hw = cost.accelerator(self.chosen.get("cost"))  # runs before the cost block: the defaults
     # A setup.json without the vocabulary (a shape recorded before the head was costed): the
     # head cannot be counted, and the report says so.
     self.head_unknown = self.hw.lm_head and self.shape.vocab is None
     if self.head_unknown:
       self.hw = dataclasses.replace(self.hw, lm_head=False)
+
+  def x(self, config) -> float:
+    """Where a configuration sits on the cost axis: Anda's mean M, or for a search among
+    formats its mean storage bits per activation element."""
+    if self.choice is None:
+      return cost.mean_mantissa_bits(self.shape, config)
+    return cost.format_storage_bits(self.shape, config, self.choice)
+
+  def fmt_config(self, config) -> str:
+    """A configuration as the tables show it: M per type, or the format of each type (per
+    layer: each type's mean over layers, of M or of storage bits)."""
+    config = np.asarray(config)
+    if self.choice is None:
+      return _fmt_config(config)
+    if config.ndim == 1:
+      return ", ".join(search_candidates.entry_names(config, self.names))
+    bits = cost.activation_bits(self.shape, config, self.choice).mean(0)
+    return ", ".join(f"{b:.2f}" for b in bits) + " bits (layer mean)"
 
   def ppl_cells(self, split, config):
     return self.cells(split, self.by_key[split].get(config_key(np.asarray(config))))
@@ -165,37 +199,65 @@ class _Run:
 def write_report(run_dir) -> str:
   """report.md and pareto.png of a run, from its setup.json, search.jsonl, chosen.json."""
   run = _Run(pathlib.Path(run_dir))
-  out = (_chosen_section(run) + _search_section(run) + _noise_floor_section(run)
-         + _formats_section(run) + _path_section(run) + _cost_model_section(run)
-         + ["", "![Pareto plot](pareto.png)", ""])
+  mixed = run.choice is not None
+  out = ((_mixed_chosen_section(run) if mixed else _chosen_section(run))
+         + _search_section(run) + _noise_floor_section(run)
+         + ([""] if mixed else _formats_section(run)) + _path_section(run)
+         + _cost_model_section(run) + ["", "![Pareto plot](pareto.png)", ""])
   if run.like.ndim == 2:
-    out += ["![chosen M per layer and type](layers.png)", ""]
-    _plot_layers(run.dir, run.chosen)
+    out += [f"![chosen {'format' if mixed else 'M'} per layer and type](layers.png)", ""]
+    search_plots.layers(run)
   text = "\n".join(out)
   reports.write_text(run.dir / "report.md", text)
-  _plot(run.dir, run.shape, run.cal_rows, run.chosen, run.fp["calibration"], run.like)
+  search_plots.pareto(run)
   return text
 
 
-def _chosen_section(run: _Run) -> list[str]:
+def _intro(run: _Run, activations: str, walk: str) -> list[str]:
+  """The report's title and first paragraph: model, `activations` (what the search quantizes
+  them to), corpus and windows, granularity and `walk` (where it starts), what was evaluated."""
   setup, chosen, w = run.setup, run.chosen, run.setup["windows"]
   n_partial = sum(1 for r in run.by_key["calibration"].values() if n_windows(r) < run.n_cal)
-  out = [
+  return [
       f"# Adaptive precision search: {run.dir.name}", "",
-      f"Model `{setup['model']}` (int4_group_size={setup['int4_group_size']}), Anda format "
-      f"G={run.group}, exponent bits={run.ebits}, rounding={setup['format']['rounding']}; corpus "
-      f"`{setup['corpus']}`, windows of {setup['seq_len']} tokens: "
+      f"Model `{setup['model']}` (int4_group_size={setup['int4_group_size']}), {activations}; "
+      f"corpus `{setup['corpus']}`, windows of {setup['seq_len']} tokens: "
       f"{w['calibration']['n']} calibration, {w['test']['n']} test. Granularity "
-      f"{chosen['granularity']}, start M={chosen['start_m']}, min M={chosen['min_m']}; "
-      f"{len(run.cal_rows)} configurations evaluated on calibration"
+      f"{chosen['granularity']}, {walk}; {len(run.cal_rows)} configurations evaluated on "
+      "calibration"
       + (f", {n_partial} more only on the first {chosen['race_windows']} windows (dropped by "
          f"racing at level {chosen['race_level']})" if n_partial else "") + ".", "",
-      *([line, ""] if (line := reports.weights_line(run.dir)) else []),
-      "M per type is (" + ", ".join(MODULE_TYPES) + "); 0 = FP16. Loss is ppl / ppl_FP - 1 "
-      f"on the same windows, in brackets its {perplexity.INTERVAL_METHOD}. "
-      + ("A candidate fits a tolerance if the upper end of its interval is within it."
-         if run.rule == "upper" else "A candidate fits a tolerance if its loss estimate is "
-         "within it (the paper's rule).") + " Mean M, storage bits per activation element (FP16: "
+      *([line, ""] if (line := reports.weights_line(run.dir)) else [])]
+
+
+def _rule_text(run: _Run) -> str:
+  return (f"Loss is ppl / ppl_FP - 1 on the same windows, in brackets its "
+          f"{perplexity.INTERVAL_METHOD}. "
+          + ("A candidate fits a tolerance if the upper end of its interval is within it."
+             if run.rule == "upper" else "A candidate fits a tolerance if its loss estimate is "
+             "within it (the paper's rule)."))
+
+
+def _table_configs(run: _Run) -> list[tuple[str, np.ndarray]]:
+  """(label, configuration) of the main table: FP16, the chosen one of each tolerance (flagged
+  where the start is over it or max_rounds stopped it), the uniform ones."""
+  chosen = run.chosen
+  out = [("FP16 activations", np.zeros_like(run.like))]
+  for c in chosen["chosen"]:
+    config = np.asarray(c["precision"])
+    flag = " (start over tolerance)" if run.fits(config, c["tolerance"]) is False else ""
+    if chosen.get("max_rounds") is not None and c.get("rounds", 0) >= chosen["max_rounds"]:
+      flag += f" (stopped after max_rounds={chosen['max_rounds']})"
+    out.append((f"{100 * c['tolerance']:g}%{flag}", config))
+  return out + run.uniform
+
+
+def _chosen_section(run: _Run) -> list[str]:
+  chosen, rounding = run.chosen, run.setup["format"]["rounding"]
+  return _intro(run, f"Anda format G={run.group}, exponent bits={run.ebits}, rounding={rounding}",
+                f"start M={chosen['start_m']}, min M={chosen['min_m']}") + [
+      "M per type is (" + ", ".join(MODULE_TYPES) + "); 0 = FP16. " + _rule_text(run)
+      + " Mean M, storage bits per activation element (FP16: "
       "16) and the BOPs saving vs FP16 activations x INT4 weights are over the four searched "
       "sites; speedup and energy are modeled (`anda_jax.cost.Accelerator`) against the "
       "GPU-like FP16xFP16 baseline, " + _head_text(run) + "; the FP16-activations row runs its "
@@ -205,16 +267,44 @@ def _chosen_section(run: _Run) -> list[str]:
       "| tolerance | M per type | ppl calib | loss calib | ppl test | loss test | mean M "
       "| storage bits | BOPs saving | speedup vs FP16 | energy saving vs FP16 |",
       "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-      run.line("FP16 activations", np.zeros_like(run.like)),
-  ]
-  for c in chosen["chosen"]:
-    config = np.asarray(c["precision"])
-    flag = " (start over tolerance)" if run.fits(config, c["tolerance"]) is False else ""
-    if chosen.get("max_rounds") is not None and c.get("rounds", 0) >= chosen["max_rounds"]:
-      flag += f" (stopped after max_rounds={chosen['max_rounds']})"
-    out.append(run.line(f"{100 * c['tolerance']:g}%{flag}", config))
-  out += [run.line(f"uniform M={m}", np.full_like(run.like, m)) for m in chosen["uniform_m"]]
-  return out
+      *(run.line(label, config) for label, config in _table_configs(run))]
+
+
+def _mixed_chosen_section(run: _Run) -> list[str]:
+  """The first section of a search among formats (docs/formats.md, section 10): which format
+  each entry chose, its mean storage bits, losses and modeled cost, beside each candidate and
+  each other format at every site."""
+  levels = [f"{v} {n} ({b:.2f})" for v, (n, b) in enumerate(zip(
+      run.names, search_candidates.ladder(run.shape, run.choice, False)[0, 1:]), 1)]
+  own = [(label if label.startswith(("FP16", "uniform")) else f"mixed, tolerance {label}", c,
+          run.choice) for label, c in _table_configs(run)]
+  ones = np.ones_like(run.like)  # where the other formats are measured: every site
+  others = [(name, ones, baselines.parse_format(name))
+            for name in run.chosen.get("other_formats", [])]
+  measured = {"format per type": [run.fmt_config(c) for _, c, _ in own]
+              + ["all four"] * len(others)}
+  for split in SPLITS:
+    cells = [run.ppl_cells(split, c) for _, c, _ in own] + [
+        run.cells(split, rows_by_key(run.rows, split, name).get(config_key(ones)))
+        for name, _, _ in others]
+    short = "calib" if split == SPLITS[0] else split
+    measured[f"ppl {short}"] = [c[0] for c in cells]
+    measured[f"loss {short}"] = [c[1] for c in cells]
+  rows = cost_assumptions.configuration_rows(run.shape, own + others, run.hw)
+  return _intro(run, "activations in a format chosen per entry among "
+                f"{len(run.names)} (value: name (storage bits per element at qkv)): "
+                + ", ".join(levels), "start FP16 everywhere, each round one entry moved to its "
+                "next lower level of storage bits (every format of that level a candidate)") + [
+      "Format per type is (" + ", ".join(MODULE_TYPES) + "); fp16 = floating point. "
+      + _rule_text(run) + " Storage bits per activation element are over the four searched "
+      "sites; lane-cycles per MAC, speedup and energy are modeled (`anda_jax.cost.Accelerator`) "
+      "against the GPU-like FP16xFP16 baseline, " + _head_text(run) + ", each FP element in "
+      "both models of `fp_elements` (aligned to its block's scale on the bit-serial unit, or a "
+      "bit-parallel significand multiplier with a shifter); FP16 sites run pre-aligned "
+      "(FIGNA-like). The other formats (`other_formats`) are measured at all four sites. Every "
+      "assumption of the model, with its source: [the last section](#the-cost-model-its-"
+      "assumptions-and-how-the-ratios-move-with-them).", "",
+      cost.format_table(rows, measured)]
 
 
 def _head_text(run: _Run) -> str:
@@ -235,7 +325,7 @@ def _head_text(run: _Run) -> str:
 
 
 def _search_section(run: _Run) -> list[str]:
-  return ["", "## The search", "", _search_work(run.chosen)]
+  return ["", "## The search", "", _search_work(run)]
 
 
 def _noise_floor_section(run: _Run) -> list[str]:
@@ -246,7 +336,7 @@ def _noise_floor_section(run: _Run) -> list[str]:
   factor = search_resolution.RESOLUTION
   out += [f"Noise floor of the calibration windows: **±{100 * floor[0]:.2f}%**, the half-width "
           f"of the interval of the evaluated configuration whose loss is closest to 0 "
-          f"({_fmt_config(floor[1]['precision'])}): a loss difference smaller than that is not "
+          f"({run.fmt_config(floor[1]['precision'])}): a loss difference smaller than that is not "
           "resolved by these windows.", "",
           "Intervals widen as a configuration departs from FP: the last columns are the "
           "half-width of the chosen configuration's own interval, measured, and whether the "
@@ -340,13 +430,13 @@ def _path_section(run: _Run) -> list[str]:
          "loss on the calibration windows it was chosen on and on the held-out test windows "
          "(the search never sees them): where the two part, the search follows the noise of "
          "its calibration windows.", "",
-         "| tolerance | round | mean M | loss calib | loss test |", "|---|---:|---:|---:|---:|"]
+         f"| tolerance | round | {run.x_label} | loss calib | loss test |",
+         "|---|---:|---:|---:|---:|"]
   for c, points in paths:
-    out += [f"| {100 * c['tolerance']:g}% | {i} | "
-            f"{cost.mean_mantissa_bits(run.shape, config):.2f} "
+    out += [f"| {100 * c['tolerance']:g}% | {i} | {run.x(config):.2f} "
             f"| {run.ppl_cells('calibration', config)[1]} | {run.ppl_cells('test', config)[1]} |"
             for i, config in enumerate(c["path"]) if i in points]
-  _plot_paths(run.dir, paths)
+  search_plots.paths(run.dir, paths)
   return out + ["", "![loss along the path](path.png)", ""]
 
 
@@ -358,7 +448,14 @@ def _cost_model_section(run: _Run) -> list[str]:
   configs = [(f"{100 * c['tolerance']:g}%", np.asarray(c["precision"]))
              for c in run.chosen["chosen"]]
   args = (run.shape, config, run.group, run.ebits, run.hw)
-  lanes = cost_assumptions.lanes_table(run.shape, configs, run.group, run.ebits, run.hw)
+  mixed = {} if run.choice is None else dict(fmt=run.choice)
+  lanes = cost_assumptions.lanes_table(run.shape, configs, run.group, run.ebits, run.hw, **mixed)
+  paper = [
+      "### Against the paper's figures", "",
+      f"The paper's reported averages ({cost_assumptions.PAPER_SOURCE}, over a GPU-like FP-FP "
+      "baseline) next to the model's figures for the configuration of tolerance "
+      f"{100 * last['tolerance']:g}%:", "",
+      *cost_assumptions.paper_table(*args, model=run.setup["model"])]
   return [
       "## The cost model, its assumptions and how the ratios move with them", "",
       "The modeled figures rest on these numbers and rules (the run's `cost` settings, "
@@ -369,12 +466,8 @@ def _cost_model_section(run: _Run) -> list[str]:
       "one FP16 x FP16 FMA, the least certain number (every other assumption as configured):",
       "", *lanes, "",
       f"The chosen configuration of tolerance {100 * last['tolerance']:g}% with one other "
-      "assumption changed at a time:", "", *cost_assumptions.what_if_table(*args), "",
-      "### Against the paper's figures", "",
-      f"The paper's reported averages ({cost_assumptions.PAPER_SOURCE}, over a GPU-like FP-FP "
-      "baseline) next to the model's figures for the configuration of tolerance "
-      f"{100 * last['tolerance']:g}%:", "",
-      *cost_assumptions.paper_table(*args, model=run.setup["model"])]
+      "assumption changed at a time:", "", *cost_assumptions.what_if_table(*args, **mixed), "",
+      *([] if mixed else paper)]  # the paper's figures are Anda's
 
 
 def _paths_on_test(chosen, by_key, fp) -> list:
@@ -393,123 +486,3 @@ def _paths_on_test(chosen, by_key, fp) -> list:
     if len(points) > 1:
       out.append((c, points))
   return out
-
-
-def _plot_paths(run_dir, paths) -> None:
-  """path.png: loss with its interval on calibration and on test against the round, one panel
-  per tolerance, the tolerance as a line."""
-  plt = reports.pyplot()
-  fig, axes = plt.subplots(1, len(paths), squeeze=False, figsize=(1 + 4.2 * len(paths), 3.6))
-  for ax, (c, points) in zip(axes[0], paths):
-    rounds = sorted(points)
-    for j, (split, marker) in enumerate(zip(SPLITS, "os")):
-      iv = [points[i][j] for i in rounds]
-      y = np.array([100 * v.estimate for v in iv])
-      err = np.array([[100 * (v.estimate - v.low), 100 * (v.high - v.estimate)] for v in iv]).T
-      ax.errorbar(np.array(rounds) + (j - 0.5) * 0.15, y, yerr=np.maximum(err, 0), fmt=marker + "-",
-                  ms=3, capsize=2, label=split)
-    ax.axhline(100 * c["tolerance"], c="0.4", ls="--", lw=0.8, label="tolerance")
-    ax.axhline(0, c="0.8", lw=0.6)
-    ax.set(title=f"tolerance {100 * c['tolerance']:g}%", xlabel="round (accepted steps)",
-           ylabel="loss vs FP (%)")
-    ax.xaxis.get_major_locator().set_params(integer=True)
-    ax.legend(fontsize=8)
-  fig.tight_layout()
-  reports.save_figure(fig, run_dir / "path.png", dpi=110)
-  plt.close(fig)
-
-
-def _plot_layers(run_dir, chosen) -> None:
-  """A per-layer search's chosen M per (layer, type), one panel per tolerance, the start's M
-  marked where the search lowered nothing."""
-  plt = reports.pyplot()
-  start = np.asarray(chosen["chosen"][0]["path"][0])
-  fig, axes = plt.subplots(1, len(chosen["chosen"]), squeeze=False, sharey=True,
-                           figsize=(1.2 + 2.6 * len(chosen["chosen"]), 1.5 + 0.22 * len(start)))
-  values = [np.asarray(c["precision"]) for c in chosen["chosen"]]
-  lo, hi = min(v.min() for v in values), max(int(start.max()), *(v.max() for v in values))
-  for ax, c, m in zip(axes[0], chosen["chosen"], values):
-    im = ax.imshow(m, cmap="viridis", vmin=lo - 0.5, vmax=hi + 0.5, aspect="auto")
-    for (i, j), v in np.ndenumerate(m):
-      ax.text(j, i, str(v) + ("" if v < start[i, j] else "*"), ha="center", va="center",
-              fontsize=7, color="w" if v < (lo + hi) / 2 else "k")
-    ax.set(title=f"tolerance {100 * c['tolerance']:g}%", xticks=range(len(MODULE_TYPES)),
-           yticks=range(len(m)))
-    ax.set_xticklabels(MODULE_TYPES, rotation=45)
-  axes[0][0].set_ylabel("layer")
-  fig.colorbar(im, ax=axes[0].tolist(), ticks=range(lo, hi + 1),
-               label="mantissa bits M (*: the start's, not lowered)")
-  reports.save_figure(fig, run_dir / "layers.png", dpi=110)
-  plt.close(fig)
-
-
-def _plot(run_dir, shape, cal_rows, chosen, fp_row, like) -> None:
-  """Left: every point, log scale; right: zoomed on the tolerances around FP. Error bars: the
-  paired intervals against FP, where the rows hold per-window sums."""
-  plt = reports.pyplot()
-
-  fp_ppl = None if fp_row is None else fp_row["perplexity"]
-
-  def point(row):  # (mean M, perplexity, [below, above] error) of a finite row
-    interval = None if fp_ppl is None else perplexity.increase_interval(row, fp_row)
-    err = ([0.0, 0.0] if interval is None or not math.isfinite(interval.high) else
-           [max(row["perplexity"] - fp_ppl * (1 + interval.low), 0.0),
-            max(fp_ppl * (1 + interval.high) - row["perplexity"], 0.0)])
-    return cost.mean_mantissa_bits(shape, row["precision"]), row["perplexity"], err
-
-  # A perplexity that is not finite (None) is left out: a gap in the uniform curve.
-  points = sorted(point(r) for r in cal_rows
-                  if np.asarray(r["precision"]).min() > 0 and r["perplexity"] is not None)
-  front, best = [], np.inf
-  for xi, yi, _ in points:  # the lowest perplexity at or below each mean M
-    if yi < best:
-      best = yi
-      front.append((xi, yi))
-  rows = {config_key(np.asarray(r["precision"])): r for r in cal_rows}
-  uni = [rows.get(config_key(np.full_like(like, m))) for m in chosen["uniform_m"]]
-  uni = [(m, np.nan, [0.0, 0.0]) if r["perplexity"] is None else (m,) + point(r)[1:]
-         for m, r in zip(chosen["uniform_m"], uni) if r is not None]
-  errorbar = lambda ax, pts, **kw: ax.errorbar(
-      [p[0] for p in pts], [p[1] for p in pts], yerr=np.array([p[2] for p in pts]).T, capsize=2,
-      **kw)
-  fig, axes = plt.subplots(1, 2, figsize=(11, 4.4))
-  for ax in axes:
-    if points:
-      errorbar(ax, points, fmt="o", ms=3, c="0.7", elinewidth=0.6, label="evaluated (calibration)")
-      ax.plot(*zip(*front), "-", c="C0", label="Pareto front")
-    if uni:
-      errorbar(ax, uni, fmt="s--", c="C1", label="uniform M (block FP)")
-    for i, c in enumerate(chosen["chosen"]):
-      row = rows.get(config_key(np.asarray(c["precision"])))
-      if row is not None and row["perplexity"] is not None:
-        errorbar(ax, [point(row)], fmt="*", ms=14, c=f"C{2 + i}",
-                 label=f"chosen, tolerance {100 * c['tolerance']:g}%")
-    if fp_ppl is not None:
-      ax.axhline(fp_ppl, c="k", lw=0.8, ls=":", label="FP16 activations")
-      for i, c in enumerate(chosen["chosen"]):
-        ax.axhline(fp_ppl * (1 + c["tolerance"]), c=f"C{2 + i}", lw=0.6, ls=":")
-    ax.set_xlabel("mean mantissa bits M̄ (MAC-weighted)")
-    ax.set_ylabel("perplexity (calibration)")
-  ys = [p[1] for p in points] + [p[1] for p in uni if np.isfinite(p[1])]
-  if ys and min(ys) > 0 and max(ys) / min(ys) > 3:  # low M blows up: log keeps the rest visible
-    axes[0].set_yscale("log")
-  axes[0].set_title(f"{run_dir.name}: all evaluated configurations")
-  axes[0].legend(fontsize=8)
-  if fp_ppl is not None and ys:
-    top = fp_ppl * (1 + 3 * max([c["tolerance"] for c in chosen["chosen"]] + [0.01]))
-    near = [p for p in points + uni if p[1] <= top]
-    # Room for the lower bars of the uniform curve and the chosen configurations.
-    bars = [p[1] - p[2][0] for p in uni if np.isfinite(p[1]) and p[1] <= top] + [
-        point(r)[1] - point(r)[2][0] for r in (rows.get(config_key(
-            np.asarray(c["precision"]))) for c in chosen["chosen"]) if r and r["perplexity"]]
-    axes[1].set_ylim(min(ys + [fp_ppl] + bars) - 0.002 * fp_ppl, top)
-    if near:
-      xs = [p[0] for p in near]
-      axes[1].set_xlim(min(xs) - 0.25, max(xs) + 0.25)
-  axes[1].set_title(reports.fit_title(
-      "near FP16 (dotted: FP and FP x (1 + tolerance)); bars: "
-      + perplexity.INTERVAL_METHOD.split(" over")[0] + " against FP", 0.45 * fig.get_figwidth()),
-      fontsize=9)
-  fig.tight_layout()
-  reports.save_figure(fig, run_dir / "pareto.png", dpi=110)
-  plt.close(fig)

@@ -379,6 +379,98 @@ class EntryPointTest(parameterized.TestCase):
           make()
 
 
+def ref_format(x, fmt):
+  """The independent reference of one of CHOICE's formats (or x itself for None: float)."""
+  if fmt is None:
+    return x
+  if isinstance(fmt, MXFormat):
+    return ref_mx(x, fmt.element, fmt.block_size, fmt.rounding)[0]
+  if isinstance(fmt, NVFP4Format):
+    return ref_nvfp4(x)[0]
+  return ref_per_token(x, fmt.element)[0]
+
+
+# Every kind of format, blocks of two sizes, both MX roundings; value i picks CHOICE[i - 1].
+CHOICE = baselines.FormatChoice((MXFormat("int8"), MXFormat("fp8_e4m3"), MXFormat("fp4_e2m1", 16),
+                                 NVFP4Format(), PerTokenFormat("int8"), PerTokenFormat(),
+                                 MXFormat("fp6_e3m2", rounding="truncate")))
+
+
+class FormatChoiceTest(parameterized.TestCase):
+  """docs/formats.md, section 10: value i is the i-th format, bit for bit, 0 is x itself."""
+
+  def test_each_value_is_its_format_against_the_reference(self):
+    x = mixed_values(seed=31, rows=24)
+    expected = [ref_format(x, f) for f in (None, *CHOICE.formats)]
+    for value, want in enumerate(expected):
+      testlib.assert_bit_exact(run(x, CHOICE, value), want, f"value {value}")
+    # Traced: one compilation serves every value, and it equals the eager results.
+    traces = []
+
+    @jax.jit
+    def choose(x, value):
+      traces.append(1)
+      return fake_quantize(x, CHOICE, value)
+
+    for value, want in enumerate(expected):
+      testlib.assert_bit_exact(choose(x, jnp.int32(value)), want, f"jit, value {value}")
+    self.assertLen(traces, 1)
+
+  def test_vmap_over_configurations_selects_bit_for_bit(self):
+    """As the evaluator batches configurations: each its own value and its own activation
+    (under vmap the switch computes every branch and selects)."""
+    x = mixed_values(seed=32, rows=16, length=96).reshape(8, 2, 96)
+    values = jnp.array([0, 1, 2, 3, 4, 5, 6, 7])
+    batched = jax.jit(jax.vmap(lambda x, v: fake_quantize(x, CHOICE, v)))(x, values)
+    shared = jax.jit(jax.vmap(lambda v: fake_quantize(x[0], CHOICE, v)))(values)
+    for i, value in enumerate(values.tolist()):
+      fmt = None if value == 0 else CHOICE.formats[value - 1]
+      testlib.assert_bit_exact(batched[i], ref_format(x[i], fmt), f"value {value}")
+      testlib.assert_bit_exact(shared[i], ref_format(x[0], fmt), f"shared x, value {value}")
+
+  def test_straight_through_gradient_at_every_value(self):
+    x = testlib.heavy_tailed(4, (3, 48))
+    w = jax.random.normal(jax.random.key(2), x.shape)
+    grad = jax.jit(jax.grad(lambda x, v: jnp.sum(fake_quantize(x, CHOICE, v) * w)))
+    for value in range(len(CHOICE.formats) + 1):
+      testlib.assert_bit_exact(grad(x, jnp.int32(value)), w)
+
+  def test_storage_bits_group_size_and_hash(self):
+    k = 576
+    want = [8.25, 8.25, 4.5, 4 + 8 / 16 + 32 / k, 8 + 32 / k, 8 + 32 / k, 6.25]
+    self.assertEqual([baselines.storage_bits(CHOICE, v, k) for v in range(1, 8)], want)
+    self.assertEqual(CHOICE.group_size, 32)  # lcm(32, 16); per-token formats have no blocks
+    self.assertEqual(baselines.FormatChoice((MXFormat("int8", 48), NVFP4Format())).group_size, 48)
+    self.assertIsNone(baselines.FormatChoice((PerTokenFormat(),)).group_size)
+    self.assertEqual(hash(CHOICE), hash(baselines.FormatChoice(list(CHOICE.formats))))
+
+  def test_value_errors(self):
+    x = jnp.ones((2, 32))
+    cases = [
+        (lambda: baselines.FormatChoice(()), r"formats=\(\) is invalid: must be a non-empty tuple"),
+        (lambda: baselines.FormatChoice(MXFormat()), r"formats=MXFormat.* is invalid"),
+        (lambda: baselines.FormatChoice((MXFormat(), AndaFormat())),
+         r"formats\[1\]=AndaFormat.* is invalid"),
+        (lambda: baselines.FormatChoice((MXFormat(), MXFormat())),
+         r"formats\[1\]=.* repeats an earlier"),
+        (lambda: baselines.FormatChoice((MXFormat(), NVFP4Format(axis=0))),
+         r"formats\[1\].axis=0 is invalid"),
+        (lambda: baselines.FormatChoice(tuple(MXFormat(block_size=b) for b in range(1, 26))),
+         r"len\(formats\)=25 is invalid: must be an integer in \[1, 24\]"),
+        (lambda: fake_quantize(x, CHOICE), r"mantissa_bits=None is invalid for a FormatChoice"),
+        (lambda: fake_quantize(x, CHOICE, 8),
+         r"value=8 is invalid: must be an integer in \[0, 7\]"),
+        (lambda: fake_quantize(x, CHOICE, 1.0), r"value=1.0 is invalid for a FormatChoice"),
+        (lambda: fake_quantize(x, CHOICE, 1, key=jax.random.key(0)),
+         r"key is invalid for FormatChoice"),
+        (lambda: CHOICE.storage_bits(0, 64), r"value=0 is invalid: must be an integer in \[1, 7\]"),
+    ]
+    for make, message in cases:
+      with self.subTest(message):
+        with self.assertRaisesRegex(ValueError, message):
+          make()
+
+
 class NamesTest(parameterized.TestCase):
   """Configs name formats by strings: baselines.parse_format and its inverse format_name."""
 

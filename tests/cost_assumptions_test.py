@@ -9,6 +9,8 @@ import numpy as np
 from anda_jax import cost
 from anda_jax import cost_assumptions
 from anda_jax import models
+from anda_jax.numerics import baselines
+from anda_jax.numerics.anda import AndaFormat
 
 LLAMA = cost.ModelShape(n_layers=2, d_model=8, n_heads=4, n_kv_heads=2, head_dim=2, d_ff=16,
                         vocab=32)
@@ -64,6 +66,34 @@ class SensitivityTest(parameterized.TestCase):
     lines = cost_assumptions.lanes_table(SMOLLM2, configs, 64, 8, cost.Accelerator(fp16_fma_lanes=25.0))
     self.assertLen(lines, 3 + len(values))
     self.assertTrue(_cells(lines, "25 (configured)"))
+
+  def test_any_format_in_place_of_anda(self):
+    """A search among formats: the sensitivity tables and the configurations' rows for a
+    FormatChoice, against the cost model's own runs; Anda's through the same path agree with
+    compare_formats."""
+    choice = baselines.FormatChoice(tuple(baselines.parse_format(n) for n in ("mxint8", "nvfp4")))
+    p = np.array([1, 2, 0, 2])
+    lines = cost_assumptions.lanes_table(SMOLLM2, [("mixed", p)], 64, 8, HW, fmt=choice)
+    fp16, run = HW.fp16_gpu(SMOLLM2), HW.run(SMOLLM2, p, choice)
+    self.assertEqual(_cells(lines, "30.25 (configured)")[1:],
+                     [f"{fp16['cycles'] / run['cycles']:.2f}x",
+                      f"{fp16['energy'] / run['energy']:.2f}x"])
+    rows = cost_assumptions.what_if(SMOLLM2, p, hw=HW, fmt=choice)
+    self.assertEqual(rows[0]["anda_bound"], cost.bound(run))
+    self.assertAlmostEqual(rows[0]["speedup_vs_fp16"], fp16["cycles"] / run["cycles"])
+    self.assertIn("| assumption | speedup vs FP16 | energy saving vs FP16 | bound by |",
+                  cost_assumptions.what_if_table(SMOLLM2, p, hw=HW, fmt=choice)[0])
+    anda = np.array([8, 0, 6, 5])
+    by_mode = cost_assumptions.configuration_rows(
+        SMOLLM2, [("mixed", p, choice), ("anda", anda, AndaFormat(64, 8))], HW)
+    for mode, want in cost.compare_formats_by_mode(SMOLLM2, anda, hw=HW).items():
+      got = by_mode[mode][1]
+      for key in ("storage_bits", "memory_bits", "lane_cycles_per_mac", "speedup_vs_fp16",
+                  "energy_saving_vs_fp16"):
+        self.assertAlmostEqual(got[key], want[-1][key], msg=(mode, key))
+      self.assertEqual(by_mode[mode][0]["format"], "mixed")
+    self.assertAlmostEqual(by_mode["aligned"][0]["storage_bits"],
+                           cost.format_storage_bits(SMOLLM2, p, choice))
 
   def test_compute_bound_speedup_is_proportional_to_the_fp16_area(self):
     p = np.array([7, 6, 7, 8])

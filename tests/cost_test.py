@@ -279,6 +279,25 @@ class FormatsTest(parameterized.TestCase):
     # FP16 everywhere passes no compressor.
     self.assertEqual(self.HW.run(LLAMA, np.zeros(4, np.int32), MIXED)["compressor_cycles"], 0)
 
+  def test_a_format_choice_costs_as_the_formats_its_values_name(self):
+    choice = baselines.FormatChoice((MXFormat("int8"), NVFP4Format(), PerTokenFormat(),
+                                     MXFormat("fp4_e2m1")))
+    values = np.array([[1, 2, 0, 4], [3, 3, 1, 0]])
+    # By hand: MXINT8 8.25, NVFP4 4.5 + 32/K, per-token 8 + 32/K (K = 8, 8, 8, 16), FP16 16.
+    np.testing.assert_allclose(cost.activation_bits(LLAMA, values, choice),
+                               [[8.25, 8.5, 16, 4.25], [12, 12, 8.25, 16]])
+    self.assertAlmostEqual(cost.format_storage_bits(LLAMA, values, choice),
+                           (8 * (8.25 + 8.5 + 16 + 12 + 12 + 8.25) + 16 * (4.25 + 16)) / 80)
+    # A per-type configuration costs as the tuple of the formats it names, in both models.
+    for fp_elements in cost.FP_ELEMENT_MODELS:
+      hw = dataclasses.replace(self.HW, fp_elements=fp_elements)
+      got = hw.run(LLAMA, values[0], choice)
+      per_type = tuple(choice.formats[v - 1] for v in (1, 2, 1, 4))
+      want = hw.run(LLAMA, np.array([1, 1, 0, 1]), per_type)
+      self.assertEqual(got, want)
+    with self.assertRaisesRegex(ValueError, r"value=5 is invalid: must be an integer in \[1, 4\]"):
+      cost.activation_bits(LLAMA, np.full(4, 5), choice)
+
   def test_memory_bound_when_weights_are_read_per_token(self):
     hw = dataclasses.replace(self.HW, tokens_per_weight_read=1)
     got = hw.run(LLAMA, np.ones(4, np.int32), MXFormat("fp4_e2m1"))

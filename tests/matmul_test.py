@@ -84,6 +84,28 @@ class PerTypeFormatsInAModelTest(absltest.TestCase):
     float_logits = model(tokens)
     self.assertGreater(float(jnp.abs(got - float_logits).max()), 1e-3)  # the formats did act
 
+  def test_a_format_choice_is_the_format_of_each_value(self):
+    """docs/formats.md, section 10: a FormatChoice configuration (one compiled program for
+    every configuration) equals the per-type formats its values name."""
+    ckpt = testlib.make_checkpoint(testlib.tempdir(self) / "ckpt", d_model=64, d_ff=128)
+    model, _ = models.load(ckpt)
+    names = ("mxfp4", "mxint8", "nvfp4", "fp8_token")
+    choice = anda_jax.FormatChoice(tuple(_FORMATS[n] for n in names))
+    tokens = jnp.arange(12)[None] % 200
+    traces = []
+
+    @jax.jit
+    def logits(p):
+      traces.append(1)
+      return model(tokens, p, ProductSpec(choice))
+
+    for values in ([1, 2, 3, 4], [4, 0, 2, 1], [3, 3, 0, 0]):
+      per_type = ProductSpec(tuple(_FORMATS[names[max(v, 1) - 1]] for v in values))
+      want = model(tokens, np.minimum(values, 1), per_type)
+      np.testing.assert_array_equal(logits(np.array(values)), want, err_msg=str(values))
+    self.assertLen(traces, 1)
+    np.testing.assert_array_equal(logits(np.zeros(4, int)), model(tokens))
+
 
 if __name__ == "__main__":
   absltest.main()

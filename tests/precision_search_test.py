@@ -333,6 +333,170 @@ class RacingTest(parameterized.TestCase):
     self.assertBetween(float(np.mean(windows.sum(1) < bounds)), 0.085, 0.115)
 
 
+# A ladder of formats (value 0: float, 16 bits): two at 8.25 bits, two at 6.25, one at 4.25,
+# each adding ERR[value] x the entry's sensitivity in nats per token. At each level the
+# first-listed format is the worse one, so picking by list order would be wrong.
+LADDER_BITS = np.array([16.0, 8.25, 8.25, 6.25, 6.25, 4.25])
+ERR = np.array([0.0, 3e-5, 1e-5, 6e-4, 2e-4, 4e-3])
+
+
+class FormatCounter:
+  """Per-window NLL sums of format configurations (values index ERR), windows varying as in
+  Counter. Optionally with per-(configuration, window) noise, so that steps can add no loss."""
+
+  def __init__(self, sens, err=ERR, noise=0.0, seed=0):
+    self.sens, self.err, self.noise, self.seed = np.asarray(sens), np.asarray(err), noise, seed
+
+  def added(self, config) -> float:
+    return float((self.sens * self.err[np.asarray(config)]).sum())
+
+  def __call__(self, precisions, windows=slice(None), base=None):
+    out = []
+    for c in np.asarray(precisions):
+      row = DIFFICULTY[windows] + TOKENS * self.added(c) * (1 + 0.5 * SPREAD[windows])
+      if self.noise:
+        row = row + np.random.default_rng([self.seed, *(int(v) for v in c.ravel())]).normal(
+            0, self.noise, N_WINDOWS)[windows]
+      out.append(row)
+    return np.array(out)
+
+
+def ladder_for(shape, bits=LADDER_BITS):
+  return precision_search.FormatLadder(np.broadcast_to(bits, (*shape, len(bits))))
+
+
+def format_loss(config, sens, err=ERR):
+  return float(np.expm1((np.asarray(sens) * err[np.asarray(config)]).sum()))
+
+
+class FormatLadderTest(parameterized.TestCase):
+  """The search among formats (docs/formats.md, section 10): the same rules as for Anda's
+  mantissa lengths, walking down levels of storage bits."""
+
+  def test_steps_are_every_format_of_the_next_lower_level(self):
+    ladder = ladder_for((4,))
+    steps = ladder.steps(np.array([0, 2, 4, 5]))
+    self.assertEqual([(c.tolist(), e, saved) for c, e, saved in steps], [
+        ([1, 2, 4, 5], 0, 7.75), ([2, 2, 4, 5], 0, 7.75),  # float -> both 8.25-bit formats
+        ([0, 3, 4, 5], 1, 2.0), ([0, 4, 4, 5], 1, 2.0),  # 8.25 -> both 6.25-bit formats
+        ([0, 2, 5, 5], 2, 2.0)])  # 6.25 -> 4.25; the bottom has no step
+    self.assertEqual(ladder.cost(np.array([0, 2, 4, 5]), MACS), 3 * 16 + 8.25 + 8 * 6.25 + 4 * 4.25)
+    # Levels: bits equal up to rounding are one level (3 + 32/6 and 50/6 differ in float64);
+    # bits may differ between entries (entry 3's first format is below its 8.25).
+    bits = np.array([[16, 3 + 32 / 6, 4.5, (3 * 6 + 32) / 6]] * 4)
+    bits[3] = [16, 8 + 32 / 1536, 4.5, 8.25]
+    self.assertNotEqual(bits[0, 1], bits[0, 3])
+    steps = precision_search.FormatLadder(bits).steps(np.zeros(4, np.int32))
+    per_entry = {}
+    for c, e, _ in steps:
+      per_entry.setdefault(e, []).append(int(c.ravel()[e]))
+    self.assertEqual(per_entry, {0: [1, 3], 1: [1, 3], 2: [1, 3], 3: [3]})
+
+  @parameterized.product(tol=(0.0005, 0.003, 0.02), rule=("point", "upper"),
+                         per_layer=(False, True))
+  def test_walks_down_by_levels_within_tolerance_choosing_the_better_format(self, tol, rule,
+                                                                         per_layer):
+    sens = np.stack([SENS, SENS / 4, SENS * 2]) if per_layer else SENS
+    macs = np.broadcast_to(MACS, sens.shape)
+    start = np.zeros(sens.shape, np.int32)
+    ladder = ladder_for(sens.shape)
+    ev = cached(FormatCounter(sens))
+    result = precision_search.search(ev, macs, start, (tol,), rule=rule, ladder=ladder,
+                                     progress=False)[tol]
+    self.assertTrue(result.within_tolerance)
+    fp, sums = ev([start, result.precision])
+    measure = (lambda c: format_loss(c, sens)) if rule == "point" else (
+        lambda c: precision_search.loss_interval(ev([c])[0], fp, WINDOW_TOKENS).high)
+    self.assertLessEqual(measure(result.precision), tol)
+    self.assertAlmostEqual(result.loss, format_loss(result.precision, sens), places=6)
+    # Stopped because no step of the ladder fits.
+    for c, _, _ in ladder.steps(result.precision):
+      self.assertGreater(measure(c), tol)
+    # Every step moves one entry to the next lower level of bits; of two formats of one
+    # level the better one (lower error: 2 and 4) is taken, though listed second.
+    for before, after in zip(result.path, result.path[1:]):
+      (entry,) = np.flatnonzero(before.ravel() != after.ravel())
+      b, a = LADDER_BITS[before.ravel()[entry]], LADDER_BITS[after.ravel()[entry]]
+      self.assertEqual(a, LADDER_BITS[LADDER_BITS < b].max())
+    self.assertFalse(np.isin(np.stack(result.path), [1, 3]).any())
+    self.assertGreater(len(result.path), 2)
+    self.assertEqual(result.cost, ladder.cost(result.precision, macs))
+
+  def test_the_worse_format_is_chosen_when_it_is_the_better_one(self):
+    err = ERR[[0, 2, 1, 4, 3, 5]]  # the errors of each level swapped
+    result = precision_search.search(cached(FormatCounter(SENS, err)), MACS, np.zeros(4, np.int32),
+                                     (0.003,), rule="point", ladder=ladder_for((4,)))[0.003]
+    self.assertFalse(np.isin(np.stack(result.path), [2, 4]).any())
+    self.assertTrue(np.isin(result.precision, [1, 3, 5]).all())
+
+  def test_free_steps_first_by_saving_then_best_saving_per_loss(self):
+    # The 8.25-bit level is free: every type takes it first, the largest MACs first (up 8,
+    # down 4, qkv 3, o 1), before any step that adds loss; then saving per added loss.
+    err = np.array([0.0, 0.0, 1e-3, 6e-4, 2e-4, 4e-3])
+    result = precision_search.search(cached(FormatCounter(SENS, err)), MACS,
+                                     np.zeros(4, np.int32), (0.01,), rule="point",
+                                     ladder=ladder_for((4,)))[0.01]
+    path = [c.tolist() for c in result.path]
+    self.assertEqual(path[:5], [[0, 0, 0, 0], [0, 0, 1, 0], [0, 0, 1, 1], [1, 0, 1, 1],
+                                [1, 1, 1, 1]])
+    current = result.path[4]
+    scores = {}
+    for c, e, saved in ladder_for((4,)).steps(current):
+      added = format_loss(c, SENS, err) - format_loss(current, SENS, err)
+      if format_loss(c, SENS, err) <= 0.01:
+        scores[c.tobytes()] = (MACS[e] * saved / added, c.tolist())
+    self.assertEqual(path[5], max(scores.values())[1])
+
+  def test_bound_racing_and_max_accept_as_for_anda(self):
+    """The bound and racing change no choice; max_accept moves several entries one level each
+    (one candidate per entry, though an entry has several)."""
+    skipped = dropped = 0
+    for case in range(12):
+      rng = np.random.default_rng(case)
+      layers = int(rng.integers(0, 3))
+      sens = SENS * rng.uniform(0.25, 4, (layers, 1) if layers else 1)
+      macs = np.broadcast_to(MACS, sens.shape)
+      ladder, start = ladder_for(sens.shape), np.zeros(sens.shape, np.int32)
+      accept, noise = int(rng.choice([1, 3])), (0.0, 0.3)[case % 2]
+      kw = dict(rule=str(rng.choice(["point", "upper"])), max_accept=accept, ladder=ladder,
+                progress=False)
+      with self.subTest(case=case, layers=layers, noise=noise, **kw):
+        runs = {}
+        for name, extra in (("plain", dict(bound=False)), ("fast", dict(race_windows=4))):
+          ev = cached(FormatCounter(sens, noise=noise, seed=case), batch_size=4)
+          runs[name] = ev, precision_search.search(ev, macs, start, (0.002, 0.02), **kw, **extra)
+        (plain_ev, plain), (fast_ev, fast) = runs["plain"], runs["fast"]
+        for tol in plain:
+          self.assertEqual([p.tolist() for p in fast[tol].path],
+                           [p.tolist() for p in plain[tol].path])
+          for before, after in zip(plain[tol].path, plain[tol].path[1:]):
+            moved = np.flatnonzero(before.ravel() != after.ravel())
+            self.assertBetween(len(moved), 1, accept)  # several entries, one level each
+            for e in moved:
+              b = LADDER_BITS[before.ravel()[e]]
+              self.assertEqual(LADDER_BITS[after.ravel()[e]], LADDER_BITS[LADDER_BITS < b].max())
+        self.assertLessEqual(fast_ev.window_evaluations, plain_ev.window_evaluations)
+        skipped += sum(r.skipped for r in fast.values())
+        dropped += sum(r.dropped for r in fast.values())
+    self.assertGreater(skipped, 0)  # the cases exercise the bound and racing
+    self.assertGreater(dropped, 0)
+
+  @parameterized.named_parameters(
+      ("shape", dict(ladder=precision_search.FormatLadder(np.ones((3, 4, 2)))),
+       "ladder bits shape"),
+      ("value", dict(start=np.full(4, 6)), r"must be a value of the ladder, 0..5"),
+      ("negative", dict(start=np.full(4, -1)), r"must be a value of the ladder"))
+  def test_invalid_inputs(self, change, message):
+    kwargs = dict(macs=MACS, start=np.zeros(4, np.int32), tolerances=(0.01,),
+                  ladder=ladder_for((4,)))
+    kwargs.update(change)
+    with self.assertRaisesRegex(ValueError, message):
+      precision_search.search(cached(FormatCounter(SENS)), **kwargs)
+    for bits in (np.ones((4, 1)), np.zeros((4, 3)), np.ones(4), np.full((4, 2), np.nan)):
+      with self.assertRaisesRegex(ValueError, "must be positive storage bits"):
+        precision_search.FormatLadder(bits)
+
+
 class CachedEvaluatorTest(absltest.TestCase):
 
   def test_windows_are_evaluated_once_slice_by_slice(self):

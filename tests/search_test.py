@@ -254,6 +254,9 @@ class ReportTest(absltest.TestCase):
     setup = exp_search.setup_of(cfg, windows, shape, digest)
     self.assertEqual((setup["stride"], setup["impl"], setup["window_batch"], setup["model_shards"]),
                      (128, "bitserial", 4, 2))
+    self.assertNotIn("candidates", setup)  # Anda's M: the recorded runs' form
+    cfg.impl, cfg.candidates = "fake", ("mxfp4:block_size=32", "nvfp4")
+    self.assertEqual(exp_search.setup_of(cfg, None, None, digest)["candidates"], ["mxfp4", "nvfp4"])
 
   def test_broken_lines_are_moved_aside_and_non_finite_sums_fail(self):
     run_dir = testlib.tempdir(self)
@@ -328,7 +331,13 @@ class ConfigTest(parameterized.TestCase):
       ("format.rounding", "stochastic", "race_windows=.* is invalid with format.rounding='stochastic'"),
       ("window_batch", 3, "race_windows=4 is invalid with window_batch=3: racing needs"),
       ("window_batch", None, "race_windows=4 is invalid with window_batch=None"),
-      ("cost.head_mantissa_bits", 25, "cost.head_mantissa_bits=25 is invalid"))
+      ("cost.head_mantissa_bits", 25, "cost.head_mantissa_bits=25 is invalid"),
+      ("candidates", "mxx", r"candidates='mxx' is invalid: must be 'anda', one of \('mx', "
+       r"'nvfp4_mx'\) or a tuple of format names"),
+      ("candidates", 4, r"candidates=4 is invalid: must be 'anda'"),
+      ("candidates", ("mxint8", "mxfp5"), r"candidates\[1\]: format name 'mxfp5' is invalid"),
+      ("candidates", ("mxint8", "mxint8:block_size=32"), r"candidates\[1\]=.* repeats 'mxint8'"),
+      ("candidates", (), r"candidates=\(\) is invalid: must name at least one format"))
   def test_bad_configs_are_refused(self, key, value, message):
     for variant in (None, "quick"):
       cfg = search_config.get_config(variant)
@@ -343,6 +352,23 @@ class ConfigTest(parameterized.TestCase):
   def test_shipped_configs_are_valid(self):
     for variant in (None, "quick"):
       exp_search.validate(search_config.get_config(variant))
+      for candidates in ("mx", "nvfp4_mx", ("fp8_token", "mxfp4:block_size=16")):
+        cfg = search_config.get_config(variant)
+        cfg.candidates = candidates
+        exp_search.validate(cfg)
+
+  def test_settings_that_are_andas_are_refused_with_formats(self):
+    cfg = search_config.get_config("quick")
+    cfg.candidates, cfg.start_types = "mx", (8, 6, 8, 8)
+    with self.assertRaisesRegex(ValueError, r"start_types=\(8, 6, 8, 8\) is invalid with "
+                                "candidates='mx': it is Anda's M per type"):
+      exp_search.validate(cfg)
+    cfg.start_types, cfg.cost.head_mantissa_bits = None, 7
+    with self.assertRaisesRegex(ValueError, "cost.head_mantissa_bits=7 is invalid with candidates"):
+      exp_search.validate(cfg)
+    cfg.cost.head_mantissa_bits, cfg.other_formats, cfg.impl = 0, (), "bitserial"
+    with self.assertRaisesRegex(ValueError, "impl='bitserial' is invalid with candidates"):
+      exp_search.validate(cfg)
 
   def test_unresolved_tolerances_are_refused_before_loading_unless_allowed(self):
     cfg = search_config.get_config()  # its study: docs/results/noise_floor_smollm2
@@ -594,6 +620,71 @@ class ExperimentTest(absltest.TestCase):
     exp_search.run(cfg)
     self.assertEqual((run_dir / "search.jsonl").read_text(), before)
 
+
+  def test_tiny_model_search_among_mx_formats(self):
+    """candidates='mx': the search walks MX formats by storage bits with the same machinery
+    (one compiled program), records what each entry chose and its bits, and the rows are those
+    of the per-type formats evaluated on their own."""
+    tmp = testlib.tempdir(self)
+    testlib.make_checkpoint(tmp / "ckpt", n_layers=2, d_model=32, d_ff=64)
+    (tmp / "corpus.txt").write_text(testlib.corpus_text())
+    cfg = self._config(tmp, "mx", candidates="mx", tolerances=(0.003, 0.05), rule="upper")
+    with evaluate.count_compilations() as compiled:
+      run_dir = exp_search.run(cfg)
+    self.assertLen(compiled, 1)  # every round, the uniform formats and the test split
+    names = list(exp_search.search_candidates.CANDIDATE_SETS["mx"])
+    setup = json.loads((run_dir / "setup.json").read_text())
+    chosen = json.loads((run_dir / "chosen.json").read_text())
+    self.assertEqual((setup["candidates"], chosen["candidates"]), (names, names))
+    rows = search_log.read_rows(run_dir / "search.jsonl")
+    by_key = {split: search_report.rows_by_key(rows, split) for split in search_log.SPLITS}
+    shape = cost.ModelShape(**setup["shape"])
+    choice = baselines.FormatChoice(tuple(baselines.parse_format(n) for n in names))
+    bits = np.array([16, 8.25, 8.25, 8.25, 6.25, 6.25, 4.25])
+    model, tokenizer = loading.load_model(cfg.model)
+    windows = loading.load_windows(cfg.data, tokenizer, dict(calibration=16, test=8))
+    for c in chosen["chosen"]:
+      config = np.asarray(c["precision"])
+      self.assertEqual(c["formats"], [(["fp16"] + names)[v] for v in config])
+      self.assertEqual(c["storage_bits"], cost.format_storage_bits(shape, config, choice))
+      self.assertEqual(rows[0]["storage_bits"], 16.0)
+      self.assertNotIn("mean_m", rows[0])
+      for before, after in zip(c["path"], c["path"][1:]):  # one entry, one level down
+        (e,) = np.flatnonzero(np.subtract(before, after))
+        self.assertEqual(bits[after[e]], bits[bits < bits[before[e]]].max())
+      fp, row = by_key["calibration"][_key(np.zeros(4))], by_key["calibration"][_key(config)]
+      interval = perplexity.increase_interval(row, fp)
+      self.assertLessEqual(interval.high, c["tolerance"])
+      test_interval = perplexity.increase_interval(by_key["test"][_key(config)],
+                                                   by_key["test"][_key(np.zeros(4))])
+      self.assertAlmostEqual(c["loss"]["test"]["estimate"], test_interval.estimate)
+      self.assertAlmostEqual(c["loss"]["test"]["high"], test_interval.high)
+      # The same sums as the formats it names, each at its type, evaluated on their own.
+      per_type = ProductSpec(tuple(choice.formats[max(v, 1) - 1] for v in config))
+      want, _ = evaluate.window_nll_sums(
+          model, windows["test"], np.minimum(config, 1)[None], per_type,
+          weights=evaluate.target_weights(8, 16, loading.score_from(cfg.data)), batch_size=8)
+      np.testing.assert_allclose(by_key["test"][_key(config)]["window_nll"], want[0], rtol=1e-6)
+    self.assertGreater(len(chosen["chosen"][-1]["path"]), 4)  # past the 8.25-bit level
+    self.assertEqual([u["label"] for u in chosen["uniform"]], [f"uniform {n}" for n in names])
+    self.assertEqual([u["storage_bits"] for u in chosen["uniform"]], list(bits[1:]))
+    self.assertTrue(all(u["loss"]["test"]["high"] >= u["loss"]["test"]["low"]
+                        for u in chosen["uniform"]))
+    report = (run_dir / "report.md").read_text()
+    line = next(l for l in report.splitlines() if l.startswith("| mixed, tolerance 5% |"))
+    self.assertIn(" | " + ", ".join(chosen["chosen"][-1]["formats"]) + " | ", line)
+    self.assertIn(f" | {chosen['chosen'][-1]['storage_bits']:.2f} | ", line)
+    self.assertIn("| uniform mxfp6_e3m2 | mxfp6_e3m2, mxfp6_e3m2, mxfp6_e3m2, mxfp6_e3m2 |", report)
+    self.assertIn("| `fp16_fma_lanes` |", report)
+    self.assertNotIn("Against the paper's figures", report)
+    # Resumed: nothing evaluated again. Other candidates in the same folder: refused.
+    before = (run_dir / "search.jsonl").read_text()
+    exp_search.run(cfg)
+    self.assertEqual((run_dir / "search.jsonl").read_text(), before)
+    cfg.candidates = "nvfp4_mx"
+    with self.assertRaisesRegex(ValueError,
+                                r"invalid for these settings: .*candidates: \['mxint8'"):
+      exp_search.run(cfg)
 
   def test_a_split_too_short_for_a_tolerance_is_refused_after_loading(self):
     tmp = testlib.tempdir(self)

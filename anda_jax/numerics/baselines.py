@@ -1,7 +1,8 @@
 """The activation formats Anda is compared with, as fake quantizers: OCP MX, NVFP4, per-token
 FP8 / INT8; and `fake_quantize`, one entry point for them and for `AndaFormat`.
 
-Defined in docs/formats.md, sections 5 (OCP MX), 6 (NVFP4) and 7 (per-token FP8 / INT8).
+Defined in docs/formats.md, sections 5 (OCP MX), 6 (NVFP4) and 7 (per-token FP8 / INT8);
+`FormatChoice`, one of several of them chosen by a traced value, in section 10.
 
 Every format groups along `axis` (the contraction axis of a matmul input, -1 by default) and
 returns float32 values of the input's shape, with a straight-through gradient.
@@ -54,6 +55,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -182,14 +184,71 @@ class PerTokenFormat:
     return 8 + _SCALE_BITS / _check_row_length(row_length)
 
 
-FORMATS = (AndaFormat, MXFormat, NVFP4Format, PerTokenFormat)
+_FIXED_FORMATS = (MXFormat, NVFP4Format, PerTokenFormat)  # no mantissa length to choose
+
+
+@dataclasses.dataclass(frozen=True)
+class FormatChoice:
+  """One of several formats per product, chosen by a configuration's value (docs/formats.md,
+  section 10): value i in 1..len(formats) is formats[i - 1], 0 keeps the activation in floating
+  point. The value takes M's place in a precision configuration and may be traced, so one
+  compiled program serves every mix of the formats. Hashable: use it as a static argument
+  under `jax.jit`.
+
+  formats: MX, NVFP4 or per-token formats (each at most once, one shared `axis`); at most
+  MAX_MANTISSA_BITS of them, the largest value a configuration holds."""
+
+  formats: tuple
+
+  def __post_init__(self):
+    formats = tuple(self.formats) if isinstance(self.formats, (list, tuple)) else None
+    if not formats:
+      raise ValueError(f"formats={self.formats!r} is invalid: must be a non-empty tuple of "
+                       f"{[f.__name__ for f in _FIXED_FORMATS]}")
+    object.__setattr__(self, "formats", formats)
+    for i, fmt in enumerate(formats):
+      if not isinstance(fmt, _FIXED_FORMATS):
+        raise ValueError(f"formats[{i}]={fmt!r} is invalid: must be one of "
+                         f"{[f.__name__ for f in _FIXED_FORMATS]}")
+      if fmt in formats[:i]:
+        raise ValueError(f"formats[{i}]={fmt!r} is invalid: it repeats an earlier format")
+      if fmt.axis != formats[0].axis:
+        raise ValueError(f"formats[{i}].axis={fmt.axis} is invalid: every format of a choice "
+                         f"groups along one axis ({formats[0].axis})")
+    check_int("len(formats)", len(formats), 1, anda.MAX_MANTISSA_BITS)
+
+  @property
+  def axis(self) -> int:
+    return self.formats[0].axis
+
+  @property
+  def group_size(self) -> int | None:
+    """The least common multiple of the formats' block sizes (a span that holds whole blocks
+    of each, as a model shard must), None if none has blocks (per-token formats)."""
+    sizes = [f.group_size for f in self.formats if hasattr(f, "group_size")]
+    return math.lcm(*sizes) if sizes else None
+
+  def chosen(self, value: int):
+    """The format of a concrete value 1..len(formats)."""
+    return self.formats[check_int("value", value, 1, len(self.formats),
+                                  " (0 is floating point)") - 1]
+
+  def storage_bits(self, value: int, row_length: int) -> float:
+    """Bits per element of the format `value` chooses, on tokens of `row_length` elements."""
+    return storage_bits(self.chosen(value), row_length=row_length)
+
+
+FORMATS = (AndaFormat, *_FIXED_FORMATS, FormatChoice)
 
 
 def storage_bits(fmt, mantissa_bits=None, row_length=None) -> float:
   """Bits stored per activation element for any format: Anda needs `mantissa_bits`, NVFP4 and
-  per-token formats need `row_length` (their per-token scale's share)."""
+  per-token formats need `row_length` (their per-token scale's share), a FormatChoice both
+  (its value in place of M)."""
   if isinstance(fmt, AndaFormat):
     return fmt.storage_bits(check_int("mantissa_bits", mantissa_bits, 1))
+  if isinstance(fmt, FormatChoice):
+    return fmt.storage_bits(mantissa_bits, row_length)
   if isinstance(fmt, MXFormat):
     return fmt.storage_bits()
   if isinstance(fmt, (NVFP4Format, PerTokenFormat)):
@@ -200,13 +259,19 @@ def storage_bits(fmt, mantissa_bits=None, row_length=None) -> float:
 def fake_quantize(x, fmt, mantissa_bits=None, key=None) -> jax.Array:
   """x rounded to `fmt` and back, as float32 of x's shape, with a straight-through gradient.
 
-  `mantissa_bits` (may be traced) and `key` (stochastic rounding) are Anda's and only Anda's."""
+  `mantissa_bits` (may be traced) is Anda's M, or a FormatChoice's value (0: x itself); `key`
+  (stochastic rounding) is Anda's and only Anda's."""
   if isinstance(fmt, AndaFormat):
     if mantissa_bits is None:
       raise ValueError("mantissa_bits=None is invalid for an AndaFormat: must be an integer in "
                        f"[{anda.MIN_MANTISSA_BITS}, {anda.MAX_MANTISSA_BITS}]")
     x = anda.check_input(x, fmt)
     return anda.quantize(x.astype(jnp.float32), fmt, mantissa_bits, key)
+  if isinstance(fmt, FormatChoice):
+    if key is not None:
+      raise ValueError("key is invalid for FormatChoice: must be None (only AndaFormat rounds "
+                       "stochastically)")
+    return _choose(x, fmt, mantissa_bits)
   if not isinstance(fmt, FORMATS):
     raise ValueError(f"fmt={fmt!r} is invalid: must be one of {[f.__name__ for f in FORMATS]}")
   name = type(fmt).__name__
@@ -218,6 +283,23 @@ def fake_quantize(x, fmt, mantissa_bits=None, key=None) -> jax.Array:
   x = anda.check_groupable(x, fmt).astype(jnp.float32)
   # Anda's straight-through estimator: d fake_quantize(x) / dx = identity.
   return anda._straight_through(x, jax.lax.stop_gradient(_fake_quantize(x, fmt=fmt)))
+
+
+def _choose(x, fmt: FormatChoice, value) -> jax.Array:
+  """x in the format `value` chooses (0: x itself; a traced value out of range is clipped to
+  it, as jax.lax.switch clips). Under vmap over values the switch becomes a select of every
+  branch: each format is computed, the chosen one kept, bit for bit."""
+  if value is None:
+    raise ValueError("mantissa_bits=None is invalid for a FormatChoice: must be its value, an "
+                     f"integer in [0, {len(fmt.formats)}] (0: floating point)")
+  if jnp.shape(value) != () or not jnp.issubdtype(jnp.result_type(value), jnp.integer):
+    raise ValueError(f"value={value!r} is invalid for a FormatChoice: must be an integer scalar")
+  if not isinstance(value, jax.core.Tracer):
+    check_int("value", int(value), 0, len(fmt.formats), " (0 is floating point)")
+  for f in fmt.formats:
+    x = anda.check_groupable(x, f)
+  branches = [lambda x: x] + [functools.partial(fake_quantize, fmt=f) for f in fmt.formats]
+  return jax.lax.switch(jnp.clip(value, 0, len(fmt.formats)), branches, x.astype(jnp.float32))
 
 
 @functools.partial(jax.jit, static_argnames="fmt")

@@ -234,23 +234,28 @@ def other_formats(cfg) -> dict:
   """{canonical name: format object} of the `other_formats` setting (the formats the sweep and
   the search evaluate next to Anda); ValueError naming a bad or repeated name and the valid
   ones. Non-Anda formats have no bit-serial kernel: they need impl='fake'."""
+  return format_names(cfg, cfg.other_formats, "other_formats")
 
-  names = cfg.other_formats
+
+def format_names(cfg, names, setting: str) -> dict:
+  """{canonical name: format object} of a list of names of baselines.FORMAT_NAMES given by the
+  setting `setting`, in their order; ValueError naming a bad or repeated name and the valid
+  ones, or an impl other than 'fake' (non-Anda formats have no bit-serial kernel)."""
   if not isinstance(names, (list, tuple)):
-    raise ValueError(f"other_formats={names!r} is invalid: must be a list of format names, each "
+    raise ValueError(f"{setting}={names!r} is invalid: must be a list of format names, each "
                      f"one of {baselines.FORMAT_NAMES} (options after a colon: 'mxfp4:block_size=16')")
   out = {}
   for i, name in enumerate(names):
     try:
       fmt = baselines.parse_format(name)
     except ValueError as e:
-      raise ValueError(f"other_formats[{i}]: {e}") from None
+      raise ValueError(f"{setting}[{i}]: {e}") from None
     canonical = baselines.format_name(fmt)
     if canonical in out:
-      raise ValueError(f"other_formats[{i}]={name!r} is invalid: it repeats {canonical!r}")
+      raise ValueError(f"{setting}[{i}]={name!r} is invalid: it repeats {canonical!r}")
     out[canonical] = fmt
   if out and cfg.impl != "fake":
-    raise ValueError(f"impl={cfg.impl!r} is invalid with other_formats: the bit-serial kernel "
+    raise ValueError(f"impl={cfg.impl!r} is invalid with {setting}: the bit-serial kernel "
                      "streams Anda bit planes only (use impl='fake')")
   return out
 
