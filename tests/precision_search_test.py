@@ -460,7 +460,7 @@ class FormatLadderTest(parameterized.TestCase):
       accept, noise = int(rng.choice([1, 3])), (0.0, 0.3)[case % 2]
       kw = dict(rule=str(rng.choice(["point", "upper"])), max_accept=accept, ladder=ladder,
                 progress=False)
-      with self.subTest(case=case, layers=layers, noise=noise, **kw):
+      with self.subTest(case=case, layers=layers, noise=noise, rule=kw["rule"], max_accept=accept):
         runs = {}
         for name, extra in (("plain", dict(bound=False)), ("fast", dict(race_windows=4))):
           ev = cached(FormatCounter(sens, noise=noise, seed=case), batch_size=4)
