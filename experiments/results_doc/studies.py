@@ -119,24 +119,40 @@ def rounding_section() -> list[str]:
 # ---------------------------------------------------------------------- sensitivity
 
 
-def sensitivity_section() -> list[str]:
-  run = RUNS["sensitivity"]
+ROUNDING = dict(truncate="truncation", nearest="rounding to nearest",
+                stochastic="stochastic rounding")
+
+
+def model_note(run: Run) -> list[str]:
+  """A paragraph on the model of a run on another model than SmolLM2 (the page's default)."""
+  setup = read_json(run, "setup.json")
+  if setup["model"]["name"] == "smollm2-135m":
+    return []
+  weights = "; ".join(f"{n} {k}" for k, n in setup["weights"].items())
+  return [f"Model: {setup['model']['name']} (its GGUF; tensors as stored -> as used: {weights})"
+          + (", every window starting with BOS" if setup.get("bos_first") else "") + ".", ""]
+
+
+def sensitivity_section(key: str = "sensitivity", title: str = "Per-layer sensitivity") -> list[str]:
+  run = RUNS[key]
   rows = result_rows(run)
   base = rows["fp"]
   cells = {(r["layer"], r["type"], r["mantissa_bits"]): increase(r, base)
            for r in rows.values() if r["layer"] is not None}
   layers, ms = sorted({k[0] for k in cells}), sorted({k[2] for k in cells})
-  d = read_json(run, "setup.json")["data"]
+  setup = read_json(run, "setup.json")
+  d = setup["data"]
   pairs = len(layers) * len(MODULE_TYPES)
   name = lambda k: f"layer {k[0]} `{k[1]}`"
-  out = ["## Per-layer sensitivity", "",
-         f"Each of the {len(layers)} layers x 4 types alone in Anda (G = 64, truncation; the rest "
+  out = [f"## {title}", "", *model_note(run),
+         f"Each of the {len(layers)} layers x 4 types alone in Anda (G = {setup['group_size']}, "
+         f"{ROUNDING[setup['rounding']]}; the rest "
          f"FP), M in {{{', '.join(map(str, ms))}}}, on {d['windows']} {d['split']} windows of "
          f"{d['seq_len']} tokens ({base['tokens']:.0f} scored tokens), each from a cached float "
          f"prefix. FP-activation perplexity on these windows: {base['ppl']:.4f}. In the heatmap a "
          "dot marks a cell whose interval holds 0.", ""]
   out += source(run, ("results.jsonl", "results.csv", "setup.json", "heatmap.png"))
-  out += ["![per-layer sensitivity heatmap](results/sensitivity_smollm2/heatmap.png)", ""]
+  out += [f"![per-layer sensitivity heatmap](results/{run.folder}/heatmap.png)", ""]
   summary = []
   for m in ms:
     at = {k: v for k, v in cells.items() if k[2] == m}
@@ -156,9 +172,11 @@ def sensitivity_section() -> list[str]:
                "---:|---|---|")
   first, last = layers[0], layers[-1]
   edge = sum(1 for k in worst if k[0] in (first, last))
-  out += [f"The first and the last layers carry the sensitivity, and within them the input of "
-          f"`up`: {edge} of the ten most sensitive pairs at M = {m_top} sit in layer {first} or "
-          f"{last}. A per-layer search can spend its bits there "
+  by_type = {t: sum(1 for k in worst if k[1] == t) for t in MODULE_TYPES}
+  common = max(by_type, key=by_type.get)
+  out += [f"Of the ten most sensitive pairs at M = {m_top}, {edge} sit in the first or the last "
+          f"layer ({first}, {last}) and {by_type[common]} are the input of `{common}`. A "
+          "per-layer search can spend its bits where the sensitivity sits "
           "([per-layer search](#per-layer-search)).", ""]
   return out
 
@@ -174,8 +192,8 @@ def pair_label(pair: str) -> str:
   return f"{name(a)} vs {name(b)}"
 
 
-def noise_floor_section() -> list[str]:
-  run = RUNS["noise"]
+def noise_floor_section(key: str = "noise", title: str = "Noise floor") -> list[str]:
+  run = RUNS[key]
   with (run.path / "noise_floor.csv").open() as f:
     entries = list(csv.DictReader(f))
   rows = result_rows(run)
@@ -196,10 +214,11 @@ def noise_floor_section() -> list[str]:
   hw = float(at[m8, sizes[-1]]["half_width"])
   tokens = float(at[m8, sizes[-1]]["tokens"])
   spread = at[moved, 16]["spread"] if (moved, 16) in at else None
-  out = ["## Noise floor", "",
+  setup = read_json(run, "setup.json")
+  out = [f"## {title}", "", *model_note(run),
          f"How the interval of a perplexity difference narrows with the tokens, and how far a "
          f"last-bit change of the inputs moves a perplexity. FP activations and uniform M (G = "
-         f"{read_json(run, 'setup.json')['group_size']}, truncation), each also with its "
+         f"{setup['group_size']}, {ROUNDING[setup['rounding']]}), each also with its "
          "embeddings moved by one unit in the last place at random (`moved`: the size of what "
          "another CPU's or framework's summation order changes), on "
          f"{d['windows']} {d['split']} windows of {d['seq_len']} tokens, split into disjoint "
@@ -208,7 +227,7 @@ def noise_floor_section() -> list[str]:
   out += table(["scored tokens (windows)"] + [pair_label(p) for p in pairs], table_rows)
   out += source(run, ("results.jsonl", "noise_floor.csv", "setup.json", "noise_floor.png"))
   needed = float(f"{tokens * (hw / 0.001) ** 2:.3g}")
-  out += ["![interval half-width vs scored tokens](results/noise_floor_smollm2/noise_floor.png)",
+  out += [f"![interval half-width vs scored tokens](results/{run.folder}/noise_floor.png)",
           "",
           f"- The interval narrows about as 1 / sqrt(tokens). To resolve a 0.1% tolerance near "
           f"M = 8 the half-width must fall below 0.1%: about {tokens:,.0f} x "
@@ -220,10 +239,18 @@ def noise_floor_section() -> list[str]:
           + ("" if spread is None else f" On {float(at[moved, 16]['tokens']):,.0f} tokens that "
              f"noise alone spreads M = 8's loss by ±{100 * float(spread):.2f}% (1.96 standard "
              "deviations of the disjoint subsets' estimates)."),
-          "- The half-width grows with the loss (M = 6 against M = 8): an interval belongs to its "
-          "configuration, and the search's noise floor (the half-width of the evaluated "
-          "configuration closest to FP) is the smallest tolerance it can resolve.", ""]
+          half_width_finding(at, sizes[-1]), ""]
   return out
+
+
+def half_width_finding(at: dict, n: int) -> str:
+  """Whether the half-width on n windows grows with the loss: M = 6 against M = 8."""
+  hw = {p: float(at[p, n]["half_width"]) for p in ("M6 vs fp", "M8 vs fp")}
+  grows = hw["M6 vs fp"] > hw["M8 vs fp"]
+  return (f"- The half-width {'grows' if grows else 'does not grow'} with the loss (M = 6: "
+          f"±{100 * hw['M6 vs fp']:.2f}%, M = 8: ±{100 * hw['M8 vs fp']:.2f}%, on {n} windows): an "
+          "interval belongs to its configuration, and the search's noise floor (the half-width of "
+          "the evaluated configuration closest to FP) is the smallest tolerance it can resolve.")
 
 # ---------------------------------------------------------------------- formats
 
