@@ -31,7 +31,9 @@ more calibration windows than a per-type one (README, "Adaptive precision search
 
 Mixed precision among other formats (candidates below): the same search choosing per type (or
 per layer) among the MX formats, or NVFP4 and MX, instead of Anda's mantissa lengths:
---config.candidates=mx (or nvfp4_mx) --config.run_name=search_smollm2_mx.
+--config.candidates=mx (or nvfp4_mx) --config.run_name=search_smollm2_mx. Runs on the same test
+windows (these data settings) are compared, paired, with experiments/search_compare.py:
+--runs=results/search_smollm2,results/search_smollm2_mx --out=results/compare_smollm2.
 
 quick: a search for a 2-core CPU on few short windows:
 

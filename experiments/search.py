@@ -50,6 +50,8 @@ Writes results/<run>/ :
   path.png       (test.path) the loss of each accepted configuration on calibration and on
                  test, round by round, one panel per tolerance
 The report and the plot are drawn only from these files (`search_report.write_report(run_dir)`).
+Finished runs on the same test windows (Anda with either rounding, mixed MX, NVFP4 and MX) are
+compared with each other, paired, by experiments/search_compare.py.
 """
 
 from __future__ import annotations

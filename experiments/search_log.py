@@ -5,6 +5,7 @@ and work.json (what each process of the run did)."""
 from __future__ import annotations
 
 import datetime
+import gzip
 import json
 import math
 import os
@@ -52,9 +53,22 @@ def check_row(row) -> None:
 
 def read_rows(path: pathlib.Path, repair: bool = False) -> list[dict]:
   """The rows of a search.jsonl. A broken line is skipped with a warning (with `repair`: moved
-  to search.jsonl.broken); `perplexity` is None where it is not finite."""
-  return [dict(r, perplexity=perplexity.finite_or_none(r["perplexity"]))
-          for r in run_folder.read_jsonl(path, repair, check_row)]
+  to search.jsonl.broken); `perplexity` is None where it is not finite. Where only
+  `search.jsonl.gz` is there (a recorded run, stored compressed), its rows, each checked: a
+  stored file is never repaired, so a bad row there is an error."""
+  path = pathlib.Path(path)
+  packed = path.with_name(path.name + ".gz")
+  if not path.exists() and packed.exists():
+    with gzip.open(packed, "rt") as f:
+      rows = [json.loads(line) for line in f if line.strip()]
+    for i, row in enumerate(rows, 1):
+      try:
+        check_row(row)
+      except (ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{packed}: row {i} is not a search row: {e}") from None
+  else:
+    rows = run_folder.read_jsonl(path, repair, check_row)
+  return [dict(r, perplexity=perplexity.finite_or_none(r["perplexity"])) for r in rows]
 
 
 def window_sums(row: dict) -> np.ndarray | None:
