@@ -192,7 +192,8 @@ def _plot(run_dir: pathlib.Path, entries: list[dict]) -> None:
   ax.plot(x, 100 * ref[0]["half_width"] * np.sqrt(x[0] / x), color="0.6", lw=1, label="1 / sqrt(tokens)")
   ax.axhline(0.1, color="k", lw=0.8, ls=":", label="0.1%")
   ax.set(xscale="log", yscale="log", xlabel="scored tokens", ylabel="interval half-width (%)",
-         title=f"{intervals.LEVEL:.0%} paired-bootstrap half-width of the perplexity increase")
+         title=f"{reports.model_name(run_dir)}: {intervals.LEVEL:.0%} paired-bootstrap half-width "
+               "of the perplexity increase")
   ax.title.set_fontsize(9)
   ax.legend(fontsize=7)
   fig.tight_layout()

@@ -225,6 +225,7 @@ def _heatmap(run_dir: pathlib.Path, rows: list[dict]) -> None:
   if any(r["interval"] is not None for r in rows):
     label += f"\ndot: its {intervals.LEVEL:.0%} paired interval holds 0"
   fig.colorbar(im, ax=axes[0].tolist(), label=label)
+  fig.suptitle(reports.model_name(run_dir), fontsize=9)
   reports.save_figure(fig, run_dir / "heatmap.png", dpi=120)
   plt.close(fig)
 

@@ -348,9 +348,10 @@ def _plots(run_dir: pathlib.Path, base_ppl: float | None, rows: list[dict]) -> N
   axes[1][0].set_ylabel("perplexity increase over FP (%)")
   axes[0][-1].legend(fontsize=8)
   axes[1][-1].legend(fontsize=8)
+  title = reports.model_name(run_dir)
   if any(r["interval"] is not None for r in rows):
-    fig.suptitle(reports.fit_title(f"error bars: {perplexity.INTERVAL_METHOD} of the increase "
-                                   "over FP", fig.get_figwidth()), fontsize=9)
+    title += f"; error bars: {perplexity.INTERVAL_METHOD} of the increase over FP"
+  fig.suptitle(reports.fit_title(title, fig.get_figwidth()), fontsize=9)
   fig.tight_layout()
   reports.save_figure(fig, run_dir / "ppl_vs_m.png", dpi=120)
   plt.close(fig)

@@ -48,6 +48,14 @@ def csv_text(fields: list[str], rows: list[dict]) -> str:
   return out.getvalue()
 
 
+def model_name(run_dir: pathlib.Path) -> str:
+  """The run's model as its setup.json names it (a registry name or a path), for plot titles;
+  "model" where the setup does not record it."""
+  path = pathlib.Path(run_dir) / "setup.json"
+  setup = json.loads(path.read_text()) if path.exists() else {}
+  return str(setup.get("model", {}).get("name", "model"))
+
+
 def weights_line(run_dir: pathlib.Path) -> str | None:
   """One line saying what the run's model weights were (from its setup.json): each stored
   tensor type, what it became and how many tensors; None where the setup does not record it."""

@@ -93,6 +93,9 @@ RUNS = dict(
         "--config.finetune=results/finetune_smollm2/params/M6-norms.safetensors "
         "--config.other_formats='()' --config.test.uniform=False", EPYC_SHARED,
         known=(("window_batch", WINDOW_BATCH_NOTE),)),
+    gemma3_noise=Run("noise_floor_gemma3",
+                     "python -m experiments.noise_floor --config=configs/noise_floor.py:gemma3",
+                     EPYC_SHARED),
 )
 
 # ---------------------------------------------------------------------- reading the files
