@@ -41,12 +41,15 @@ CPU model; on another CPU they move in the last digits, and Anda's rounding can 
 - [Anda against the formats hardware ships](#formats)
 - [Anda-aware fine-tuning](#fine-tuning)
 - [Gemma 3 270M: error bars and the noise floor](#gemma-3-270m-noise-floor)
+- [Gemma 3 270M: per-layer sensitivity](#gemma-3-270m-per-layer-sensitivity)
 """
 
 def generate() -> str:
   sections = (studies.sweep_section, studies.rounding_section, studies.sensitivity_section,
               searches.search_section, searches.layer_search_section,
               studies.noise_floor_section, studies.formats_section, searches.finetune_section,
-              lambda: studies.noise_floor_section("gemma3_noise", "Gemma 3 270M: noise floor"))
+              lambda: studies.noise_floor_section("gemma3_noise", "Gemma 3 270M: noise floor"),
+              lambda: studies.sensitivity_section("gemma3_sensitivity",
+                                                  "Gemma 3 270M: per-layer sensitivity"))
   body = "\n".join(line for section in sections for line in section())
   return HEADER + "\n" + body.rstrip() + "\n"
