@@ -97,6 +97,7 @@ def get_config(arg=None):
   # of that is refused, naming the tokens it needs (experiments/search_resolution.py says why a
   # study and not a pilot run); allow_unresolved=True runs it anyway, recorded in chosen.json and
   # the report. Relative paths are from the folder the command runs in (the repository's).
+  # With --config.format.rounding=nearest: docs/results/noise_floor_smollm2_nearest, its study.
   c.noise_floor = "docs/results/noise_floor_smollm2"
   c.allow_unresolved = False
   c.uniform_m = tuple(range(2, 11))  # the block-FP comparison curve

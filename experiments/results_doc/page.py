@@ -38,6 +38,7 @@ CPU model; on another CPU they move in the last digits, and Anda's rounding can 
 - [Adaptive precision search](#precision-search)
 - [Per-layer precision search](#per-layer-search)
 - [Error bars and the noise floor](#noise-floor)
+- [The noise floor when Anda rounds to nearest](#noise-floor-rounding-to-nearest)
 - [Anda against the formats hardware ships](#formats)
 - [Anda-aware fine-tuning](#fine-tuning)
 - [Gemma 3 270M: error bars and the noise floor](#gemma-3-270m-noise-floor)
@@ -47,7 +48,10 @@ CPU model; on another CPU they move in the last digits, and Anda's rounding can 
 def generate() -> str:
   sections = (studies.sweep_section, studies.rounding_section, studies.sensitivity_section,
               searches.search_section, searches.layer_search_section,
-              studies.noise_floor_section, studies.formats_section, searches.finetune_section,
+              studies.noise_floor_section,
+              lambda: studies.noise_floor_section("noise_nearest",
+                                                  "Noise floor, rounding to nearest"),
+              studies.formats_section, searches.finetune_section,
               lambda: studies.noise_floor_section("gemma3_noise", "Gemma 3 270M: noise floor"),
               lambda: studies.sensitivity_section("gemma3_sensitivity",
                                                   "Gemma 3 270M: per-layer sensitivity"))

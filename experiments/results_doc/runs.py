@@ -93,6 +93,10 @@ RUNS = dict(
         "--config.finetune=results/finetune_smollm2/params/M6-norms.safetensors "
         "--config.other_formats='()' --config.test.uniform=False", EPYC_SHARED,
         known=(("window_batch", WINDOW_BATCH_NOTE),)),
+    noise_nearest=Run("noise_floor_smollm2_nearest",
+                      "python -m experiments.noise_floor --config=configs/noise_floor.py "
+                      "--config.run_name=noise_floor_smollm2_nearest "
+                      "--config.format.rounding=nearest", EPYC),
     gemma3_noise=Run("noise_floor_gemma3",
                      "python -m experiments.noise_floor --config=configs/noise_floor.py:gemma3",
                      EPYC_SHARED),
