@@ -56,7 +56,6 @@ compared with each other, paired, by experiments/search_compare.py.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import pathlib
@@ -230,12 +229,12 @@ def _chosen_record(cfg, walk, shape, results, loss, floor, race, prefix_reuse, o
                    storage_bits=bits(r.precision), rounds=r.rounds,
                    within_tolerance=r.within_tolerance,
                    below_noise_floor=None if floor is None else tol < floor[0],
-                   loss={split: _interval_dict(loss[split][tol]) for split in SPLITS},
+                   loss={split: perplexity.interval_record(loss[split][tol]) for split in SPLITS},
                    candidates=r.candidates, dropped_by_racing=r.dropped,
                    skipped_by_bound=r.skipped,
                    path=[p.tolist() for p in r.path]) for tol, r in results.items()],
       uniform=[dict(label=label, precision=c.tolist(), storage_bits=bits(c),
-                    loss={split: None if i is None else _interval_dict(i)
+                    loss={split: perplexity.interval_record(i)
                           for split, i in uniform[label].items()})
                for label, c in walk.uniform],
       work=work)
@@ -337,10 +336,6 @@ def measure_formats(log: SearchLog, model, windows: dict, others: dict, cfg, bat
                            score_from=loading.score_from(cfg.data), batch_size=batch,
                            config_batch=1, mesh=mesh, reuse_prefix=False)
       log.appender(split, ev.window_tokens, name)(sites, ev([sites], slice(None))[0])
-
-
-def _interval_dict(interval) -> dict:
-  return {k: None if not math.isfinite(v) else v for k, v in dataclasses.asdict(interval).items()}
 
 
 def run_and_report(cfg) -> None:

@@ -199,14 +199,7 @@ class Point:
   def record(self) -> dict:
     out = {k: v for k, v in dataclasses.asdict(self).items() if k not in ("row", "loss")}
     return out | dict(ppl=None if self.row is None else self.row["perplexity"],
-                      loss=interval_record(self.loss))
-
-
-def interval_record(iv: intervals.Interval | None) -> dict | None:
-  """An interval as JSON (None where not finite: JSON has no NaN)."""
-  if iv is None:
-    return None
-  return {k: v if math.isfinite(v) else None for k, v in dataclasses.asdict(iv).items()}
+                      loss=perplexity.interval_record(self.loss))
 
 
 def _point(run: SearchRun, what: str, name: str, precision, fmt: str = ANDA, **extra) -> Point:
@@ -300,7 +293,7 @@ def _pair(anda: Point, other: Point) -> dict:
   iv = paired(anda, other)
   saved = other.bits - anda.bits
   return dict(anda=anda.name, other=other.name, anda_bits=anda.bits, other_bits=other.bits,
-              bits_saved=saved, versus=interval_record(iv), verdict=loss_verdict(iv),
+              bits_saved=saved, versus=perplexity.interval_record(iv), verdict=loss_verdict(iv),
               standing=standing(saved, iv))
 
 
@@ -335,8 +328,8 @@ def equal_bits(runs: list[SearchRun], pts: list[Point]) -> list[dict]:
       out.append(dict(
           other=other.name, other_what=other.what, other_run=other.run,
           tolerance=other.tolerance, other_bits=other.bits,
-          other_loss=interval_record(other.loss), anda_run=anda,
-          best=None if best is None else _short(best), versus=interval_record(c["versus"]),
+          other_loss=perplexity.interval_record(other.loss), anda_run=anda,
+          best=None if best is None else _short(best), versus=perplexity.interval_record(c["versus"]),
           verdict=None if best is None else loss_verdict(c["versus"]),
           cheapest=None if cheapest is None else _short(cheapest)))
   return out
@@ -353,7 +346,7 @@ def _as_formats_row(p: Point) -> dict:
 
 
 def _short(p: Point) -> dict:
-  return dict(name=p.name, choice=p.choice, bits=p.bits, loss=interval_record(p.loss))
+  return dict(name=p.name, choice=p.choice, bits=p.bits, loss=perplexity.interval_record(p.loss))
 
 
 def rounding_pairs(runs: list[SearchRun], pts: list[Point]) -> list[dict]:

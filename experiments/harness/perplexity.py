@@ -5,6 +5,7 @@ FP-activation baseline.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -83,3 +84,10 @@ INTERVAL_COLUMNS = ["rel_increase_low", "rel_increase_high"]
 def interval_columns(interval) -> dict:
   """A report's CSV columns of an increase's interval (empty without one)."""
   return dict(zip(INTERVAL_COLUMNS, ("", "") if interval is None else (interval.low, interval.high)))
+
+
+def interval_record(iv: intervals.Interval | None) -> dict | None:
+  """An interval as JSON (a bound that is not finite as None: JSON has no NaN); None stays None."""
+  if iv is None:
+    return None
+  return {k: v if math.isfinite(v) else None for k, v in dataclasses.asdict(iv).items()}
