@@ -6,6 +6,7 @@ import csv
 
 from anda_jax.precision import MODULE_TYPES
 from experiments import formats_report
+from experiments.harness import reports
 from experiments.results_doc.runs import RUNS, Run, read_json, result_rows, source
 from experiments.results_doc.text import increase, loss, loss_of, same_windows, table
 
@@ -128,9 +129,9 @@ def model_note(run: Run) -> list[str]:
   setup = read_json(run, "setup.json")
   if setup["model"]["name"] == "smollm2-135m":
     return []
-  weights = "; ".join(f"{n} {k}" for k, n in setup["weights"].items())
-  return [f"Model: {setup['model']['name']} (its GGUF; tensors as stored -> as used: {weights})"
-          + (", every window starting with BOS" if setup.get("bos_first") else "") + ".", ""]
+  return [f"Model: {setup['model']['name']}"
+          + (", every window starting with BOS" if setup.get("bos_first") else "")
+          + f"; {reports.weights_line(run.path)}.", ""]
 
 
 def sensitivity_section(key: str = "sensitivity", title: str = "Per-layer sensitivity") -> list[str]:
