@@ -16,6 +16,7 @@ from experiments.results_doc import page
 from experiments.results_doc import runs
 from experiments.results_doc import studies
 from experiments.results_doc import text
+from experiments.results_doc import transfer
 
 _GENERATED = []
 
@@ -119,6 +120,47 @@ class NumbersTest(parameterized.TestCase):
     want = intervals.relative_increase(row["window_nll"], base["window_nll"], tokens)
     self.assertEqual((estimate, iv), (want.estimate, want))
     self.assertEqual(text.increase(dict(ppl=21.0), dict(ppl=20.0)), (21.0 / 20.0 - 1, None))
+
+
+def _facts(ranked, bias_high, verdicts, edge):
+  """One model's facts as transfer.facts gives them, with what the findings read."""
+  iv = intervals.Interval(bias_high - 0.002, bias_high - 0.004, bias_high)
+  return dict(sweep=dict(ranked=ranked), bias=((iv.estimate, iv), (0.001, None)),
+              formats={n: (v, None) for n, v in verdicts.items()},
+              sensitivity=dict(edge=edge, common=ranked[-1]), noise=125_000.0,
+              search=([7, 6, 7, 8], 7.16, (-0.0078, None), 80))
+
+
+class TransferTest(parameterized.TestCase):
+
+  def test_a_model_without_studies_shows_not_run_in_every_row(self):
+    column = transfer.cells({}, ["mxfp4", "nvfp4"])
+    self.assertLen(column, 9 + 2)
+    self.assertEqual(set(column), {transfer.NOT_RUN})
+
+  @parameterized.parameters(
+      (("o", "qkv", "down", "up"), ("o", "qkv", "down", "up"), "transfers", "transfers"),
+      (("o", "qkv", "down", "up"), ("qkv", "o", "up", "down"), "does not transfer",
+       "does not transfer"),
+      (("o", "qkv", "down", "up"), ("qkv", "down", "o", "up"), "transfers",
+       "does not transfer"))
+  def test_findings_say_what_transfers(self, ranked_a, ranked_b, most, least):
+    a = _facts(ranked_a, -0.003, dict(mxfp4="mxfp4 ahead", mxint8="Anda ahead"), 5)
+    b = _facts(ranked_b, +0.002, dict(mxfp4="mxfp4 ahead", mxint8="not resolved"), 2)
+    lines = transfer.transfer_findings({"A": a, "B": b}, ["mxfp4", "mxint8"])
+    self.assertIn(f"- The most sensitive type: `{ranked_a[-1]}` on A, `{ranked_b[-1]}` on B "
+                  f"({most}).", lines)
+    self.assertIn(f"- The least sensitive type: `{ranked_a[0]}` on A, `{ranked_b[0]}` on B "
+                  f"({least}).", lines)
+    self.assertIn("- Truncation's interval at uniform M = 8 lies below FP on A, not on B.", lines)
+    self.assertIn("- Anda against the other formats at equal bits, the same verdict on both: "
+                  "mxfp4; a different one: mxint8.", lines)
+    self.assertNotIn("Not recorded", "".join(lines))
+
+  def test_findings_name_the_studies_not_recorded_on_both(self):
+    a = _facts(("o", "qkv", "down", "up"), -0.003, {}, 5)
+    lines = transfer.transfer_findings({"A": a, "B": dict(sensitivity=a["sensitivity"])}, [])
+    self.assertIn("- Not recorded on both models yet: bias, formats, noise, search, sweep.", lines)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ run without them is shown without, and the page says so. The prose between the t
 numbers from the files too.
 
 The page is built in parts: runs.py (the recorded runs, their commands and files), text.py (numbers
-and tables as shown), studies.py (sweeps, sensitivity, noise floor, formats), searches.py (the
-searches and the fine-tuning), page.py (the whole page); __main__.py is the command.
+and tables as shown), studies.py (sweeps, rounding, sensitivity, noise floor), formats.py (the
+formats study), searches.py (the searches and the fine-tuning), transfer.py (the two models side
+by side), page.py (the whole page); __main__.py is the command.
 """

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from experiments.harness import perplexity
 from experiments.results_doc import searches
+from experiments.results_doc import formats
 from experiments.results_doc import studies
+from experiments.results_doc import transfer
 
 
 HEADER = f"""# Results
@@ -43,6 +45,7 @@ CPU model; on another CPU they move in the last digits, and Anda's rounding can 
 - [Anda-aware fine-tuning](#fine-tuning)
 - [Gemma 3 270M: error bars and the noise floor](#gemma-3-270m-noise-floor)
 - [Gemma 3 270M: per-layer sensitivity](#gemma-3-270m-per-layer-sensitivity)
+- [SmolLM2 and Gemma 3 side by side](#smollm2-and-gemma-3-side-by-side)
 """
 
 def generate() -> str:
@@ -51,9 +54,10 @@ def generate() -> str:
               studies.noise_floor_section,
               lambda: studies.noise_floor_section("noise_nearest",
                                                   "Noise floor, rounding to nearest"),
-              studies.formats_section, searches.finetune_section,
+              formats.formats_section, searches.finetune_section,
               lambda: studies.noise_floor_section("gemma3_noise", "Gemma 3 270M: noise floor"),
               lambda: studies.sensitivity_section("gemma3_sensitivity",
-                                                  "Gemma 3 270M: per-layer sensitivity"))
+                                                  "Gemma 3 270M: per-layer sensitivity"),
+              transfer.transfer_section)
   body = "\n".join(line for section in sections for line in section())
   return HEADER + "\n" + body.rstrip() + "\n"

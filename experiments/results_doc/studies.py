@@ -33,89 +33,133 @@ def smallest_m(losses: dict, tolerance: float) -> int | None:
   return best
 
 
-def sweep_section() -> list[str]:
-  run = RUNS["sweep"]
+def sweep_section(key: str = "sweep", title: str = "Sweep",
+                  rounding_anchor: str = "rounding") -> list[str]:
+  run = RUNS[key]
   setup = read_json(run, "setup.json")
   base, cells = anda_cells(run)
   gs, ms = sorted({k[0] for k in cells}), sorted({k[2] for k in cells})
   d = setup["data"]
-  out = ["## Sweep", "",
+  out = [f"## {title}", "", *model_note(run),
          f"Each module type alone in Anda (the others FP) and all four together (`all`), G in "
-         f"{{{', '.join(map(str, gs))}}} x M in {ms[0]}..{ms[-1]}, truncation, on {d['windows']} "
-         f"{d['split']} windows of {d['seq_len']} tokens ({base['tokens']:.0f} scored tokens). "
+         f"{{{', '.join(map(str, gs))}}} x M in {ms[0]}..{ms[-1]}, "
+         f"{ROUNDING[setup['rounding']]}, on {d['windows']} {d['split']} windows of "
+         f"{d['seq_len']} tokens ({base['tokens']:.0f} scored tokens). "
          f"FP-activation perplexity: {base['ppl']:.4f}.", ""]
   out += source(run, ("results.jsonl", "results.csv", "setup.json", "ppl_vs_m.png", "heatmap.png"))
-  out += ["![perplexity vs M](results/sweep_smollm2/ppl_vs_m.png)", "",
-          "![G x M heatmap](results/sweep_smollm2/heatmap.png)", ""]
+  out += [f"![perplexity vs M](results/{run.folder}/ppl_vs_m.png)", "",
+          f"![G x M heatmap](results/{run.folder}/heatmap.png)", ""]
   out += table(["G", "type"] + [f"M = {m}" for m in ms],
                [[g, f"`{t}`"] + [loss_of(cells.get((g, t, m)), base) for m in ms]
                 for g in gs for t in TYPES], "---:|---|" + "---|" * len(ms))
-  out += sweep_findings(base, cells, gs, ms)
-  return out
+  return out + sweep_findings(sweep_facts(run), rounding_anchor)
 
 
-def sweep_findings(base, cells, gs, ms) -> list[str]:
+def sweep_facts(run: Run) -> dict:
+  """What a sweep finds, as numbers: the smallest M within 1% per (G, type) by the estimate and
+  by the interval's upper end, the storage bits of `all` there, the most and least sensitive type
+  alone at one (G, M), the cheapest G within 1% and truncation's lowest `all` cell from M = 7."""
+  base, cells = anda_cells(run)
+  gs, ms = sorted({k[0] for k in cells}), sorted({k[2] for k in cells})
   est = {k: increase(r, base) for k, r in cells.items()}
   point = lambda g, t: smallest_m({m: est[g, t, m][0] for m in ms if (g, t, m) in est}, 0.01)
   upper = lambda g, t: smallest_m({m: (est[g, t, m][1].high if est[g, t, m][1] else None)
                                    for m in ms if (g, t, m) in est}, 0.01)
+  bits = {g: cells[g, "all", point(g, "all")]["storage_bits"] for g in gs if point(g, "all")}
+  g0, m0 = (64, 4) if (64, "up", 4) in est else (gs[0], ms[len(ms) // 2])
+  ranked = sorted(MODULE_TYPES, key=lambda t: est[g0, t, m0][0])
+  late = [(k, v) for k, v in est.items() if k[1] == "all" and k[2] >= 7 and v[0] is not None]
+  return dict(gs=gs, ms=ms, est=est, g0=g0, m0=m0, ranked=ranked, bits=bits,
+              rounding=read_json(run, "setup.json")["rounding"],
+              point={(g, t): point(g, t) for g in gs for t in TYPES},
+              upper={(g, t): upper(g, t) for g in gs for t in TYPES},
+              cheapest=min(bits, key=bits.get) if bits else None,
+              lowest_late=min(late, key=lambda kv: kv[1][0]) if late else None)
+
+
+def sweep_findings(f: dict, rounding_anchor: str) -> list[str]:
+  gs, est, g0, m0, ranked, bits = f["gs"], f["est"], f["g0"], f["m0"], f["ranked"], f["bits"]
   out = ["### Smallest M within 1%", "",
          "The smallest M from which the loss stays within 1% at every larger M of the grid: by "
          "the estimate, and in brackets by the upper end of its interval (the rule the "
          "[precision search](#precision-search) uses). Last row: the storage bits per activation "
          "of all four types at the first number (sign, M bits, and the 8-bit shared exponent "
          "over G elements).", ""]
-  bits = {g: cells[g, "all", point(g, "all")]["storage_bits"] for g in gs if point(g, "all")}
   out += table(["type"] + [f"G = {g}" for g in gs],
-               [[f"`{t}`"] + [f"{point(g, t)} ({upper(g, t)})" for g in gs] for t in TYPES]
+               [[f"`{t}`"] + [f"{f['point'][g, t]} ({f['upper'][g, t]})" for g in gs]
+                for t in TYPES]
                + [["bits, `all`"] + [f"{bits[g]:g}" if g in bits else "–" for g in gs]])
-  g0, m0 = (64, 4) if (64, "up", 4) in est else (gs[0], ms[len(ms) // 2])
-  ranked = sorted(MODULE_TYPES, key=lambda t: est[g0, t, m0][0])
-  late = [(k, v) for k, v in est.items() if k[1] == "all" and k[2] >= 7 and v[0] is not None]
-  (g1, _, m1), (e1, iv1) = min(late, key=lambda kv: kv[1][0])
-  cheapest = min(bits, key=bits.get)
   out += [f"- The input of `{ranked[-1]}` is the most sensitive activation and that of "
           f"`{ranked[0]}` the least: at G = {g0}, M = {m0}, `{ranked[-1]}` alone costs "
           f"{loss(*est[g0, ranked[-1], m0])}, `{ranked[0]}` alone {loss(*est[g0, ranked[0], m0])}. "
-          "A larger G shares one exponent among more values and needs more bits.",
-          f"- All four types within 1% are cheapest in storage at G = {cheapest} "
-          f"({bits[cheapest]:g} bits per activation).",
-          f"- Truncation rounds toward zero, and from M = 7 on it lowers the perplexity slightly "
-          f"(the lowest `all` cell: {loss(e1, iv1)} at G = {g1}, M = {m1}); rounding to nearest "
-          "approaches FP from above instead ([rounding](#rounding)).", ""]
+          "A larger G shares one exponent among more values and needs more bits."]
+  if f["cheapest"] is not None:
+    out.append(f"- All four types within 1% are cheapest in storage at G = {f['cheapest']} "
+               f"({bits[f['cheapest']]:g} bits per activation).")
+  if f["lowest_late"] is not None:
+    (g1, _, m1), (e1, iv1) = f["lowest_late"]
+    lowers = e1 < 0
+    out.append(f"- From M = 7 on, the lowest `all` cell is {loss(e1, iv1)} (G = {g1}, M = {m1})"
+               + (": truncation rounds toward zero and lowers this model's perplexity slightly; "
+                  "rounding to nearest approaches FP from above instead"
+                  if lowers and f["rounding"] == "truncate" else "")
+               + f" ([rounding](#{rounding_anchor})).")
+  return out + [""]
+
+
+def rounding_section(title: str = "Rounding", truncate: str = "sweep", formats: str = "formats",
+                     nearest: str | None = "nearest", formats_anchor: str = "formats",
+                     sweep_anchor: str = "sweep") -> list[str]:
+  """Anda at every site, truncation (a sweep) against rounding to nearest (a formats study, with
+  intervals; and a dedicated nearest sweep where one exists) on the same windows."""
+  runs = [RUNS[truncate], RUNS[formats]] + ([RUNS[nearest]] if nearest else [])
+  same_windows(*runs)
+  base_t, cells_t = anda_cells(runs[0])
+  base_f, cells_f = anda_cells(runs[1])
+  g = 64
+  ms = sorted(m for (gg, t, m) in cells_f if gg == g and t == "all" and (gg, t, m) in cells_t)
+  rows = [["truncate (sweep)"] + [loss_of(cells_t.get((g, "all", m)), base_t) for m in ms],
+          ["nearest (formats study)"] + [loss_of(cells_f.get((g, "all", m)), base_f) for m in ms]]
+  text = (f"All four types in Anda at G = {g}, truncation against round-to-nearest (ties to even), "
+          f"on the sweep's windows: the [formats study](#{formats_anchor}) evaluated Anda rounding "
+          "to nearest on the same windows with the per-window sums, which gives the intervals and "
+          "the paired ratio of the two roundings.")
+  if nearest:
+    base_n, cells_n = anda_cells(runs[2])
+    rows.append(["nearest (dedicated run)"]
+                + [loss_of(cells_n.get((g, "all", m)), base_n) for m in ms])
+    gap = max(abs(increase(cells_f[g, "all", m], base_f)[0]
+                  - increase(cells_n[g, "all", m], base_n)[0])
+              for m in ms if (g, "all", m) in cells_n)
+    text += (" The dedicated nearest run's rows hold no per-window NLL sums, so they have no "
+             f"interval; the two nearest rows differ by at most {100 * gap:.2f} percentage points.")
+  rows.append(["nearest / truncate - 1 (formats study over sweep, paired)"]
+              + [loss_of(cells_f.get((g, "all", m)), cells_t.get((g, "all", m))) for m in ms])
+  out = [f"## {title}", "", *model_note(runs[0]), text, ""]
+  out += table(["rounding"] + [f"M = {m}" for m in ms], rows, "---|" + "---|" * len(ms))
+  if nearest:
+    out += source(runs[2], ("results.jsonl", "results.csv", "setup.json"))
+  out += [f"Truncation: [sweep](#{sweep_anchor}); nearest with intervals: "
+          f"[formats study](#{formats_anchor}).", ""]
+  paired = {m: increase(cells_f[g, "all", m], cells_t[g, "all", m])[1] for m in ms}
+  side = lambda pick: ", ".join(str(m) for m in ms if paired[m] is not None and pick(paired[m]))
+  (t8, n8) = truncation_bias(runs[0], runs[1], g).get(8, ((None, None), (None, None)))
+  out += [f"Rounding to nearest is ahead (paired interval below 0) at M = "
+          f"{side(lambda iv: iv.high < 0) or 'none'}, truncation at M = "
+          f"{side(lambda iv: iv.low > 0) or 'none'}"
+          + ("" if t8[0] is None else f"; at M = 8 truncation gives {loss(*t8)} against FP and "
+             f"nearest {loss(*n8)}") + ".", ""]
   return out
 
 
-def rounding_section() -> list[str]:
-  truncate, formats, nearest = RUNS["sweep"], RUNS["formats"], RUNS["nearest"]
-  same_windows(truncate, formats, nearest)
+def truncation_bias(truncate: Run, formats: Run, g: int = 64) -> dict:
+  """{M: (truncation's increase over FP, nearest's)} of Anda at every site, G = g, M >= 8: where
+  both roundings are within a fraction of a percent, the sign of the difference is the bias."""
   base_t, cells_t = anda_cells(truncate)
   base_f, cells_f = anda_cells(formats)
-  base_n, cells_n = anda_cells(nearest)
-  g = 64
-  ms = sorted(m for (gg, t, m) in cells_n if gg == g and t == "all")
-  rows = [["truncate (sweep)"] + [loss_of(cells_t.get((g, "all", m)), base_t) for m in ms],
-          ["nearest (formats study)"] + [loss_of(cells_f.get((g, "all", m)), base_f) for m in ms],
-          ["nearest (dedicated run)"] + [loss_of(cells_n.get((g, "all", m)), base_n) for m in ms],
-          ["nearest / truncate - 1 (formats study over sweep, paired)"]
-          + [loss_of(cells_f.get((g, "all", m)), cells_t.get((g, "all", m))) for m in ms]]
-  gap = max(abs(increase(cells_f[g, "all", m], base_f)[0]
-                - increase(cells_n[g, "all", m], base_n)[0]) for m in ms)
-  out = ["## Rounding", "",
-         f"All four types in Anda at G = {g}, truncation against round-to-nearest (ties to even), "
-         f"on the sweep's windows. The dedicated nearest run's rows hold no per-window NLL sums, so "
-         f"they have no interval; the [formats study](#formats) evaluated the same configurations "
-         f"with round-to-nearest on the same windows with the sums, which gives the intervals and "
-         f"the paired ratio of the two roundings. The two nearest rows differ by at most "
-         f"{100 * gap:.2f} percentage points.", ""]
-  out += table(["rounding"] + [f"M = {m}" for m in ms], rows, "---|" + "---|" * len(ms))
-  out += source(nearest, ("results.jsonl", "results.csv", "setup.json"))
-  out += ["Truncation: [sweep](#sweep); nearest with intervals: [formats study](#formats).", ""]
-  lo = min(ms)
-  out += [f"At M = {lo} rounding to nearest loses {loss_of(cells_f[g, 'all', lo], base_f)} where "
-          f"truncation loses {loss_of(cells_t[g, 'all', lo], base_t)}; from M = 8 on, nearest "
-          "stays close to FP while truncation stays below it.", ""]
-  return out
+  return {m: (increase(cells_t[g, "all", m], base_t), increase(cells_f[g, "all", m], base_f))
+          for (gg, t, m) in sorted(cells_f) if gg == g and t == "all" and m >= 8
+          and (g, "all", m) in cells_t}
 
 # ---------------------------------------------------------------------- sensitivity
 
@@ -136,11 +180,8 @@ def model_note(run: Run) -> list[str]:
 
 def sensitivity_section(key: str = "sensitivity", title: str = "Per-layer sensitivity") -> list[str]:
   run = RUNS[key]
-  rows = result_rows(run)
-  base = rows["fp"]
-  cells = {(r["layer"], r["type"], r["mantissa_bits"]): increase(r, base)
-           for r in rows.values() if r["layer"] is not None}
-  layers, ms = sorted({k[0] for k in cells}), sorted({k[2] for k in cells})
+  f = sensitivity_facts(run)
+  base, cells, layers, ms = f["base"], f["cells"], f["layers"], f["ms"]
   setup = read_json(run, "setup.json")
   d = setup["data"]
   pairs = len(layers) * len(MODULE_TYPES)
@@ -166,20 +207,31 @@ def sensitivity_section(key: str = "sensitivity", title: str = "Per-layer sensit
   top, m_top = ms[-1], ms[0]
   over = sorted((k for k in cells if k[2] == top and cells[k][0] > 0.01),
                 key=lambda k: -cells[k][0])
-  worst = sorted((k for k in cells if k[2] == m_top), key=lambda k: -cells[k][0])[:10]
   out += [f"The ten most sensitive (layer, type) pairs at M = {m_top}, and every pair over 1% at "
           f"M = {top}:", ""]
-  out += table(["M", "pair", "loss"], [[k[2], name(k), loss(*cells[k])] for k in worst + over],
-               "---:|---|---|")
-  first, last = layers[0], layers[-1]
-  edge = sum(1 for k in worst if k[0] in (first, last))
-  by_type = {t: sum(1 for k in worst if k[1] == t) for t in MODULE_TYPES}
-  common = max(by_type, key=by_type.get)
-  out += [f"Of the ten most sensitive pairs at M = {m_top}, {edge} sit in the first or the last "
-          f"layer ({first}, {last}) and {by_type[common]} are the input of `{common}`. A "
-          "per-layer search can spend its bits where the sensitivity sits "
+  out += table(["M", "pair", "loss"],
+               [[k[2], name(k), loss(*cells[k])] for k in f["worst"] + over], "---:|---|---|")
+  out += [f"Of the ten most sensitive pairs at M = {m_top}, {f['edge']} sit in the first or the "
+          f"last layer ({layers[0]}, {layers[-1]}) and {f['by_type'][f['common']]} are the input "
+          f"of `{f['common']}`. A per-layer search can spend its bits where the sensitivity sits "
           "([per-layer search](#per-layer-search)).", ""]
   return out
+
+
+def sensitivity_facts(run: Run) -> dict:
+  """A sensitivity study's cells {(layer, type, M): (estimate, interval)} and what they show: the
+  ten most sensitive pairs at the smallest M, how many sit in the first or last layer, how many
+  feed each type, and the type most of them feed."""
+  rows = result_rows(run)
+  base = rows["fp"]
+  cells = {(r["layer"], r["type"], r["mantissa_bits"]): increase(r, base)
+           for r in rows.values() if r["layer"] is not None}
+  layers, ms = sorted({k[0] for k in cells}), sorted({k[2] for k in cells})
+  worst = sorted((k for k in cells if k[2] == ms[0]), key=lambda k: -cells[k][0])[:10]
+  by_type = {t: sum(1 for k in worst if k[1] == t) for t in MODULE_TYPES}
+  return dict(base=base, cells=cells, layers=layers, ms=ms, worst=worst, by_type=by_type,
+              edge=sum(1 for k in worst if k[0] in (layers[0], layers[-1])),
+              common=max(by_type, key=by_type.get))
 
 # ---------------------------------------------------------------------- noise floor
 
@@ -227,7 +279,7 @@ def noise_floor_section(key: str = "noise", title: str = "Noise floor") -> list[
          "the 95% interval in % of perplexity (median over the subsets of that size):", ""]
   out += table(["scored tokens (windows)"] + [pair_label(p) for p in pairs], table_rows)
   out += source(run, ("results.jsonl", "noise_floor.csv", "setup.json", "noise_floor.png"))
-  needed = float(f"{tokens * (hw / 0.001) ** 2:.3g}")
+  needed = tokens_to_resolve(run)
   out += [f"![interval half-width vs scored tokens](results/{run.folder}/noise_floor.png)",
           "",
           f"- The interval narrows about as 1 / sqrt(tokens). To resolve a 0.1% tolerance near "
@@ -244,6 +296,15 @@ def noise_floor_section(key: str = "noise", title: str = "Noise floor") -> list[
   return out
 
 
+def tokens_to_resolve(run: Run, tolerance: float = 0.001) -> float:
+  """The calibration tokens at which the interval of M = 8 against FP narrows to `tolerance`
+  (its half-width on all windows, shrinking as 1 / sqrt(tokens)), to three digits."""
+  with (run.path / "noise_floor.csv").open() as f:
+    entries = [e for e in csv.DictReader(f) if e["pair"].startswith("M8 ")]
+  full = max(entries, key=lambda e: int(e["windows"]))
+  return float(f"{float(full['tokens']) * (float(full['half_width']) / tolerance) ** 2:.3g}")
+
+
 def half_width_finding(at: dict, n: int) -> str:
   """Whether the half-width on n windows grows with the loss: M = 6 against M = 8."""
   hw = {p: float(at[p, n]["half_width"]) for p in ("M6 vs fp", "M8 vs fp")}
@@ -252,94 +313,3 @@ def half_width_finding(at: dict, n: int) -> str:
           f"±{100 * hw['M6 vs fp']:.2f}%, M = 8: ±{100 * hw['M8 vs fp']:.2f}%, on {n} windows): an "
           "interval belongs to its configuration, and the search's noise floor (the half-width of "
           "the evaluated configuration closest to FP) is the smallest tolerance it can resolve.")
-
-# ---------------------------------------------------------------------- formats
-
-
-def verdict(iv, name: str) -> str:
-  if iv is None:
-    return "not resolved"
-  if iv.low == iv.high == 0:
-    return "identical on these windows"
-  return "Anda ahead" if iv.high < 0 else f"{name} ahead" if iv.low > 0 else "not resolved"
-
-
-def formats_section() -> list[str]:
-  run = RUNS["formats"]
-  rows = result_rows(run)
-  base = rows["fp"]
-  at_all = [r for r in rows.values() if r["type"] == "all"]
-  anda = [r for r in at_all if formats_report.format_of(r) == formats_report.ANDA]
-  others = sorted((r for r in at_all if formats_report.format_of(r) != formats_report.ANDA),
-                  key=lambda r: (r["storage_bits"], r["id"]))
-  lines, verdicts = [], {}
-  for o in others:
-    c = formats_report.comparison(anda, o)
-    best, cheapest, name = c["best"], c["cheapest"], formats_report.format_of(o)
-    verdicts[name] = verdict(c["versus"], name)
-    versus = "–" if best is None else f"{loss(*increase(best, o))}: {verdicts[name]}"
-    saved = 0 if cheapest is None else o["storage_bits"] - cheapest["storage_bits"]
-    than = ("as many" if abs(saved) < 1e-9
-            else f"{abs(saved):.2f} {'fewer' if saved > 0 else 'more'}")
-    fewest = ("none on this grid" if cheapest is None else
-              f"{cheapest['storage_bits']:g} (G={cheapest['group_size']}, "
-              f"M={cheapest['mantissa_bits']}): {than}")
-    lines.append([name, f"{o['storage_bits']:.2f}", loss_of(o, base),
-                  "none" if best is None else f"G={best['group_size']}, M={best['mantissa_bits']} "
-                  f"({best['storage_bits']:g})", loss_of(best, base), versus, fewest])
-  d = read_json(run, "setup.json")["data"]
-  out = ["## Formats", "",
-         f"Anda against the formats hardware ships (OCP MX, NVFP4, per-token FP8 and INT8; "
-         f"defined in [formats.md](formats.md)), each through the models' product entry point at "
-         f"all four sites and at each site alone, and Anda at all four sites over G x M, on the "
-         f"sweep's {d['windows']} {d['split']} windows ({base['tokens']:.0f} scored tokens; FP "
-         f"perplexity {base['ppl']:.3f}). Everything rounds to nearest (ties to even), Anda "
-         "included. Storage bits per activation element count the scales (MX: 8 bits per block "
-         "of 32; NVFP4: 8 per 16 plus a float32 per token; per-token formats: a float32 per "
-         "token), averaged over the sites by the elements each reads. For each format: the most "
-         "accurate Anda within its bits, their paired perplexity ratio (Anda ahead: the interval "
-         "lies below 0), and the fewest bits at which an Anda is as good.", ""]
-  out += table(["format (all four sites)", "bits / element", "increase over FP",
-                "most accurate Anda within its bits", "its increase",
-                "Anda / format perplexity - 1", "fewest bits for an Anda as good"],
-               lines, "---|---:|---|---|---|---|---|")
-  out += source(run, ("results.jsonl", "results.csv", "formats.md", "setup.json", "pareto.png"))
-  out += ["![perplexity increase vs storage bits](results/formats_smollm2/pareto.png)", ""]
-  return out + formats_findings(rows, base, others, anda, verdicts)
-
-
-def formats_findings(rows, base, others, anda, verdicts) -> list[str]:
-  single = {(formats_report.format_of(r), r["type"]): r for r in rows.values()
-            if formats_report.format_of(r) != formats_report.ANDA and r["type"] in MODULE_TYPES}
-  names = [formats_report.format_of(o) for o in others]
-  out = ["### Each format at one site (the others FP)", ""]
-  out += table(["format"] + [f"`{t}`" for t in MODULE_TYPES],
-               [[n] + [loss_of(single.get((n, t)), base) for t in MODULE_TYPES] for n in names],
-               "---|" + "---|" * len(MODULE_TYPES))
-  worst = {n: max(MODULE_TYPES, key=lambda t: increase(single[n, t], base)[0]) for n in names
-           if all((n, t) in single for t in MODULE_TYPES)}
-  group = lambda pick: [n for n in names if pick(verdicts[n])]
-  listed = lambda ns: ", ".join(ns) or "none"
-  ahead = group(lambda v: v.endswith(" ahead") and not v.startswith("Anda"))
-  within = [n for n in names if increase(rows[f"{n}-all"], base)[0] <= 0.01]
-  cheapest = min((r for r in anda if increase(r, base)[0] <= 0.01), key=lambda r: r["storage_bits"])
-  sites = {t: [n for n in names if worst.get(n) == t] for t in MODULE_TYPES}
-  out += [f"- At equal bits Anda is ahead of {listed(group(lambda v: v == 'Anda ahead'))}; "
-          f"ahead of every Anda within their bits: {listed(ahead)}; not resolved by these windows: "
-          f"{listed(group(lambda v: v == 'not resolved'))}; identical on every window: "
-          f"{listed(group(lambda v: v.startswith('identical')))}"
-          + (" (MXINT8 is Anda at G = 32, M = 7 rounding to nearest, up to its clamp)"
-             if "mxint8" in group(lambda v: v.startswith("identical")) else "") + ".",
-          f"- Within 1% of FP at all four sites: {', '.join(within) or 'no other format'}, and "
-          f"Anda from {cheapest['storage_bits']:g} bits (G={cheapest['group_size']}, "
-          f"M={cheapest['mantissa_bits']}: {loss_of(cheapest, base)}).",
-          "- The formats with small per-element exponents (FP6 E2M3, NVFP4) do better at 6 bits "
-          "and below: a group's largest value sets Anda's shared exponent and so the precision of "
-          "every other element in it, while an E2M3 or E2M1 element keeps exponent bits of its own "
-          "(a likely reason, not measured here).",
-          "- The most sensitive site alone: " + "; ".join(f"`{t}` for {', '.join(ns)}"
-                                                          for t, ns in sites.items() if ns) + ".",
-          "- Storage is half of Anda's case: on its bit-serial unit Anda's cost follows M, not the "
-          "bits stored, while an FP element costs its aligned integer width "
-          "([the search's cost table](#the-chosen-configurations-against-other-formats)).", ""]
-  return out
