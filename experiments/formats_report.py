@@ -38,20 +38,16 @@ def label(row: dict) -> str:
 
 
 def _loss(row: dict | None, base_ppl: float | None) -> str:
-  """"+1.23% [+0.80, +1.70]" (the interval in percentage points), "x7.0 [x6.1, x8.2]" once the
-  perplexity has doubled; "not finite" or "–"."""
+  """The row's increase over base_ppl as perplexity.increase_text shows it; "not finite" or "–"."""
   if row is None:
     return "–"
   if row["ppl"] is None:
     return f"not finite ({row['nonfinite']})"
   if base_ppl is None:
     return "–"
-  ratio, iv = row["ppl"] / base_ppl, row.get("interval")
-  if ratio < 2:
-    text = f"{100 * (ratio - 1):+.2f}%"
-    return text + ("" if iv is None else f" [{100 * iv.low:+.2f}, {100 * iv.high:+.2f}]")
-  text = f"x{ratio:.1f}"
-  return text + ("" if iv is None else f" [x{1 + iv.low:.1f}, x{1 + iv.high:.1f}]")
+  iv = row.get("interval")
+  return perplexity.increase_text(row["ppl"] / base_ppl - 1,
+                                  *((iv.low, iv.high) if iv is not None else ()))
 
 
 def _ppl(row: dict) -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pathlib
 
+from experiments.harness import perplexity
 from experiments.harness import reports
 
 BITS_EQUAL = 0.005  # storage bits closer than this count as equal (every table shows 2 decimals)
@@ -22,13 +23,9 @@ AGAINST_WORDS = {"lower": "resolved lower than", "identical": "identical to",
 
 
 def loss_text(iv: dict | None) -> str:
-  """"+1.23% [+0.80, +1.70]" (the interval in percentage points) from an interval record."""
-  if iv is None:
-    return "–"
-  if iv["estimate"] is None:
-    return "not finite"
-  text = f"{100 * iv['estimate']:+.2f}%"
-  return text + ("" if iv["low"] is None else f" [{100 * iv['low']:+.2f}, {100 * iv['high']:+.2f}]")
+  """"+1.23% [+0.80, +1.70]" (as factors once the perplexity has doubled) from an interval
+  record; "–" without one."""
+  return "–" if iv is None else perplexity.increase_text(iv["estimate"], iv["low"], iv["high"])
 
 
 def loss_words(iv: dict | None) -> str:

@@ -91,3 +91,24 @@ def interval_record(iv: intervals.Interval | None) -> dict | None:
   if iv is None:
     return None
   return {k: v if math.isfinite(v) else None for k, v in dataclasses.asdict(iv).items()}
+
+
+def _amount(x: float, factor: bool, digits: int) -> str:
+  if factor:
+    f = 1 + x
+    return f"x{f:.{2 if f < 10 else 1 if f < 100 else 0}f}"
+  return f"{100 * x:+.{digits}f}"
+
+
+def increase_text(estimate: float | None, low: float | None = None, high: float | None = None,
+                  digits: int = 2) -> str:
+  """A relative increase as every report shows it: "+1.23% [+0.80, +1.70]" (the interval in
+  percentage points, `digits` decimals), "x7.42 [x6.90, x8.01]" once the perplexity has doubled;
+  the estimate alone without finite bounds; "not finite"."""
+  if estimate is None or not math.isfinite(estimate):
+    return "not finite"
+  factor = estimate >= 1
+  text = _amount(estimate, factor, digits) + ("" if factor else "%")
+  if low is not None and high is not None and math.isfinite(low) and math.isfinite(high):
+    text += f" [{_amount(low, factor, digits)}, {_amount(high, factor, digits)}]"
+  return text

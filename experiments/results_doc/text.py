@@ -2,29 +2,15 @@
 
 from __future__ import annotations
 
-import math
-
 from experiments.harness import perplexity
 from experiments.results_doc.runs import Run, read_json
 
 
-def _amount(x: float, factor: bool, digits: int = 2) -> str:
-  if factor:
-    f = 1 + x
-    return f"x{f:.{2 if f < 10 else 1 if f < 100 else 0}f}"
-  return f"{100 * x:+.{digits}f}"
-
-
 def loss(estimate, iv=None, digits: int = 2) -> str:
-  """"+1.23% [+0.80, +1.70]" (the interval in percentage points, `digits` decimals), "x7.42
-  [x6.90, x8.01]" once the perplexity has doubled; without an interval, the estimate alone."""
-  if estimate is None or not math.isfinite(estimate):
-    return "not finite"
-  factor = estimate >= 1
-  text = _amount(estimate, factor, digits) + ("" if factor else "%")
-  if iv is not None and math.isfinite(iv.low):
-    text += f" [{_amount(iv.low, factor, digits)}, {_amount(iv.high, factor, digits)}]"
-  return text
+  """"+1.23% [+0.80, +1.70]", "x7.42 [x6.90, x8.01]" once the perplexity has doubled
+  (perplexity.increase_text), from an estimate and its interval."""
+  return perplexity.increase_text(estimate, *((iv.low, iv.high) if iv is not None else ()),
+                                  digits=digits)
 
 
 def increase(row: dict | None, base: dict | None, key: str = "ppl"):
