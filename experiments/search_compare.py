@@ -402,14 +402,19 @@ def compare(runs: list[SearchRun]) -> dict:
   return record | dict(verdict=search_compare_report.verdict(record))
 
 
+def record_of(run_folders, out: pathlib.Path) -> dict:
+  """compare.json's record of the runs in `run_folders` (ValueError unless they pair)."""
+  runs = [read_run(f) for f in run_folders]
+  check_comparable(runs, out)
+  label_runs(runs)
+  return compare(runs)
+
+
 def write(run_folders, out) -> str:
   """Reads the runs, checks that they pair, writes compare.json, compare.md and pareto.png into
   `out`; returns compare.md's text."""
   out = pathlib.Path(out)
-  runs = [read_run(f) for f in run_folders]
-  check_comparable(runs, out)
-  label_runs(runs)
-  record = compare(runs)
+  record = record_of(run_folders, out)
   out.mkdir(parents=True, exist_ok=True)
   reports.write_text(out / "compare.json", json.dumps(record, indent=1) + "\n")
   text = search_compare_report.markdown(record)

@@ -2,6 +2,8 @@
 hold: each recorded command is checked against its files, a wrong one is refused."""
 
 import dataclasses
+import json
+import os
 import pathlib
 import tempfile
 from unittest import mock
@@ -11,12 +13,16 @@ from absl.testing import parameterized
 import numpy as np
 
 from anda_jax.evaluation import intervals
+from experiments import search_compare
 from experiments.results_doc import __main__ as command
+from experiments.results_doc import comparison
 from experiments.results_doc import page
 from experiments.results_doc import runs
 from experiments.results_doc import studies
 from experiments.results_doc import text
 from experiments.results_doc import transfer
+from synthetic_searches import MX, row, shifted, write_run
+import testlib
 
 _GENERATED = []
 
@@ -120,6 +126,63 @@ class NumbersTest(parameterized.TestCase):
     want = intervals.relative_increase(row["window_nll"], base["window_nll"], tokens)
     self.assertEqual((estimate, iv), (want.estimate, want))
     self.assertEqual(text.increase(dict(ppl=21.0), dict(ppl=20.0)), (21.0 / 20.0 - 1, None))
+
+
+class ComparisonTest(absltest.TestCase):
+  """A recorded comparison of searches is checked against what its command computes now."""
+
+  COMMAND = ("python -m experiments.search_compare --runs=docs/results/anda,docs/results/mx "
+             "--out=docs/results/cmp")
+
+  def setUp(self):
+    super().setUp()
+    root = testlib.tempdir(self)
+    results = root / "docs" / "results"
+    write_run(results / "anda", [(0.01, [6] * 4)], [row([6] * 4, shifted(0.02))],
+              uniform_m=(6,))
+    write_run(results / "mx", [(0.01, [4] * 4)], [row([4] * 4, shifted(0.01))], candidates=MX)
+    cwd = os.getcwd()
+    os.chdir(root)  # the command names its folders from the repository's root
+    self.addCleanup(os.chdir, cwd)
+    search_compare.write(["docs/results/anda", "docs/results/mx"], "docs/results/cmp")
+    for name, value in (("ROOT", root), ("RESULTS", results)):
+      patcher = mock.patch.object(runs, name, value)
+      patcher.start()
+      self.addCleanup(patcher.stop)
+    self.results = results
+
+  def test_the_command_that_wrote_it_is_accepted(self):
+    self.assertEqual(runs.check_comparison(runs.Run("cmp", self.COMMAND, runs.EPYC)), [])
+
+  def test_section_tables_each_run_and_choice_and_gives_the_verdict(self):
+    with mock.patch.dict(runs.RUNS, cmp=runs.Run("cmp", self.COMMAND, runs.EPYC)):
+      lines = comparison.comparison_section("cmp", "Searches compared")
+    record = json.loads((self.results / "cmp" / "compare.json").read_text())
+    self.assertEqual(lines[0], "## Searches compared")
+    self.assertIn("| Anda truncate | M (G = 64, truncate) | 4 | "
+                  f"{record['runs'][0]['fp_test_ppl']:.3f} | not checked |", lines)
+    # M = 6 everywhere, +0.02 nats a token on every window: exp(0.02) - 1 on every resample.
+    self.assertIn("| Anda truncate | M 6, 6, 6, 6 | 7.12 | +2.02% [+2.02, +2.02] | yes |", lines)
+    self.assertIn(record["verdict"], lines)
+
+  def test_a_changed_search_or_another_folder_is_refused(self):
+    log = self.results / "anda" / "search.jsonl"
+    rows = [json.loads(line) for line in log.read_text().splitlines()]
+    rows[-1] = row([6] * 4, shifted(0.03))  # the chosen configuration's test loss moved
+    log.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    wrong = runs.check_comparison(runs.Run("cmp", self.COMMAND, runs.EPYC))
+    self.assertTrue(any(w.startswith("compare.json points") for w in wrong), wrong)
+    self.assertEqual(
+        runs.check_comparison(runs.Run("cmp", self.COMMAND.replace("out=docs/results/cmp",
+                                                                   "out=docs/results/x"),
+                                       runs.EPYC)),
+        ["out: command gives 'docs/results/x', files are in 'cmp'"])
+    only_one = self.COMMAND.replace("docs/results/anda,", "")
+    with mock.patch.dict(runs.RUNS, cmp=runs.Run("cmp", only_one, runs.EPYC)):
+      with self.assertRaisesRegex(ValueError, "does not match the files"):
+        comparison.comparison_section("cmp", "Searches compared")
+    self.assertRegex(runs.check_comparison(runs.Run("cmp", only_one, runs.EPYC))[0],
+                     "runs: the command is refused: .*at least two")
 
 
 def _facts(ranked, bias_high, verdicts, edge):

@@ -16,6 +16,7 @@ from ml_collections import config_flags
 from experiments import finetune as finetune_experiment
 from experiments import formats_report
 from experiments import search as search_experiment
+from experiments import search_compare
 from experiments import search_resolution
 from experiments.harness import perplexity
 from experiments.harness import run_folder
@@ -232,6 +233,8 @@ def check_command(run: Run) -> list[str]:
   """How the command's settings differ from the files: "setting: command gives X, files hold
   Y" (an empty list: the command writes these files)."""
   experiment = shlex.split(run.command)[2].split(".")[1]
+  if experiment == "search_compare":
+    return check_comparison(run)
   cfg = config_of(run.command)
   out = [] if cfg.run_name == run.path.name else [
       f"run_name: command gives {cfg.run_name!r}, files are in {run.folder!r}"]
@@ -251,6 +254,26 @@ def check_command(run: Run) -> list[str]:
           if k.split(".")[0] not in dict(run.known)]
   missing = {k for k, _ in run.known} - {k.split(".")[0] for k in diffs}
   return out + [f"{k}: listed as differing, but the command and the files agree" for k in missing]
+
+
+def check_comparison(run: Run) -> list[str]:
+  """How a comparison's files differ from what its command (`python -m
+  experiments.search_compare --runs=... --out=...`, run from the repository's root) computes
+  now from the search folders it names: its folder, then compare.json entry by entry."""
+  args = dict(a[2:].split("=", 1) for a in shlex.split(run.command)[3:])
+  if (ROOT / args["out"]).resolve() != run.path.resolve():
+    return [f"out: command gives {args['out']!r}, files are in {run.folder!r}"]
+  folders = args["runs"].split(",")
+  try:
+    want = search_compare.record_of([ROOT / f for f in folders], ROOT / args["out"])
+  except ValueError as e:
+    return [f"runs: the command is refused: {e}"]
+  for entry, folder in zip(want["runs"], folders):
+    entry["folder"] = folder  # as the command names it
+  have = read_json(run, "compare.json")
+  return [f"compare.json {key}: the command computes another value from the runs now"
+          for key in sorted(want.keys() | have.keys())
+          if json.loads(json.dumps(want.get(key))) != have.get(key)]
 
 
 def source(run: Run, files: tuple[str, ...]) -> list[str]:
