@@ -188,7 +188,7 @@ class ComparisonTest(absltest.TestCase):
 def _facts(ranked, bias_high, verdicts, edge):
   """One model's facts as transfer.facts gives them, with what the findings read."""
   iv = intervals.Interval(bias_high - 0.002, bias_high - 0.004, bias_high)
-  return dict(sweep=dict(ranked=ranked), bias=((iv.estimate, iv), (0.001, None)),
+  return dict(sweep=dict(ranked=ranked, cheapest=16 if edge < 3 else 64), bias=((iv.estimate, iv), (0.001, None)),
               formats={n: (v, None) for n, v in verdicts.items()},
               sensitivity=dict(edge=edge, common=ranked[-1]), noise=125_000.0,
               search=([7, 6, 7, 8], 7.16, (-0.0078, None), 80))
@@ -216,6 +216,8 @@ class TransferTest(parameterized.TestCase):
     self.assertIn(f"- The least sensitive type: `{ranked_a[0]}` on A, `{ranked_b[0]}` on B "
                   f"({least}).", lines)
     self.assertIn("- Truncation's interval at uniform M = 8 lies below FP on A, not on B.", lines)
+    self.assertIn("- The cheapest G with all four types within 1%: 64 on A, 16 on B (does not "
+                  "transfer).", lines)
     self.assertIn("- Anda against the other formats at equal bits, the same verdict on both: "
                   "mxfp4; a different one: mxint8.", lines)
     self.assertNotIn("Not recorded", "".join(lines))
@@ -223,7 +225,7 @@ class TransferTest(parameterized.TestCase):
   def test_findings_name_the_studies_not_recorded_on_both(self):
     a = _facts(("o", "qkv", "down", "up"), -0.003, {}, 5)
     lines = transfer.transfer_findings({"A": a, "B": dict(sensitivity=a["sensitivity"])}, [])
-    self.assertIn("- Not recorded on both models yet: bias, formats, noise, search, sweep.", lines)
+    self.assertIn("- Not recorded on both models yet: formats, noise, search, sweep.", lines)
 
 
 if __name__ == "__main__":

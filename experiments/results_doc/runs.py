@@ -101,6 +101,8 @@ RUNS = dict(
     gemma3_noise=Run("noise_floor_gemma3",
                      "python -m experiments.noise_floor --config=configs/noise_floor.py:gemma3",
                      EPYC_SHARED),
+    gemma3_sweep=Run("sweep_gemma3",
+                     "python -m experiments.sweep --config=configs/sweep.py:gemma3", EPYC_SHARED),
     gemma3_sensitivity=Run(
         "sensitivity_gemma3",
         "python -m experiments.sensitivity --config=configs/sensitivity.py:gemma3", EPYC_SHARED),

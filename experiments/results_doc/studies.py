@@ -34,7 +34,9 @@ def smallest_m(losses: dict, tolerance: float) -> int | None:
 
 
 def sweep_section(key: str = "sweep", title: str = "Sweep",
-                  rounding_anchor: str = "rounding") -> list[str]:
+                  rounding_anchor: str | None = "rounding") -> list[str]:
+  """A sweep's section; `rounding_anchor`: the section comparing its truncation with rounding to
+  nearest on the same windows (None: there is none)."""
   run = RUNS[key]
   setup = read_json(run, "setup.json")
   base, cells = anda_cells(run)
@@ -77,7 +79,7 @@ def sweep_facts(run: Run) -> dict:
               lowest_late=min(late, key=lambda kv: kv[1][0]) if late else None)
 
 
-def sweep_findings(f: dict, rounding_anchor: str) -> list[str]:
+def sweep_findings(f: dict, rounding_anchor: str | None) -> list[str]:
   gs, est, g0, m0, ranked, bits = f["gs"], f["est"], f["g0"], f["m0"], f["ranked"], f["bits"]
   out = ["### Smallest M within 1%", "",
          "The smallest M from which the loss stays within 1% at every larger M of the grid: by "
@@ -100,10 +102,10 @@ def sweep_findings(f: dict, rounding_anchor: str) -> list[str]:
     (g1, _, m1), (e1, iv1) = f["lowest_late"]
     lowers = e1 < 0
     out.append(f"- From M = 7 on, the lowest `all` cell is {loss(e1, iv1)} (G = {g1}, M = {m1})"
-               + (": truncation rounds toward zero and lowers this model's perplexity slightly; "
-                  "rounding to nearest approaches FP from above instead"
+               + (": truncation rounds toward zero and lowers this model's perplexity slightly"
                   if lowers and f["rounding"] == "truncate" else "")
-               + f" ([rounding](#{rounding_anchor})).")
+               + ("." if rounding_anchor is None else "; rounding to nearest approaches FP from "
+                  f"above instead ([rounding](#{rounding_anchor}))."))
   return out + [""]
 
 

@@ -25,8 +25,10 @@ def facts(runs: dict) -> dict:
   out = {}
   if "sweep" in have:
     out["sweep"] = studies.sweep_facts(have["sweep"])
-  if "sweep" in have and "formats" in have:
-    out["bias"] = studies.truncation_bias(have["sweep"], have["formats"]).get(8)
+  if "sweep" in have:  # truncation at uniform M = 8 against FP, and rounding to nearest there
+    nearest = (studies.truncation_bias(have["sweep"], have["formats"]).get(8, (None, None))[1]
+               if "formats" in have else None)
+    out["bias"] = (out["sweep"]["est"].get((64, "all", 8)), nearest)
   if "formats" in have:
     out["formats"] = formats.equal_bits(have["formats"])
   if "sensitivity" in have:
@@ -56,7 +58,8 @@ def cells(f: dict, format_names: list[str]) -> list[str]:
   else:
     col += [NOT_RUN] * 4
   bias = f.get("bias")
-  col.append(NOT_RUN if bias is None else f"{loss(*bias[0])} / {loss(*bias[1])}")
+  col.append(NOT_RUN if bias is None or bias[0] is None else
+             f"{loss(*bias[0])} / {NOT_RUN if bias[1] is None else loss(*bias[1])}")
   if se:
     col += [f"{se['edge']} in the first or last layer, {se['by_type'][se['common']]} feed "
             f"`{se['common']}`",
@@ -116,6 +119,9 @@ def transfer_findings(found: dict, names: list[str]) -> list[str]:
       ta, tb = fa["sweep"]["ranked"][end], fb["sweep"]["ranked"][end]
       out.append(f"- The {label} sensitive type: `{ta}` on {a}, `{tb}` on {b}"
                  + (" (transfers)." if ta == tb else " (does not transfer)."))
+    ga, gb = fa["sweep"].get("cheapest"), fb["sweep"].get("cheapest")
+    out.append(f"- The cheapest G with all four types within 1%: {ga} on {a}, {gb} on {b}"
+               + (" (transfers)." if ga == gb else " (does not transfer)."))
   if both("bias"):
     below = {model: f["bias"][0][1] is not None and f["bias"][0][1].high < 0
              for model, f in ((a, fa), (b, fb))}
@@ -135,8 +141,8 @@ def transfer_findings(found: dict, names: list[str]) -> list[str]:
     differ = [n for n in names if n in fa["formats"] and n in fb["formats"] and n not in same]
     out.append(f"- Anda against the other formats at equal bits, the same verdict on both: "
                f"{', '.join(same) or 'none'}; a different one: {', '.join(differ) or 'none'}.")
-  missing = sorted({s for f in (fa, fb) for s in ("sweep", "bias", "formats", "sensitivity",
-                                                  "noise", "search") if s not in f})
+  missing = sorted({s for f in (fa, fb) for s in ("sweep", "formats", "sensitivity", "noise",
+                                                  "search") if s not in f})
   if missing:
     out.append(f"- Not recorded on both models yet: {', '.join(missing)}.")
   return out + [""]
