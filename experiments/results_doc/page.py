@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from experiments.harness import perplexity
-from experiments.results_doc import searches
 from experiments.results_doc import formats
+from experiments.results_doc import searches
 from experiments.results_doc import studies
 from experiments.results_doc import transfer
 

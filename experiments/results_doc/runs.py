@@ -262,7 +262,9 @@ def check_comparison(run: Run) -> list[str]:
   """How a comparison's files differ from what its command (`python -m
   experiments.search_compare --runs=... --out=...`, run from the repository's root) computes
   now from the search folders it names: its folder, then compare.json entry by entry."""
-  args = dict(a[2:].split("=", 1) for a in shlex.split(run.command)[3:])
+  args = dict(a[2:].split("=", 1) for a in shlex.split(run.command)[3:] if "=" in a)
+  if not {"runs", "out"} <= args.keys():
+    return ["the command names no --runs=... or no --out=..."]
   if (ROOT / args["out"]).resolve() != run.path.resolve():
     return [f"out: command gives {args['out']!r}, files are in {run.folder!r}"]
   folders = args["runs"].split(",")
