@@ -20,6 +20,13 @@ import testlib
 _REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
+def _sigint_as_in_a_terminal():
+  """A child's Ctrl-C as a terminal delivers it: a shell starts background jobs (`pytest ... &`,
+  nohup) with SIGINT ignored, the child would inherit that, and Python then installs no
+  KeyboardInterrupt handler, so the Ctrl-C tests would test nothing."""
+  signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class CommandLineTest(absltest.TestCase):
 
   @classmethod
@@ -180,7 +187,8 @@ class CommandLineTest(absltest.TestCase):
     proc = subprocess.Popen([sys.executable, "-m", "experiments.sweep", "--config=configs/sweep.py:quick",
                              f"--config.model.name={self.ckpt}", f"--config.data.corpus={self.tmp / 'corpus.txt'}",
                              "--config.format.group_sizes=(8,)", f"--config.results_dir={self.tmp / 'started'}"],
-                            cwd=_REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            cwd=_REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_sigint_as_in_a_terminal)
     time.sleep(1.0)  # importing JAX and the experiment takes seconds
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=300)
@@ -208,7 +216,8 @@ class CommandLineTest(absltest.TestCase):
         print("went on")
         """
     out = subprocess.run([sys.executable, "-c", textwrap.dedent(script)], cwd=_REPO,
-                         capture_output=True, text=True, timeout=300)
+                         capture_output=True, text=True, timeout=300,
+                         preexec_fn=_sigint_as_in_a_terminal)
     self.assertIn(out.returncode, (130, -signal.SIGINT), out.stderr)
     self.assertEqual(out.stdout, "")
     self.assertEqual(out.stderr.strip(), "interrupted: nothing was written: run the command again")
