@@ -39,8 +39,8 @@ def sweep_section(key: str = "sweep", title: str = "Sweep",
   nearest on the same windows (None: there is none)."""
   run = RUNS[key]
   setup = read_json(run, "setup.json")
-  base, cells = anda_cells(run)
-  gs, ms = sorted({k[0] for k in cells}), sorted({k[2] for k in cells})
+  f = sweep_facts(run)
+  base, cells, gs, ms = f["base"], f["cells"], f["gs"], f["ms"]
   d = setup["data"]
   out = [f"## {title}", "", *model_note(run),
          f"Each module type alone in Anda (the others FP) and all four together (`all`), G in "
@@ -54,7 +54,7 @@ def sweep_section(key: str = "sweep", title: str = "Sweep",
   out += table(["G", "type"] + [f"M = {m}" for m in ms],
                [[g, f"`{t}`"] + [loss_of(cells.get((g, t, m)), base) for m in ms]
                 for g in gs for t in TYPES], "---:|---|" + "---|" * len(ms))
-  return out + sweep_findings(sweep_facts(run), rounding_anchor)
+  return out + sweep_findings(f, rounding_anchor)
 
 
 def sweep_facts(run: Run) -> dict:
@@ -71,7 +71,8 @@ def sweep_facts(run: Run) -> dict:
   g0, m0 = (64, 4) if (64, "up", 4) in est else (gs[0], ms[len(ms) // 2])
   ranked = sorted(MODULE_TYPES, key=lambda t: est[g0, t, m0][0])
   late = [(k, v) for k, v in est.items() if k[1] == "all" and k[2] >= 7 and v[0] is not None]
-  return dict(gs=gs, ms=ms, est=est, g0=g0, m0=m0, ranked=ranked, bits=bits,
+  return dict(base=base, cells=cells, gs=gs, ms=ms, est=est, g0=g0, m0=m0, ranked=ranked,
+              bits=bits,
               rounding=read_json(run, "setup.json")["rounding"],
               point={(g, t): point(g, t) for g in gs for t in TYPES},
               upper={(g, t): upper(g, t) for g in gs for t in TYPES},
@@ -135,17 +136,19 @@ def rounding_section(title: str = "Rounding", truncate: str = "sweep", formats: 
               for m in ms if (g, "all", m) in cells_n)
     text += (" The dedicated nearest run's rows hold no per-window NLL sums, so they have no "
              f"interval; the two nearest rows differ by at most {100 * gap:.2f} percentage points.")
+  paired = {m: increase(cells_f[g, "all", m], cells_t[g, "all", m]) for m in ms}
   rows.append(["nearest / truncate - 1 (formats study over sweep, paired)"]
-              + [loss_of(cells_f.get((g, "all", m)), cells_t.get((g, "all", m))) for m in ms])
+              + [loss(*paired[m]) for m in ms])
   out = [f"## {title}", "", *model_note(runs[0]), text, ""]
   out += table(["rounding"] + [f"M = {m}" for m in ms], rows, "---|" + "---|" * len(ms))
   if nearest:
     out += source(runs[2], ("results.jsonl", "results.csv", "setup.json"))
   out += [f"Truncation: [sweep](#{sweep_anchor}); nearest with intervals: "
           f"[formats study](#{formats_anchor}).", ""]
-  paired = {m: increase(cells_f[g, "all", m], cells_t[g, "all", m])[1] for m in ms}
-  side = lambda pick: ", ".join(str(m) for m in ms if paired[m] is not None and pick(paired[m]))
-  (t8, n8) = truncation_bias(runs[0], runs[1], g).get(8, ((None, None), (None, None)))
+  side = lambda pick: ", ".join(str(m) for m in ms
+                                if paired[m][1] is not None and pick(paired[m][1]))
+  t8 = increase(cells_t.get((g, "all", 8)), base_t)
+  n8 = increase(cells_f.get((g, "all", 8)), base_f)
   out += [f"Rounding to nearest is ahead (paired interval below 0) at M = "
           f"{side(lambda iv: iv.high < 0) or 'none'}, truncation at M = "
           f"{side(lambda iv: iv.low > 0) or 'none'}"
@@ -153,15 +156,6 @@ def rounding_section(title: str = "Rounding", truncate: str = "sweep", formats: 
              f"nearest {loss(*n8)}") + ".", ""]
   return out
 
-
-def truncation_bias(truncate: Run, formats: Run, g: int = 64) -> dict:
-  """{M: (truncation's increase over FP, nearest's)} of Anda at every site, G = g, M >= 8: where
-  both roundings are within a fraction of a percent, the sign of the difference is the bias."""
-  base_t, cells_t = anda_cells(truncate)
-  base_f, cells_f = anda_cells(formats)
-  return {m: (increase(cells_t[g, "all", m], base_t), increase(cells_f[g, "all", m], base_f))
-          for (gg, t, m) in sorted(cells_f) if gg == g and t == "all" and m >= 8
-          and (g, "all", m) in cells_t}
 
 # ---------------------------------------------------------------------- sensitivity
 
@@ -249,8 +243,7 @@ def pair_label(pair: str) -> str:
 
 def noise_floor_section(key: str = "noise", title: str = "Noise floor") -> list[str]:
   run = RUNS[key]
-  with (run.path / "noise_floor.csv").open() as f:
-    entries = list(csv.DictReader(f))
+  entries = noise_entries(run)
   rows = result_rows(run)
   pairs = list(dict.fromkeys(e["pair"] for e in entries))
   sizes = sorted({int(e["windows"]) for e in entries})
@@ -281,7 +274,7 @@ def noise_floor_section(key: str = "noise", title: str = "Noise floor") -> list[
          "the 95% interval in % of perplexity (median over the subsets of that size):", ""]
   out += table(["scored tokens (windows)"] + [pair_label(p) for p in pairs], table_rows)
   out += source(run, ("results.jsonl", "noise_floor.csv", "setup.json", "noise_floor.png"))
-  needed = tokens_to_resolve(run)
+  needed = tokens_to_resolve(entries)
   out += [f"![interval half-width vs scored tokens](results/{run.folder}/noise_floor.png)",
           "",
           f"- The interval narrows about as 1 / sqrt(tokens). To resolve a 0.1% tolerance near "
@@ -298,12 +291,16 @@ def noise_floor_section(key: str = "noise", title: str = "Noise floor") -> list[
   return out
 
 
-def tokens_to_resolve(run: Run, tolerance: float = 0.001) -> float:
+def noise_entries(run: Run) -> list[dict]:
+  """noise_floor.csv's rows: per pair and subset size, the median half-width and its tokens."""
+  with (run.path / "noise_floor.csv").open() as f:
+    return list(csv.DictReader(f))
+
+
+def tokens_to_resolve(entries: list[dict], tolerance: float = 0.001) -> float:
   """The calibration tokens at which the interval of M = 8 against FP narrows to `tolerance`
   (its half-width on all windows, shrinking as 1 / sqrt(tokens)), to three digits."""
-  with (run.path / "noise_floor.csv").open() as f:
-    entries = [e for e in csv.DictReader(f) if e["pair"].startswith("M8 ")]
-  full = max(entries, key=lambda e: int(e["windows"]))
+  full = max((e for e in entries if e["pair"].startswith("M8 ")), key=lambda e: int(e["windows"]))
   return float(f"{float(full['tokens']) * (float(full['half_width']) / tolerance) ** 2:.3g}")
 
 

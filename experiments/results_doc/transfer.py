@@ -7,7 +7,7 @@ from experiments.results_doc import formats
 from experiments.results_doc import searches
 from experiments.results_doc import studies
 from experiments.results_doc.runs import RUNS
-from experiments.results_doc.text import loss, table
+from experiments.results_doc.text import increase, loss, table
 
 # Each model's runs by study (keys of RUNS); a study not recorded for a model shows "not run".
 MODELS = {"SmolLM2-135M": dict(sweep="sweep", formats="formats", sensitivity="sensitivity",
@@ -25,16 +25,19 @@ def facts(runs: dict) -> dict:
   out = {}
   if "sweep" in have:
     out["sweep"] = studies.sweep_facts(have["sweep"])
-  if "sweep" in have:  # truncation at uniform M = 8 against FP, and rounding to nearest there
-    nearest = (studies.truncation_bias(have["sweep"], have["formats"]).get(8, (None, None))[1]
-               if "formats" in have else None)
+    # Uniform M = 8 at G = 64 against FP: truncation (the sweep), rounding to nearest (the formats
+    # study, on the same windows).
+    nearest = None
+    if "formats" in have:
+      base, cells = studies.anda_cells(have["formats"])
+      nearest = increase(cells.get((64, "all", 8)), base)
     out["bias"] = (out["sweep"]["est"].get((64, "all", 8)), nearest)
   if "formats" in have:
     out["formats"] = formats.equal_bits(have["formats"])
   if "sensitivity" in have:
     out["sensitivity"] = studies.sensitivity_facts(have["sensitivity"])
   if "noise" in have:
-    out["noise"] = studies.tokens_to_resolve(have["noise"])
+    out["noise"] = studies.tokens_to_resolve(studies.noise_entries(have["noise"]))
   if "search" in have:
     s = searches.Search.read(have["search"])
     chosen = next((c for c in s.chosen["chosen"] if c["tolerance"] == TOLERANCE), None)
