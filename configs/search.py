@@ -160,4 +160,7 @@ def get_config(arg=None):
   elif common.variant(arg) == "gemma3":
     common.on_gemma3(c, "search_gemma3")
     c.noise_floor = "docs/results/noise_floor_gemma3"  # its own model's (configs/noise_floor.py)
+    # The other formats at every site are the formats study's (configs/formats.py:gemma3): here
+    # each would cost a Gemma forward pass over 144 windows (about 3 min on a 2-core CPU).
+    c.other_formats = ()
   return c
