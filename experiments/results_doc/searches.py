@@ -14,6 +14,7 @@ from anda_jax.numerics import baselines
 from anda_jax.precision import MODULE_TYPES
 from experiments import finetune_report
 from experiments import search_resolution
+from experiments.results_doc import studies
 from experiments.results_doc.runs import RUNS, Run, config_of, read_json, search_rows, source
 from experiments.results_doc.text import increase, loss, loss_of, table
 
@@ -106,16 +107,19 @@ def search_path(s: Search, c: dict) -> list[tuple]:
            s.loss("test", s.row("test", p))) for i, p in enumerate(c.get("path", []))]
 
 
-def search_section() -> list[str]:
-  s = Search.read(RUNS["search"])
+def search_section(key: str = "search", title: str = "Precision search",
+                   noise_anchor: str = "noise-floor", sweep_anchor: str = "sweep") -> list[str]:
+  """A per-type search's section; the anchors: its model's noise-floor and sweep sections."""
+  s = Search.read(RUNS[key])
   w = s.setup["windows"]
   chosen = s.chosen["chosen"]
   configs = [(f"search, tolerance {tolerance_text(c['tolerance'])}", c["precision"])
              for c in chosen]
   configs += [(f"uniform M = {m}", s.like(m)) for m in s.chosen["uniform_m"]]
-  out = ["## Precision search", "",
-         f"The adaptive precision search (G = {s.setup['format']['group_size']}, truncation, M per "
-         f"module type, from M = {s.chosen['start_m']} down, one bit a round): it searches on "
+  out = [f"## {title}", "", *studies.model_note(s.run),
+         f"The adaptive precision search (G = {s.setup['format']['group_size']}, "
+         f"{studies.ROUNDING[s.setup['format']['rounding']]}, M per module type, from "
+         f"M = {s.chosen['start_m']} down, one bit a round): it searches on "
          f"{w['calibration']['n']} calibration windows of {s.setup['seq_len']} tokens and is "
          f"checked on {w['test']['n']} test windows from other articles. A candidate fits a "
          f"tolerance when the upper end of its calibration interval is within it; racing drops "
@@ -126,7 +130,7 @@ def search_section() -> list[str]:
   out += search_table(s, configs)
   out += source(s.run, ("search.jsonl", "chosen.json", "setup.json", "report.md", "work.json",
                         "pareto.png", "path.png"))
-  out += ["![calibration perplexity vs mean M](results/search_smollm2/pareto.png)", ""]
+  out += [f"![calibration perplexity vs mean M](results/{s.run.folder}/pareto.png)", ""]
   for c in chosen:
     t = c["tolerance"]
     uniform = min((m for m in s.chosen["uniform_m"] if s.fits(s.like(m), t)), default=None)
@@ -144,14 +148,27 @@ def search_section() -> list[str]:
   out += ["", f"The noise floor of the calibration windows (the half-width of the interval of the "
           f"evaluated configuration closest to FP) is ±{100 * floor:.2f}%"
           + (f": {', '.join(below)} lies below it, so more calibration tokens would be needed "
-             "to resolve it" if below else "") + " ([noise floor](#noise-floor)). The negative "
-          "losses come from truncation, which lowers the perplexity of this model slightly from "
-          "M = 7 on ([sweep](#sweep)). The report tables the path on the test split round by "
-          "round: [`report.md`](results/search_smollm2/report.md#the-path-on-the-test-split).", ""]
-  return out + resolution_text(s) + search_formats(s) + against_the_paper(s)
+             "to resolve it" if below else "") + f" ([noise floor](#{noise_anchor})). "
+          + below_fp_text(s, sweep_anchor) + "The report tables the path on the test split round "
+          f"by round: [`report.md`](results/{s.run.folder}/report.md#the-path-on-the-test-split).",
+          ""]
+  return (out + resolution_text(s, noise_anchor)
+          + (search_formats(s) if s.chosen.get("other_formats") else [])
+          + against_the_paper(s))
 
 
-def resolution_text(s: Search) -> list[str]:
+def below_fp_text(s: Search, sweep_anchor: str) -> str:
+  """Where uniform truncation lies below FP on the calibration windows (its estimate), if it
+  does: why a search's losses can be negative."""
+  below = [m for m in s.chosen["uniform_m"]
+           if (s.loss("calibration", s.row("calibration", s.like(m)))[0] or 0) < 0]
+  if not below or s.setup["format"]["rounding"] != "truncate":
+    return ""
+  return (f"Negative losses come from truncation, which lowers this model's perplexity slightly "
+          f"(uniform M = {', '.join(map(str, below))} on these windows; [sweep](#{sweep_anchor})). ")
+
+
+def resolution_text(s: Search, noise_anchor: str = "noise-floor") -> list[str]:
   """What the search's check of its tolerances against the noise-floor study says of this run
   and of the default configuration (experiments.search_resolution)."""
   cfg = config_of(s.run.command)
@@ -165,7 +182,7 @@ def resolution_text(s: Search) -> list[str]:
                     for t in res["tolerances"])
   unresolved = [tolerance_text(t["tolerance"]) for t in res["tolerances"] if not t["resolved"]]
   return [f"The search checks each tolerance before it runs: it must be at least "
-          f"{res['factor']:g} times the half-width the [noise floor](#noise-floor) study "
+          f"{res['factor']:g} times the half-width the [noise floor](#{noise_anchor}) study "
           f"predicts on the calibration tokens (its pair `{res['tolerances'][0]['pair']}`: "
           f"±{100 * res['tolerances'][0]['half_width']:.2f}% on this run's "
           f"{res['calibration_tokens']:,} scored tokens). The scored tokens needed: {needs}. "
@@ -235,7 +252,7 @@ def against_the_paper(s: Search) -> list[str]:
          f"{base['speedup_vs_fp16']:.2f}x and {base['energy_saving_vs_fp16']:.2f}x for the "
          f"{tolerance_text(c['tolerance'])} configuration above, with the LM head "
          f"({100 * base['head_share']:.0f}% of the MACs, its input FP16 and its weights "
-         f"{s.hw.head_weight_bits} bits, as SmolLM2's checkpoint stores them). The model gives "
+         f"{s.hw.head_weight_bits} bits, as the checkpoint stores them). The model gives "
          "every design the same area, so its speedup is a throughput per area (the counterpart "
          "of the paper's area efficiency, not of its speedup); it is analytic, and every number "
          "it rests on is tabled with its source in "

@@ -167,9 +167,10 @@ ROUNDING = dict(truncate="truncation", nearest="rounding to nearest",
 def model_note(run: Run) -> list[str]:
   """A paragraph on the model of a run on another model than SmolLM2 (the page's default)."""
   setup = read_json(run, "setup.json")
-  if setup["model"]["name"] == "smollm2-135m":
+  model = setup["model"]  # a name in files recorded before the model block
+  if (model if isinstance(model, str) else model["name"]) == "smollm2-135m":
     return []
-  return [f"Model: {setup['model']['name']}"
+  return [f"Model: {model['name']}"
           + (", every window starting with BOS" if setup.get("bos_first") else "")
           + f"; {reports.weights_line(run.path)}.", ""]
 
