@@ -44,6 +44,8 @@ CPU model; on another CPU they move in the last digits, and Anda's rounding can 
 - [Anda against the formats hardware ships](#formats)
 - [Anda-aware fine-tuning](#fine-tuning)
 - [Gemma 3 270M: sweep](#gemma-3-270m-sweep)
+- [Gemma 3 270M: rounding](#gemma-3-270m-rounding)
+- [Gemma 3 270M: formats](#gemma-3-270m-formats)
 - [Gemma 3 270M: error bars and the noise floor](#gemma-3-270m-noise-floor)
 - [Gemma 3 270M: per-layer sensitivity](#gemma-3-270m-per-layer-sensitivity)
 - [SmolLM2 and Gemma 3 side by side](#smollm2-and-gemma-3-side-by-side)
@@ -56,7 +58,12 @@ def generate() -> str:
               lambda: studies.noise_floor_section("noise_nearest",
                                                   "Noise floor, rounding to nearest"),
               formats.formats_section, searches.finetune_section,
-              lambda: studies.sweep_section("gemma3_sweep", "Gemma 3 270M: sweep", None),
+              lambda: studies.sweep_section("gemma3_sweep", "Gemma 3 270M: sweep",
+                                            "gemma-3-270m-rounding"),
+              lambda: studies.rounding_section("Gemma 3 270M: rounding", "gemma3_sweep",
+                                               "gemma3_formats", None, "gemma-3-270m-formats",
+                                               "gemma-3-270m-sweep"),
+              lambda: formats.formats_section("gemma3_formats", "Gemma 3 270M: formats"),
               lambda: studies.noise_floor_section("gemma3_noise", "Gemma 3 270M: noise floor"),
               lambda: studies.sensitivity_section("gemma3_sensitivity",
                                                   "Gemma 3 270M: per-layer sensitivity"),

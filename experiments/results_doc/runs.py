@@ -106,6 +106,9 @@ RUNS = dict(
     gemma3_sensitivity=Run(
         "sensitivity_gemma3",
         "python -m experiments.sensitivity --config=configs/sensitivity.py:gemma3", EPYC_SHARED),
+    gemma3_formats=Run("formats_gemma3",
+                       "python -m experiments.sweep --config=configs/formats.py:gemma3",
+                       EPYC_SHARED),
 )
 
 # ---------------------------------------------------------------------- reading the files
