@@ -185,13 +185,13 @@ class ComparisonTest(absltest.TestCase):
                      "runs: the command is refused: .*at least two")
 
 
-def _facts(ranked, bias_high, verdicts, edge):
+def _facts(ranked, bias_high, verdicts, edge, search_m=(7, 6, 7, 8)):
   """One model's facts as transfer.facts gives them, with what the findings read."""
   iv = intervals.Interval(bias_high - 0.002, bias_high - 0.004, bias_high)
   return dict(sweep=dict(ranked=ranked, cheapest=16 if edge < 3 else 64), bias=((iv.estimate, iv), (0.001, None)),
               formats={n: (v, None) for n, v in verdicts.items()},
               sensitivity=dict(edge=edge, common=ranked[-1]), noise=125_000.0,
-              search=([7, 6, 7, 8], 7.16, (-0.0078, None), 80))
+              search=(list(search_m), 7.16, (-0.0078, None), 80))
 
 
 class TransferTest(parameterized.TestCase):
@@ -221,6 +221,17 @@ class TransferTest(parameterized.TestCase):
     self.assertIn("- Anda against the other formats at equal bits, the same verdict on both: "
                   "mxfp4; a different one: mxint8.", lines)
     self.assertNotIn("Not recorded", "".join(lines))
+
+  @parameterized.parameters(
+      ((8, 5, 8, 8), "`o` on B (transfers)"),
+      ((6, 6, 8, 7), "`qkv`, `o` on B (does not transfer)"),
+      ((7, 7, 6, 8), "`up` on B (does not transfer)"))
+  def test_findings_compare_where_the_searches_spend_fewest_bits(self, search_b, says):
+    a = _facts(("o", "qkv", "down", "up"), -0.003, {}, 5)
+    b = _facts(("o", "qkv", "down", "up"), -0.003, {}, 5, search_m=search_b)
+    lines = transfer.transfer_findings({"A": a, "B": b}, [])
+    self.assertIn(f"- The per-type search at 1% gives the fewest bits to `o` on A and {says}.",
+                  lines)
 
   def test_findings_name_the_studies_not_recorded_on_both(self):
     a = _facts(("o", "qkv", "down", "up"), -0.003, {}, 5)

@@ -144,6 +144,13 @@ def transfer_findings(found: dict, names: list[str]) -> list[str]:
     differ = [n for n in names if n in fa["formats"] and n in fb["formats"] and n not in same]
     out.append(f"- Anda against the other formats at equal bits, the same verdict on both: "
                f"{', '.join(same) or 'none'}; a different one: {', '.join(differ) or 'none'}.")
+  if both("search") and fa["search"] and fb["search"]:
+    fewest = {model: [t for t, m in zip(MODULE_TYPES, f["search"][0]) if m == min(f["search"][0])]
+              for model, f in ((a, fa), (b, fb))}
+    out.append(f"- The per-type search at {100 * TOLERANCE:g}% gives the fewest bits to "
+               + " and ".join(f"{', '.join(f'`{t}`' for t in ts)} on {model}"
+                              for model, ts in fewest.items())
+               + (" (transfers)." if fewest[a] == fewest[b] else " (does not transfer)."))
   missing = sorted({s for f in (fa, fb) for s in ("sweep", "formats", "sensitivity", "noise",
                                                   "search") if s not in f})
   if missing:
