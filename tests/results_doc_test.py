@@ -190,6 +190,7 @@ def _facts(ranked, bias_high, verdicts, edge, search_m=(7, 6, 7, 8)):
   iv = intervals.Interval(bias_high - 0.002, bias_high - 0.004, bias_high)
   return dict(sweep=dict(ranked=ranked, cheapest=16 if edge < 3 else 64), bias=((iv.estimate, iv), (0.001, None)),
               formats={n: (v, None) for n, v in verdicts.items()},
+              below_fp=[8, 9, 10] if bias_high < 0 else [],
               sensitivity=dict(edge=edge, common=ranked[-1]), noise=125_000.0,
               search=(list(search_m), 7.16, (-0.0078, None), 80))
 
@@ -215,7 +216,8 @@ class TransferTest(parameterized.TestCase):
                   f"({most}).", lines)
     self.assertIn(f"- The least sensitive type: `{ranked_a[0]}` on A, `{ranked_b[0]}` on B "
                   f"({least}).", lines)
-    self.assertIn("- Truncation's interval at uniform M = 8 lies below FP on A, not on B.", lines)
+    self.assertIn("- Truncation's interval lies below FP (all four types, G = 64) at M = 8, 9, 10 "
+                  "on A and nowhere on B (on A only).", lines)
     self.assertIn("- The cheapest G with all four types within 1%: 64 on A, 16 on B (does not "
                   "transfer).", lines)
     self.assertIn("- Anda against the other formats at equal bits, the same verdict on both: "

@@ -32,6 +32,9 @@ def facts(runs: dict) -> dict:
       base, cells = studies.anda_cells(have["formats"])
       nearest = increase(cells.get((64, "all", 8)), base)
     out["bias"] = (out["sweep"]["est"].get((64, "all", 8)), nearest)
+    # Where truncation lowers the perplexity, interval and all: all four types, G = 64.
+    out["below_fp"] = [m for (g, t, m), (_, iv) in sorted(out["sweep"]["est"].items())
+                       if (g, t) == (64, "all") and iv is not None and iv.high < 0]
   if "formats" in have:
     out["formats"] = formats.equal_bits(have["formats"])
   if "sensitivity" in have:
@@ -125,14 +128,14 @@ def transfer_findings(found: dict, names: list[str]) -> list[str]:
     ga, gb = fa["sweep"].get("cheapest"), fb["sweep"].get("cheapest")
     out.append(f"- The cheapest G with all four types within 1%: {ga} on {a}, {gb} on {b}"
                + (" (transfers)." if ga == gb else " (does not transfer)."))
-  if both("bias"):
-    below = {model: f["bias"][0][1] is not None and f["bias"][0][1].high < 0
-             for model, f in ((a, fa), (b, fb))}
-    out.append("- Truncation's interval at uniform M = 8 lies below FP on "
-               + " and ".join(model for model, v in below.items() if v) if any(below.values())
-               else "- Truncation's interval at uniform M = 8 lies below FP on neither model")
-    out[-1] += ("" if all(below.values()) or not any(below.values())
-                else f", not on {next(m for m, v in below.items() if not v)}") + "."
+  if both("below_fp"):
+    below = {model: f["below_fp"] for model, f in ((a, fa), (b, fb))}
+    out.append("- Truncation's interval lies below FP (all four types, G = 64) "
+               + " and ".join(f"at M = {', '.join(map(str, ms))} on {model}" if ms
+                              else f"nowhere on {model}" for model, ms in below.items())
+               + (" (holds on both)." if all(below.values()) else
+                  " (on neither)." if not any(below.values()) else
+                  f" (on {next(m for m, v in below.items() if v)} only)."))
   if both("sensitivity"):
     ea, eb = fa["sensitivity"]["edge"], fb["sensitivity"]["edge"]
     out.append(f"- The first and last layers hold {ea} of {a}'s ten most sensitive pairs and "
