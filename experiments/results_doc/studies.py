@@ -167,10 +167,11 @@ ROUNDING = dict(truncate="truncation", nearest="rounding to nearest",
 def model_note(run: Run) -> list[str]:
   """A paragraph on the model of a run on another model than SmolLM2 (the page's default)."""
   setup = read_json(run, "setup.json")
-  model = setup["model"]  # a name in files recorded before the model block
-  if (model if isinstance(model, str) else model["name"]) == "smollm2-135m":
+  model = setup["model"]  # the search records its name only
+  name = model if isinstance(model, str) else model["name"]
+  if name == "smollm2-135m":
     return []
-  return [f"Model: {model['name']}"
+  return [f"Model: {name}"
           + (", every window starting with BOS" if setup.get("bos_first") else "")
           + f"; {reports.weights_line(run.path)}.", ""]
 
