@@ -48,6 +48,7 @@ CPU model; on another CPU they move in the last digits, and Anda's rounding can 
 - [Gemma 3 270M: formats](#gemma-3-270m-formats)
 - [Gemma 3 270M: error bars and the noise floor](#gemma-3-270m-noise-floor)
 - [Gemma 3 270M: per-layer sensitivity](#gemma-3-270m-per-layer-sensitivity)
+- [Gemma 3 270M: precision search](#gemma-3-270m-precision-search)
 - [SmolLM2 and Gemma 3 side by side](#smollm2-and-gemma-3-side-by-side)
 """
 
@@ -67,6 +68,8 @@ def generate() -> str:
               lambda: studies.noise_floor_section("gemma3_noise", "Gemma 3 270M: noise floor"),
               lambda: studies.sensitivity_section("gemma3_sensitivity",
                                                   "Gemma 3 270M: per-layer sensitivity"),
+              lambda: searches.search_section("gemma3_search", "Gemma 3 270M: precision search",
+                                              "gemma-3-270m-noise-floor", "gemma-3-270m-sweep"),
               transfer.transfer_section)
   body = "\n".join(line for section in sections for line in section())
   return HEADER + "\n" + body.rstrip() + "\n"

@@ -109,6 +109,9 @@ RUNS = dict(
     gemma3_formats=Run("formats_gemma3",
                        "python -m experiments.sweep --config=configs/formats.py:gemma3",
                        EPYC_SHARED),
+    gemma3_search=Run("search_gemma3",
+                      "python -m experiments.search --config=configs/search.py:gemma3",
+                      EPYC_SHARED),
 )
 
 # ---------------------------------------------------------------------- reading the files

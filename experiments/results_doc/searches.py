@@ -129,20 +129,23 @@ def search_section(key: str = "search", title: str = "Precision search",
          "exponent; the BOPs saving is against FP16 activations x INT4 weights.", ""]
   out += search_table(s, configs)
   out += source(s.run, ("search.jsonl", "chosen.json", "setup.json", "report.md", "work.json",
-                        "pareto.png", "path.png"))
+                        "pareto.png") + (("path.png",) if (s.run.path / "path.png").exists()
+                                         else ()))
   out += [f"![calibration perplexity vs mean M](results/{s.run.folder}/pareto.png)", ""]
   for c in chosen:
     t = c["tolerance"]
     uniform = min((m for m in s.chosen["uniform_m"] if s.fits(s.like(m), t)), default=None)
-    gap = max(abs(cal[0] - test[0]) for _, _, cal, test in search_path(s, c))
+    path = search_path(s, c)  # its test rows: with --config.test.path=True
+    gaps = ([abs(cal[0] - test[0]) for _, _, cal, test in path]
+            if all(test[0] is not None for *_, test in path) else [])
     saved = ("" if uniform is None else f"; the smallest uniform M that fits is {uniform}, "
              f"{s.summary(s.like(uniform))['mean_m'] - s.summary(c['precision'])['mean_m']:.2f} "
              "mean bits more")
     out.append(f"- Tolerance {tolerance_text(t)}: {c.get('rounds')} rounds, {c.get('candidates')} "
                f"candidates, {c.get('dropped_by_racing')} dropped by racing; chose "
                f"{m_per_type(c['precision'])} (mean M {s.summary(c['precision'])['mean_m']:.2f})"
-               f"{saved}. Along its path the calibration and test losses stay within "
-               f"{100 * gap:.2f} points of each other.")
+               f"{saved}." + (f" Along its path the calibration and test losses stay within "
+                              f"{100 * max(gaps):.2f} points of each other." if gaps else ""))
   floor = s.chosen["noise_floor"]
   below = [tolerance_text(c["tolerance"]) for c in chosen if c.get("below_noise_floor")]
   out += ["", f"The noise floor of the calibration windows (the half-width of the interval of the "
