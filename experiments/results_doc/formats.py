@@ -113,6 +113,6 @@ def formats_findings(rows, base, others, anda, verdicts) -> list[str]:
           "- The most sensitive site alone: " + "; ".join(f"`{t}` for {', '.join(ns)}"
                                                           for t, ns in sites.items() if ns) + ".",
           "- Storage is half of Anda's case: on its bit-serial unit Anda's cost follows M, not the "
-          "bits stored, while an FP element costs its aligned integer width "
-          "([the SmolLM2 search's cost table](#the-chosen-configurations-against-other-formats)).", ""]
+          "bits stored, while an FP element costs its aligned integer width ([the SmolLM2 "
+          "search's cost table](#the-chosen-configurations-against-other-formats)).", ""]
   return out

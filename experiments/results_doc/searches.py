@@ -168,7 +168,8 @@ def below_fp_text(s: Search, sweep_anchor: str) -> str:
   if not below or s.setup["format"]["rounding"] != "truncate":
     return ""
   return (f"Negative losses come from truncation, which lowers this model's perplexity slightly "
-          f"(uniform M = {', '.join(map(str, below))} on these windows; [sweep](#{sweep_anchor})). ")
+          f"(uniform M = {', '.join(map(str, below))} on these windows; "
+          f"[sweep](#{sweep_anchor})). ")
 
 
 def resolution_text(s: Search, noise_anchor: str = "noise-floor") -> list[str]:
