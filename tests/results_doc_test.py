@@ -58,6 +58,18 @@ class PageTest(absltest.TestCase):
     for folder in folders:
       self.assertIn(f"(results/{folder}/", generated())
 
+  def test_a_file_is_linked_as_stored_and_a_missing_one_is_refused(self):
+    root = testlib.tempdir(self)
+    (root / "run").mkdir()
+    (root / "run" / "search.jsonl.gz").write_bytes(b"")
+    (root / "run" / "pareto.png").write_bytes(b"")
+    with mock.patch.object(runs, "RESULTS", root):
+      run = runs.Run("run", "python -m experiments.search", runs.EPYC)
+      self.assertEqual(runs.file_name(run, "search.jsonl"), "search.jsonl.gz")
+      self.assertEqual(runs.file_name(run, "pareto.png"), "pareto.png")
+      with self.assertRaisesRegex(FileNotFoundError, "run: neither path.png nor path.png.gz"):
+        runs.file_name(run, "path.png")
+
 
 class CommandTest(parameterized.TestCase):
 
@@ -188,7 +200,8 @@ class ComparisonTest(absltest.TestCase):
 def _facts(ranked, bias_high, verdicts, edge, search_m=(7, 6, 7, 8)):
   """One model's facts as transfer.facts gives them, with what the findings read."""
   iv = intervals.Interval(bias_high - 0.002, bias_high - 0.004, bias_high)
-  return dict(sweep=dict(ranked=ranked, cheapest=16 if edge < 3 else 64), bias=((iv.estimate, iv), (0.001, None)),
+  return dict(sweep=dict(ranked=ranked, cheapest=16 if edge < 3 else 64),
+              bias=((iv.estimate, iv), (0.001, None)),
               formats={n: (v, None) for n, v in verdicts.items()},
               below_fp=[8, 9, 10] if bias_high < 0 else [],
               sensitivity=dict(edge=edge, common=ranked[-1]), noise=125_000.0,

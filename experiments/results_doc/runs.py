@@ -146,8 +146,12 @@ def search_rows(run: Run) -> dict:
 
 
 def file_name(run: Run, name: str) -> str:
-  """The file's name as stored (search.jsonl may be gzipped)."""
-  return name if (run.path / name).exists() else name + ".gz"
+  """The file's name as stored (search.jsonl may be gzipped); FileNotFoundError if neither is:
+  the page links only files that exist."""
+  for stored in (name, name + ".gz"):
+    if (run.path / stored).exists():
+      return stored
+  raise FileNotFoundError(f"{run.folder}: neither {name} nor {name}.gz")
 
 
 # ---------------------------------------------------------------------- the commands
